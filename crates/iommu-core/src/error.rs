@@ -1,0 +1,292 @@
+//! The one error type of the IOMMU core.
+//!
+//! Every variant is one errno, the one Linux returns in the same situation, so a caller that
+//! speaks errno (a kernel shim, the iommufd uAPI) converts without a table. Each carries a
+//! [`Reason`]: a static message naming what was wrong and, where there is one, the offending
+//! value. Errors are `Copy` and never allocate, because some (an empty PASID slot on the fault
+//! path) are routine.
+
+use core::fmt;
+
+/// Why a call failed: what was wrong, and the value that was wrong when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reason {
+    what: &'static str,
+    value: Option<u64>,
+}
+
+impl Reason {
+    /// A reason with no offending value.
+    pub const fn new(what: &'static str) -> Self {
+        Self { what, value: None }
+    }
+
+    /// A reason naming the offending value (a PASID, an ID, a count).
+    pub const fn with(what: &'static str, value: u64) -> Self {
+        Self {
+            what,
+            value: Some(value),
+        }
+    }
+
+    /// The message, without the value.
+    pub const fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// The offending value, if the reason names one.
+    pub const fn value(&self) -> Option<u64> {
+        self.value
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value {
+            Some(v) => write!(f, "{} ({v})", self.what),
+            None => f.write_str(self.what),
+        }
+    }
+}
+
+/// An errno-style error. Variants are sorted by name; each maps 1:1 to the errno in its doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Error {
+    /// `EAGAIN`: try again (a non-blocking call found nothing to do).
+    #[error("EAGAIN: {0}")]
+    Again(Reason),
+    /// `EBUSY`: the object is in use (slot occupied, owner type mismatch, still referenced).
+    #[error("EBUSY: {0}")]
+    Busy(Reason),
+    /// `EEXIST`: the object already exists.
+    #[error("EEXIST: {0}")]
+    Exists(Reason),
+    /// `EFAULT`: a caller-provided buffer could not be accessed.
+    #[error("EFAULT: {0}")]
+    Fault(Reason),
+    /// `ESPIPE`: a file offset or a record size the endpoint does not accept.
+    #[error("ESPIPE: {0}")]
+    IllegalSeek(Reason),
+    /// `EINVAL`: an argument is invalid (out of range, wrong kind, not attached as claimed).
+    #[error("EINVAL: {0}")]
+    InvalidArgument(Reason),
+    /// `ENODEV`: the device is not behind an IOMMU, or lacks a facility the call needs.
+    #[error("ENODEV: {0}")]
+    NoDevice(Reason),
+    /// `ENOENT`: nothing is there (empty PASID slot, unknown object ID).
+    #[error("ENOENT: {0}")]
+    NoEntry(Reason),
+    /// `ENOMEM`: an allocation failed.
+    #[error("ENOMEM: {0}")]
+    NoMemory(Reason),
+    /// `ENOSPC`: an ID space is exhausted (no free PASID).
+    #[error("ENOSPC: {0}")]
+    NoSpace(Reason),
+    /// `ENOTTY`: an unknown command.
+    #[error("ENOTTY: {0}")]
+    NotTty(Reason),
+    /// `EOPNOTSUPP`: the IOMMU or domain does not support the operation.
+    #[error("EOPNOTSUPP: {0}")]
+    NotSupported(Reason),
+    /// `EOVERFLOW`: a value does not fit the device (the mm's PASID is beyond its PASID width).
+    #[error("EOVERFLOW: {0}")]
+    Overflow(Reason),
+    /// `EPERM`: the caller is not the owner (DMA ownership held by someone else).
+    #[error("EPERM: {0}")]
+    PermissionDenied(Reason),
+    /// `EPROBE_DEFER`: a resource the call needs does not exist yet (no default domain).
+    #[error("EPROBE_DEFER: {0}")]
+    ProbeDefer(Reason),
+    /// `E2BIG`: a request carries non-zero bytes beyond what is understood.
+    #[error("E2BIG: {0}")]
+    TooBig(Reason),
+}
+
+/// The errno values used by [`Error`], as Linux defines them on every architecture we model.
+pub mod errno {
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
+    /// No such file or directory (no such entry).
+    pub const ENOENT: i32 = 2;
+    /// Argument list too long.
+    pub const E2BIG: i32 = 7;
+    /// Try again.
+    pub const EAGAIN: i32 = 11;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
+    /// Bad address.
+    pub const EFAULT: i32 = 14;
+    /// Device or resource busy.
+    pub const EBUSY: i32 = 16;
+    /// File exists.
+    pub const EEXIST: i32 = 17;
+    /// No such device.
+    pub const ENODEV: i32 = 19;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+    /// Inappropriate ioctl for device.
+    pub const ENOTTY: i32 = 25;
+    /// No space left.
+    pub const ENOSPC: i32 = 28;
+    /// Illegal seek.
+    pub const ESPIPE: i32 = 29;
+    /// Value too large for defined data type.
+    pub const EOVERFLOW: i32 = 75;
+    /// Operation not supported.
+    pub const EOPNOTSUPP: i32 = 95;
+    /// Driver requests probe retry (kernel-internal).
+    pub const EPROBE_DEFER: i32 = 517;
+}
+
+impl Error {
+    /// The positive errno value (`EINVAL` is 22).
+    pub const fn errno(&self) -> i32 {
+        use errno::*;
+        match self {
+            Self::Again(_) => EAGAIN,
+            Self::Busy(_) => EBUSY,
+            Self::Exists(_) => EEXIST,
+            Self::Fault(_) => EFAULT,
+            Self::IllegalSeek(_) => ESPIPE,
+            Self::InvalidArgument(_) => EINVAL,
+            Self::NoDevice(_) => ENODEV,
+            Self::NoEntry(_) => ENOENT,
+            Self::NoMemory(_) => ENOMEM,
+            Self::NoSpace(_) => ENOSPC,
+            Self::NotTty(_) => ENOTTY,
+            Self::NotSupported(_) => EOPNOTSUPP,
+            Self::Overflow(_) => EOVERFLOW,
+            Self::PermissionDenied(_) => EPERM,
+            Self::ProbeDefer(_) => EPROBE_DEFER,
+            Self::TooBig(_) => E2BIG,
+        }
+    }
+
+    /// The negative errno a kernel function would return (`-22` for `EINVAL`).
+    pub const fn to_neg_errno(&self) -> i32 {
+        -self.errno()
+    }
+
+    /// The errno's symbolic name (`"EINVAL"`).
+    pub const fn errno_name(&self) -> &'static str {
+        match self {
+            Self::Again(_) => "EAGAIN",
+            Self::Busy(_) => "EBUSY",
+            Self::Exists(_) => "EEXIST",
+            Self::Fault(_) => "EFAULT",
+            Self::IllegalSeek(_) => "ESPIPE",
+            Self::InvalidArgument(_) => "EINVAL",
+            Self::NoDevice(_) => "ENODEV",
+            Self::NoEntry(_) => "ENOENT",
+            Self::NoMemory(_) => "ENOMEM",
+            Self::NoSpace(_) => "ENOSPC",
+            Self::NotTty(_) => "ENOTTY",
+            Self::NotSupported(_) => "EOPNOTSUPP",
+            Self::Overflow(_) => "EOVERFLOW",
+            Self::PermissionDenied(_) => "EPERM",
+            Self::ProbeDefer(_) => "EPROBE_DEFER",
+            Self::TooBig(_) => "E2BIG",
+        }
+    }
+
+    /// Why the call failed.
+    pub const fn reason(&self) -> &Reason {
+        match self {
+            Self::Again(r)
+            | Self::Busy(r)
+            | Self::Exists(r)
+            | Self::Fault(r)
+            | Self::IllegalSeek(r)
+            | Self::InvalidArgument(r)
+            | Self::NoDevice(r)
+            | Self::NoEntry(r)
+            | Self::NoMemory(r)
+            | Self::NoSpace(r)
+            | Self::NotTty(r)
+            | Self::NotSupported(r)
+            | Self::Overflow(r)
+            | Self::PermissionDenied(r)
+            | Self::ProbeDefer(r)
+            | Self::TooBig(r) => r,
+        }
+    }
+}
+
+/// The result type of the core.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Shorthand constructors used throughout the crate: `einval("...")`, `ebusy_v("...", pasid)`.
+macro_rules! errors {
+    ($($plain:ident, $valued:ident => $variant:ident;)*) => {$(
+        #[doc = concat!("An [`Error::", stringify!($variant), "`] with a message.")]
+        pub const fn $plain(what: &'static str) -> Error {
+            Error::$variant(Reason::new(what))
+        }
+        #[doc = concat!("An [`Error::", stringify!($variant), "`] naming the offending value.")]
+        pub const fn $valued(what: &'static str, value: u64) -> Error {
+            Error::$variant(Reason::with(what, value))
+        }
+    )*};
+}
+
+errors! {
+    eagain, eagain_v => Again;
+    ebusy, ebusy_v => Busy;
+    eexist, eexist_v => Exists;
+    efault, efault_v => Fault;
+    espipe, espipe_v => IllegalSeek;
+    einval, einval_v => InvalidArgument;
+    enodev, enodev_v => NoDevice;
+    enoent, enoent_v => NoEntry;
+    enomem, enomem_v => NoMemory;
+    enospc, enospc_v => NoSpace;
+    enotty, enotty_v => NotTty;
+    eopnotsupp, eopnotsupp_v => NotSupported;
+    eoverflow, eoverflow_v => Overflow;
+    eperm, eperm_v => PermissionDenied;
+    eprobe_defer, eprobe_defer_v => ProbeDefer;
+    e2big, e2big_v => TooBig;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_its_linux_errno() {
+        let cases = [
+            (eagain("x"), 11, "EAGAIN"),
+            (ebusy("x"), 16, "EBUSY"),
+            (eexist("x"), 17, "EEXIST"),
+            (efault("x"), 14, "EFAULT"),
+            (espipe("x"), 29, "ESPIPE"),
+            (einval("x"), 22, "EINVAL"),
+            (enodev("x"), 19, "ENODEV"),
+            (enoent("x"), 2, "ENOENT"),
+            (enomem("x"), 12, "ENOMEM"),
+            (enospc("x"), 28, "ENOSPC"),
+            (enotty("x"), 25, "ENOTTY"),
+            (eopnotsupp("x"), 95, "EOPNOTSUPP"),
+            (eoverflow("x"), 75, "EOVERFLOW"),
+            (eperm("x"), 1, "EPERM"),
+            (eprobe_defer("x"), 517, "EPROBE_DEFER"),
+            (e2big("x"), 7, "E2BIG"),
+        ];
+        for (err, num, name) in cases {
+            assert_eq!(
+                (err.errno(), err.to_neg_errno(), err.errno_name()),
+                (num, -num, name)
+            );
+        }
+    }
+
+    #[test]
+    fn message_names_the_value() {
+        let e = einval_v("pasid beyond a group member's max_pasids", 4096);
+        assert_eq!(
+            alloc::format!("{e}"),
+            "EINVAL: pasid beyond a group member's max_pasids (4096)"
+        );
+        assert_eq!(e.reason().value(), Some(4096));
+    }
+}
