@@ -61,12 +61,14 @@ impl<T> Deref for AttachHandle<T> {
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for AttachHandle<T> {
+/// Shows where the handle is attached and its owner type, not the owner's data (which need not
+/// be `Debug`, and may be private to its owner).
+impl<T> fmt::Debug for AttachHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AttachHandle")
             .field("domain", &self.domain.id())
             .field("pasid", &self.pasid)
-            .field("data", &self.data)
+            .field("owner", &type_name::<T>())
             .finish()
     }
 }

@@ -27,7 +27,7 @@
 //!
 //! // An owner (here: a string) attaches the domain to PASID 7 and is found again by type.
 //! let handle = attach_device_pasid(&domain, &nic, 7, String::from("vmm-a"))?;
-//! assert_eq!(*attach_handle_get::<String>(&group, 7)?, "vmm-a");
+//! assert_eq!(**attach_handle_get::<String>(&group, 7)?, "vmm-a");
 //! // Another owner type gets EBUSY; an empty slot ENOENT.
 //! assert_eq!(attach_handle_get::<u64>(&group, 7).unwrap_err().errno_name(), "EBUSY");
 //! assert_eq!(attach_handle_get::<String>(&group, 8).unwrap_err().errno_name(), "ENOENT");
@@ -84,3 +84,8 @@ pub use pasid::{
     GlobalPasid, PasidAllocator, IOMMU_FIRST_GLOBAL_PASID, IOMMU_NO_PASID, IOMMU_PASID_INVALID,
     PASID_LIMIT, PASID_WIDTH_MAX,
 };
+
+/// The README's examples, run as doctests.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

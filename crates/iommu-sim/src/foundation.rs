@@ -1,0 +1,268 @@
+//! The built-in scenario of the foundation layer: the IOMMU core's object model under load.
+//!
+//! Two mock IOMMUs; a group of two PASID-capable NICs, and a group mixing a GPU with a device
+//! that has no PASID support. Processes (owner type [`Process`]) and a VMM (owner type [`Vmm`])
+//! take PASIDs from the global allocator and attach, replace and detach domains on them, while
+//! reader threads play the fault path: typed lookups of every live PASID. The run checks, as it
+//! goes, the invariants this layer owns:
+//!
+//! * a lookup never returns an attachment whose detach returned before the lookup began;
+//! * a lookup never returns a handle of another owner type (EBUSY instead);
+//! * rejected calls (a second attach to a busy PASID, a PASID beyond a member's range) fail
+//!   with the expected errno and change nothing;
+//! * at the end nothing is attached, every PASID is freed, and the driver saw no contract
+//!   violation.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use iommu_core::mock::MockDriver;
+use iommu_core::{
+    attach_device_pasid, attach_handle_get, detach_device_pasid, group_claim_dma_owner,
+    group_release_dma_owner, replace_device_pasid, Device, DmaOwner, Domain, GlobalPasid, Group,
+    IommuDriver, PasidAllocator,
+};
+
+/// Owner data of a process's attachment.
+struct Process {
+    generation: u64,
+}
+
+/// Owner data of a VMM's attachment.
+struct Vmm {
+    generation: u64,
+}
+
+/// Knobs of the scenario.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Configuration rounds (each: attach, replace, detach on every tenant's PASID).
+    pub rounds: u64,
+    /// Reader threads playing the fault path.
+    pub readers: usize,
+    /// Tenants (processes and VMMs) with one PASID each.
+    pub tenants: usize,
+}
+
+/// What the run did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub attaches: u64,
+    pub replaces: u64,
+    pub detaches: u64,
+    pub rejected_as_expected: u64,
+    pub lookups_hit: u64,
+    pub lookups_enoent: u64,
+    pub lookups_ebusy: u64,
+    pub violations: Vec<String>,
+    pub elapsed: Duration,
+}
+
+struct Tenant {
+    pasid: GlobalPasid,
+    /// Highest generation known detached: written only after detach/replace returned.
+    retired: AtomicU64,
+}
+
+/// Runs the scenario.
+pub fn run(cfg: &Config) -> Report {
+    let start = Instant::now();
+    let iommus: [Arc<MockDriver>; 2] = [MockDriver::new("iommu0"), MockDriver::new("iommu1")];
+    let g0 = Group::new(iommus[0].clone() as Arc<dyn IommuDriver>, "group0");
+    let nics = [
+        g0.add_device("nic0", 1 << 16).expect("probe nic0"),
+        g0.add_device("nic1", 1 << 16).expect("probe nic1"),
+    ];
+    let g1 = Group::new(iommus[1].clone() as Arc<dyn IommuDriver>, "group1");
+    let gpu = g1.add_device("gpu0", 1 << 20).expect("probe gpu0");
+    let _legacy = g1.add_device("legacy0", 0).expect("probe legacy0");
+    let mut report = Report::default();
+
+    // The VMM owns group1 for DMA; processes share group0 with the kernel's default domain.
+    if let Err(e) = group_claim_dma_owner(&g1, DmaOwner(0x766d6d)) {
+        report
+            .violations
+            .push(format!("claiming group1 failed: {e}"));
+    }
+
+    let ida = PasidAllocator::global();
+    let tenants: Arc<Vec<Tenant>> = Arc::new(
+        (0..cfg.tenants)
+            .map(|_| Tenant {
+                pasid: ida.alloc(nics[0].max_pasids()).expect("PASID space"),
+                retired: AtomicU64::new(0),
+            })
+            .collect(),
+    );
+    let groups = [g0.clone(), g1.clone()];
+    let done = Arc::new(AtomicBool::new(false));
+
+    let readers: Vec<_> = (0..cfg.readers)
+        .map(|_| {
+            let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
+            thread::Builder::new()
+                .name("fault-path".into())
+                .spawn(move || read_loop(&tenants, &groups, &done))
+                .expect("spawn reader")
+        })
+        .collect();
+
+    let devs: [&Arc<Device>; 2] = [&nics[1], &gpu];
+    let doms: Vec<[Arc<Domain>; 2]> = devs
+        .iter()
+        .map(|d| {
+            [
+                Domain::alloc_paging(d).unwrap(),
+                Domain::alloc_paging(d).unwrap(),
+            ]
+        })
+        .collect();
+
+    for round in 1..=cfg.rounds {
+        for (i, t) in tenants.iter().enumerate() {
+            let side = i % 2; // even tenants are processes on group0, odd ones VMMs on group1
+            let (dev, dom) = (devs[side], &doms[side]);
+            let pasid = t.pasid.get();
+            let gen = round * 2;
+            let res = if side == 0 {
+                attach_device_pasid(&dom[0], dev, pasid, Process { generation: gen }).map(|_| ())
+            } else {
+                attach_device_pasid(&dom[0], dev, pasid, Vmm { generation: gen }).map(|_| ())
+            };
+            check(&mut report, "attach", res);
+            report.attaches += 1;
+
+            // A second attach must be refused and must not disturb the first.
+            match attach_device_pasid(&dom[1], dev, pasid, Process { generation: 0 }) {
+                Err(e) if e.errno_name() == "EBUSY" => report.rejected_as_expected += 1,
+                other => report.violations.push(format!(
+                    "second attach to PASID {pasid}: {:?}",
+                    other.map(|_| ())
+                )),
+            }
+
+            let res = if side == 0 {
+                replace_device_pasid(
+                    &dom[1],
+                    dev,
+                    pasid,
+                    Process {
+                        generation: gen + 1,
+                    },
+                )
+                .map(|r| r.new.domain().clone())
+            } else {
+                replace_device_pasid(
+                    &dom[1],
+                    dev,
+                    pasid,
+                    Vmm {
+                        generation: gen + 1,
+                    },
+                )
+                .map(|r| r.new.domain().clone())
+            };
+            report.replaces += 1;
+            match res {
+                Ok(d) => {
+                    t.retired.store(gen, SeqCst);
+                    match detach_device_pasid(&d, dev, pasid) {
+                        Ok(_) => t.retired.store(gen + 1, SeqCst),
+                        Err(e) => report.violations.push(format!("detach: {e}")),
+                    }
+                    report.detaches += 1;
+                }
+                Err(e) => report.violations.push(format!("replace: {e}")),
+            }
+        }
+    }
+
+    // The NICs support 2^16 PASIDs: one beyond that is refused with EINVAL.
+    match attach_device_pasid(&doms[0][0], &nics[0], 1 << 16, Process { generation: 0 }) {
+        Err(e) if e.errno_name() == "EINVAL" => report.rejected_as_expected += 1,
+        other => report
+            .violations
+            .push(format!("out-of-range PASID: {:?}", other.map(|_| ()))),
+    }
+
+    done.store(true, SeqCst);
+    for r in readers {
+        let (hit, enoent, ebusy, violations) = r.join().expect("reader panicked");
+        report.lookups_hit += hit;
+        report.lookups_enoent += enoent;
+        report.lookups_ebusy += ebusy;
+        report.violations.extend(violations);
+    }
+
+    if let Err(e) = group_release_dma_owner(&g1) {
+        report.violations.push(format!("releasing group1: {e}"));
+    }
+    for g in &groups {
+        if g.pasid_attachments() != 0 {
+            report
+                .violations
+                .push(format!("{} still has PASID attachments", g.name()));
+        }
+    }
+    for m in &iommus {
+        for v in m.contract_violations() {
+            report.violations.push(format!("{}: {v}", m.name()));
+        }
+        if !m.hw().pasids.is_empty() {
+            report
+                .violations
+                .push(format!("{}: PASIDs still programmed", m.name()));
+        }
+    }
+    drop(tenants);
+    report.elapsed = start.elapsed();
+    report
+}
+
+fn check(report: &mut Report, what: &str, res: iommu_core::Result<()>) {
+    if let Err(e) = res {
+        report.violations.push(format!("{what}: {e}"));
+    }
+}
+
+type ReaderTally = (u64, u64, u64, Vec<String>);
+
+fn read_loop(tenants: &[Tenant], groups: &[Arc<Group>; 2], done: &AtomicBool) -> ReaderTally {
+    let (mut hit, mut enoent, mut ebusy, mut violations) = (0, 0, 0, Vec::new());
+    while !done.load(SeqCst) {
+        for (i, t) in tenants.iter().enumerate() {
+            let floor = t.retired.load(SeqCst);
+            let pasid = t.pasid.get();
+            // Ask for the right owner type, then for the wrong one.
+            let (right, wrong) = if i % 2 == 0 {
+                (
+                    attach_handle_get::<Process>(&groups[0], pasid).map(|h| h.generation),
+                    attach_handle_get::<Vmm>(&groups[0], pasid).map(|h| h.generation),
+                )
+            } else {
+                (
+                    attach_handle_get::<Vmm>(&groups[1], pasid).map(|h| h.generation),
+                    attach_handle_get::<Process>(&groups[1], pasid).map(|h| h.generation),
+                )
+            };
+            match right {
+                Ok(gen) if gen <= floor => violations.push(format!(
+                    "PASID {pasid}: lookup returned generation {gen} after {floor} was detached"
+                )),
+                Ok(_) => hit += 1,
+                Err(e) if e.errno_name() == "ENOENT" => enoent += 1,
+                Err(e) => violations.push(format!("PASID {pasid}: unexpected {e}")),
+            }
+            match wrong {
+                Ok(gen) => violations.push(format!(
+                    "PASID {pasid}: handle of the wrong owner type returned (generation {gen})"
+                )),
+                Err(e) if e.errno_name() == "EBUSY" => ebusy += 1,
+                Err(_) => enoent += 1,
+            }
+        }
+    }
+    (hit, enoent, ebusy, violations)
+}
