@@ -42,7 +42,7 @@ fn lookup(c: &mut Criterion) {
         b.iter(|| black_box(floor.get(&black_box(next())).cloned()))
     });
     g.bench_function("attach_handle_get", |b| {
-        b.iter(|| black_box(attach_handle_get::<Owner>(&group, black_box(next())).ok()))
+        b.iter(|| black_box(attach_handle_get::<Owner>(&group, black_box(next())).map(|h| h.0)))
     });
     g.bench_function("attach_handle_get_wrong_type_ebusy", |b| {
         b.iter(|| black_box(attach_handle_get::<u8>(&group, black_box(next())).is_err()))
