@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::driver::IommuDriver;
 use crate::error::{einval_v, enodev, Result};
 use crate::group::Group;
+use crate::iopf::FaultParam;
 use crate::pasid::PASID_LIMIT;
 use crate::sync::RwLock;
 
@@ -35,6 +36,8 @@ pub struct Device {
     iommu: Option<Arc<dyn IommuDriver>>,
     /// Weak: the group owns its members, not the other way round. Cleared on removal.
     group: RwLock<Weak<Group>>,
+    /// Fault state while fault reporting is enabled (Linux publishes it with RCU).
+    pub(crate) fault_param: RwLock<Option<Arc<FaultParam>>>,
 }
 
 impl Device {
@@ -50,6 +53,7 @@ impl Device {
             max_pasids,
             iommu: Some(iommu),
             group: RwLock::new(group),
+            fault_param: RwLock::new(None),
         }
     }
 
@@ -63,6 +67,7 @@ impl Device {
             max_pasids,
             iommu: None,
             group: RwLock::new(Weak::new()),
+            fault_param: RwLock::new(None),
         }))
     }
 
@@ -99,6 +104,10 @@ impl Device {
             .read()
             .upgrade()
             .ok_or(enodev("device has no IOMMU group"))
+    }
+
+    pub(crate) fn fault_param(&self) -> Option<Arc<FaultParam>> {
+        self.fault_param.read().clone()
     }
 
     pub(crate) fn clear_group(&self) {

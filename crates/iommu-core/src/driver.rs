@@ -13,6 +13,7 @@ use core::any::Any;
 use crate::device::Device;
 use crate::domain::{Domain, DomainKind};
 use crate::error::Result;
+use crate::fault::{PageRequest, PageResponse};
 use crate::mm::AddressSpace;
 
 /// Which domain kind a group gets as its kernel DMA-API (default) domain.
@@ -157,4 +158,8 @@ pub trait IommuDriver: Send + Sync + 'static {
     /// Blocks `dev`'s `pasid`, which `domain` translated. Must not fail. The driver drains its
     /// hardware page-request queue for the PASID before returning (SPEC H2).
     fn remove_dev_pasid(&self, dev: &Device, pasid: u32, domain: &Domain);
+
+    /// Sends a page response for the group whose last request was `req` to `dev`. Called
+    /// exactly once per group (the core guarantees it), from any thread.
+    fn page_response(&self, dev: &Device, req: &PageRequest, resp: PageResponse);
 }

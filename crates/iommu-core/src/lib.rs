@@ -51,6 +51,7 @@ pub mod error;
 mod fault;
 mod group;
 mod handle;
+mod iopf;
 mod mm;
 #[cfg(feature = "std")]
 pub mod mock;
@@ -71,9 +72,17 @@ pub use device::{Device, DeviceId};
 pub use domain::{Domain, DomainId, DomainKind};
 pub use driver::{Capabilities, DefaultDomainKind, DomainRequest, DriverDomain, IommuDriver};
 pub use error::{Error, Reason, Result};
-pub use fault::IopfHandler;
+pub use fault::{
+    IopfHandler, PageRequest, PageResponse, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID, IOMMU_FAULT_PAGE_RESPONSE_NEEDS_PASID,
+    IOMMU_FAULT_PERM_EXEC, IOMMU_FAULT_PERM_PRIV, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE,
+};
 pub use group::{Group, GroupId, GroupSnapshot, SlotSnapshot};
 pub use handle::{AttachHandle, Attachment};
+pub use iopf::{
+    iopf_disable, iopf_discard_partial, iopf_enable, iopf_stats, report_device_fault, FaultParam,
+    FaultStats, FaultStatsSnapshot, IopfGroup,
+};
 pub use mm::AddressSpace;
 pub use ownership::{
     device_claim_dma_owner, device_release_dma_owner, device_unuse_default_domain,

@@ -125,3 +125,95 @@ fn loom_replace_never_exposes_an_empty_slot() {
         assert!(Arc::ptr_eq(&seen, &old) || Arc::ptr_eq(&seen, &new));
     });
 }
+
+/// An owner's fault queue, as iommufd keeps one: the handler only enqueues; the owner answers.
+struct OwnerQueue {
+    groups: loom::sync::Mutex<alloc::vec::Vec<crate::IopfGroup>>,
+    detach_returned: Arc<AtomicBool>,
+    delivered_late: AtomicBool,
+}
+
+impl crate::IopfHandler for OwnerQueue {
+    fn name(&self) -> &str {
+        "owner-queue"
+    }
+    fn handle_iopf(&self, group: crate::IopfGroup) -> Result<(), crate::IopfGroup> {
+        if self.detach_returned.load(SeqCst) {
+            self.delivered_late.store(true, SeqCst);
+        }
+        self.groups.lock().unwrap().push(group);
+        Ok(())
+    }
+}
+
+/// Report vs detach (the seed thread's use-after-free, and iommufd's auto-response): a page
+/// request reported while its PASID is detached is either delivered before detach returns (and
+/// then answered by the owner's auto-response) or answered Invalid by the core; never delivered
+/// after detach returned, and answered exactly once either way.
+#[test]
+fn loom_report_racing_detach_answers_every_group_exactly_once() {
+    use crate::{iopf_enable, report_device_fault, DomainRequest, PageRequest, PageResponseCode};
+    use crate::{IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE, IOMMU_FAULT_PAGE_REQUEST_PASID_VALID};
+
+    loom::model(|| {
+        let iommu = MockDriver::new("loom");
+        let group = Group::new(iommu.clone(), "g");
+        let dev = group.add_device("d", 16).unwrap();
+        let detach_returned = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(OwnerQueue {
+            groups: loom::sync::Mutex::new(alloc::vec::Vec::new()),
+            detach_returned: detach_returned.clone(),
+            delivered_late: AtomicBool::new(false),
+        });
+        let req = DomainRequest::Paging { dma_api: false };
+        let dom = Domain::alloc(
+            &dev,
+            req,
+            Some(queue.clone() as Arc<dyn crate::IopfHandler>),
+        )
+        .unwrap();
+        attach_device_pasid(&dom, &dev, 1, OwnerA(1)).unwrap();
+        iopf_enable(&dev).unwrap();
+
+        let reporter = {
+            let dev = dev.clone();
+            thread::spawn(move || {
+                let flags =
+                    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID | IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE;
+                let r = PageRequest {
+                    flags,
+                    pasid: 1,
+                    grpid: 7,
+                    perm: 1,
+                    addr: 0x1000,
+                };
+                report_device_fault(&dev, r)
+            })
+        };
+
+        detach_device_pasid(&dom, &dev, 1).unwrap();
+        detach_returned.store(true, SeqCst);
+        // Auto-response: answer everything queued for the detached attachment.
+        let queued = core::mem::take(&mut *queue.groups.lock().unwrap());
+        for g in queued {
+            g.respond(PageResponseCode::Invalid);
+        }
+
+        let reported = reporter.join().unwrap();
+        assert!(
+            !queue.delivered_late.load(SeqCst),
+            "delivered after detach returned"
+        );
+        assert!(
+            queue.groups.lock().unwrap().is_empty(),
+            "a group escaped auto-response"
+        );
+        let responses = iommu.responses();
+        assert_eq!(
+            responses.len(),
+            1,
+            "exactly one response: {responses:?} ({reported:?})"
+        );
+        assert_eq!(responses[0].1.code, PageResponseCode::Invalid);
+    });
+}

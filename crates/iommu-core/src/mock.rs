@@ -19,6 +19,7 @@ use crate::device::{Device, DeviceId};
 use crate::domain::{Domain, DomainId, DomainKind};
 use crate::driver::{Capabilities, DomainRequest, DriverDomain, IommuDriver};
 use crate::error::{eopnotsupp, Error, Result};
+use crate::fault::{PageRequest, PageResponse};
 
 /// One call the core made into the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,13 @@ pub enum Call {
         /// The domain replaced, if a replace.
         old: Option<DomainId>,
     },
+    /// `page_response`.
+    PageResponse {
+        /// The device.
+        dev: DeviceId,
+        /// The response sent.
+        resp: PageResponse,
+    },
     /// `remove_dev_pasid`.
     RemoveDevPasid {
         /// The device.
@@ -84,6 +92,8 @@ pub enum Op {
     SetDevPasid,
     /// `remove_dev_pasid` (cannot fail; listed for matching only).
     RemoveDevPasid,
+    /// `page_response` (cannot fail; listed for matching only).
+    PageResponse,
 }
 
 impl Call {
@@ -96,6 +106,7 @@ impl Call {
             Self::AttachDev { .. } => Op::AttachDev,
             Self::SetDevPasid { .. } => Op::SetDevPasid,
             Self::RemoveDevPasid { .. } => Op::RemoveDevPasid,
+            Self::PageResponse { .. } => Op::PageResponse,
         }
     }
 }
@@ -232,6 +243,19 @@ impl MockDriver {
     /// The modelled hardware state.
     pub fn hw(&self) -> HwState {
         self.books.lock().hw.clone()
+    }
+
+    /// Every page response sent, in order.
+    pub fn responses(&self) -> Vec<(DeviceId, PageResponse)> {
+        self.books
+            .lock()
+            .calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::PageResponse { dev, resp } => Some((*dev, *resp)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Calls that broke the driver contract (empty for a correct core).
@@ -374,5 +398,16 @@ impl IommuDriver for MockDriver {
             );
             b.contract_violations.push(msg);
         }
+    }
+
+    fn page_response(&self, dev: &Device, _req: &PageRequest, resp: PageResponse) {
+        let mut b = self.books.lock();
+        let _ = self.enter(
+            &mut b,
+            Call::PageResponse {
+                dev: dev.id(),
+                resp,
+            },
+        );
     }
 }

@@ -24,6 +24,10 @@ impl IopfHandler for Handler {
     fn name(&self) -> &str {
         "test"
     }
+    fn handle_iopf(&self, group: iommu_core::IopfGroup) -> Result<(), iommu_core::IopfGroup> {
+        group.respond(iommu_core::PageResponseCode::Success);
+        Ok(())
+    }
 }
 
 fn no_features() -> Capabilities {
