@@ -110,7 +110,7 @@ pub fn attach_device_pasid<T: Send + Sync + 'static>(
             d.max_pasids().into(),
         ));
     }
-    if group.pasid_array.read().get(pasid).is_some() {
+    if group.slot(pasid).is_some() {
         return Err(ebusy_v("PASID already attached", pasid.into()));
     }
     program_pasid(&group, &st, domain, pasid, None)?;
@@ -134,10 +134,7 @@ pub fn detach_device_pasid(domain: &Arc<Domain>, dev: &Device, pasid: u32) -> Re
     }
     let st = group.lock();
     let current = group
-        .pasid_array
-        .read()
-        .get(pasid)
-        .cloned()
+        .slot(pasid)
         .ok_or(enoent_v("nothing attached to PASID", pasid.into()))?;
     if !Arc::ptr_eq(current.domain(), domain) {
         return Err(einval_v(
@@ -169,15 +166,10 @@ pub fn replace_device_pasid<T: Send + Sync + 'static>(
 ) -> Result<Replaced<T>> {
     let group = pasid_preflight(domain, dev, pasid)?;
     let st = group.lock();
-    let old = group
-        .pasid_array
-        .read()
-        .get(pasid)
-        .cloned()
-        .ok_or(einval_v(
-            "replace of a PASID with nothing attached",
-            pasid.into(),
-        ))?;
+    let old = group.slot(pasid).ok_or(einval_v(
+        "replace of a PASID with nothing attached",
+        pasid.into(),
+    ))?;
     if !Arc::ptr_eq(old.domain(), domain) {
         program_pasid(&group, &st, domain, pasid, Some(old.domain()))?;
     }
@@ -230,7 +222,7 @@ pub fn detach_group(domain: &Arc<Domain>, group: &Group) -> Result<()> {
     if !st.domain.as_ref().is_some_and(|d| Arc::ptr_eq(d, domain)) {
         return Err(einval("group is not attached to this domain"));
     }
-    if group.pasid_array.read().get(IOMMU_NO_PASID).is_some() {
+    if group.slot(IOMMU_NO_PASID).is_some() {
         return Err(ebusy("RID has an attach handle; use detach_group_handle"));
     }
     st.set_core_domain(group.iommu());
@@ -251,7 +243,7 @@ pub fn attach_group_handle<T: Send + Sync + 'static>(
 ) -> Result<Arc<AttachHandle<T>>> {
     let mut st = group.lock();
     group_preflight(domain, group, &st)?;
-    if group.pasid_array.read().get(IOMMU_NO_PASID).is_some() {
+    if group.slot(IOMMU_NO_PASID).is_some() {
         return Err(ebusy("RID already has an attach handle"));
     }
     if !st.on_core_domain() {
@@ -273,10 +265,7 @@ pub fn attach_group_handle<T: Send + Sync + 'static>(
 pub fn detach_group_handle(domain: &Arc<Domain>, group: &Group) -> Result<Attachment> {
     let mut st = group.lock();
     let current = group
-        .pasid_array
-        .read()
-        .get(IOMMU_NO_PASID)
-        .cloned()
+        .slot(IOMMU_NO_PASID)
         .ok_or(enoent_v("RID has no attach handle", IOMMU_NO_PASID.into()))?;
     if !Arc::ptr_eq(current.domain(), domain) {
         return Err(einval("RID handle records another domain"));
@@ -340,10 +329,7 @@ pub fn attach_handle_get<T: Send + Sync + 'static>(
 /// path does. `ENOENT` when the slot is empty.
 pub fn attach_handle_get_any(group: &Group, pasid: u32) -> Result<Attachment> {
     group
-        .pasid_array
-        .read()
-        .get(pasid)
-        .cloned()
+        .slot(pasid)
         .map(Attachment)
         .ok_or(enoent_v("no attach handle at PASID", pasid.into()))
 }

@@ -239,6 +239,11 @@ impl Group {
         }
     }
 
+    /// A counted reference to the handle at `pasid`, if any (PASID array read lock only).
+    pub(crate) fn slot(&self, pasid: u32) -> Option<Slot> {
+        self.pasid_array.read().get(pasid).cloned()
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState> {
         self.state.lock()
     }
