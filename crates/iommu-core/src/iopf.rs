@@ -35,6 +35,11 @@ use crate::sync::Mutex;
 pub struct FaultParam {
     partial: Mutex<Vec<PageRequest>>,
     stats: FaultStats,
+    /// Where handlers that may sleep run their work (SVA); `None`: inline on the reporter.
+    #[cfg(feature = "std")]
+    pub(crate) queue: Option<Arc<crate::iopf_queue::IopfQueue>>,
+    #[cfg(feature = "std")]
+    pub(crate) work: crate::iopf_queue::DeviceWork,
 }
 
 /// Counters of one device's fault traffic.
@@ -104,10 +109,10 @@ pub fn iopf_enable(dev: &Device) -> Result<()> {
     if slot.is_some() {
         return Err(ebusy("fault reporting already enabled"));
     }
-    *slot = Some(Arc::new(FaultParam {
-        partial: Mutex::new(Vec::new()),
-        stats: FaultStats::default(),
-    }));
+    *slot = Some(Arc::new(FaultParam::new(
+        #[cfg(feature = "std")]
+        None,
+    )));
     Ok(())
 }
 
@@ -140,6 +145,19 @@ pub fn iopf_stats(dev: &Device) -> Option<FaultStatsSnapshot> {
 }
 
 impl FaultParam {
+    pub(crate) fn new(
+        #[cfg(feature = "std")] queue: Option<Arc<crate::iopf_queue::IopfQueue>>,
+    ) -> Self {
+        Self {
+            partial: Mutex::new(Vec::new()),
+            stats: FaultStats::default(),
+            #[cfg(feature = "std")]
+            queue,
+            #[cfg(feature = "std")]
+            work: Default::default(),
+        }
+    }
+
     fn discard_partial(&self) -> usize {
         let n = core::mem::take(&mut *self.partial.lock()).len();
         self.stats.partials_discarded.fetch_add(n as u64, Relaxed);
@@ -207,6 +225,11 @@ impl IopfGroup {
     /// The attachment the group was routed to.
     pub fn attachment(&self) -> &Attachment {
         &self.inner().attachment
+    }
+
+    #[cfg(feature = "std")]
+    pub(crate) fn param(&self) -> &Arc<FaultParam> {
+        &self.inner().param
     }
 
     /// The attachment's handle, if its owner type is `T`.

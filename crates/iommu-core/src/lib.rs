@@ -52,12 +52,15 @@ mod fault;
 mod group;
 mod handle;
 mod iopf;
+#[cfg(feature = "std")]
+mod iopf_queue;
 mod mm;
 #[cfg(feature = "std")]
 pub mod mock;
 mod ownership;
 mod pasid;
 mod pasid_table;
+mod sva;
 mod sync;
 
 #[cfg(all(test, loom))]
@@ -83,7 +86,9 @@ pub use iopf::{
     iopf_disable, iopf_discard_partial, iopf_enable, iopf_stats, report_device_fault, FaultParam,
     FaultStats, FaultStatsSnapshot, IopfGroup,
 };
-pub use mm::AddressSpace;
+#[cfg(feature = "std")]
+pub use iopf_queue::{iopf_queue_add_device, iopf_queue_flush_dev, IopfQueue};
+pub use mm::{AddressSpace, MmIommuData};
 pub use ownership::{
     device_claim_dma_owner, device_release_dma_owner, device_unuse_default_domain,
     device_use_default_domain, group_claim_dma_owner, group_dma_owned_by, group_release_dma_owner,
@@ -93,6 +98,7 @@ pub use pasid::{
     GlobalPasid, PasidAllocator, IOMMU_FIRST_GLOBAL_PASID, IOMMU_NO_PASID, IOMMU_PASID_INVALID,
     PASID_LIMIT, PASID_WIDTH_MAX,
 };
+pub use sva::{sva_bind_device, SvaBond, SvaHandleData};
 
 /// The README's examples, run as doctests.
 #[cfg(all(doctest, feature = "std"))]

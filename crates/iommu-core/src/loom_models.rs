@@ -217,3 +217,60 @@ fn loom_report_racing_detach_answers_every_group_exactly_once() {
         assert_eq!(responses[0].1.code, PageResponseCode::Invalid);
     });
 }
+
+struct LoomMm {
+    iommu: crate::MmIommuData,
+}
+
+impl crate::AddressSpace for LoomMm {
+    fn mm_id(&self) -> u64 {
+        1
+    }
+    fn iommu_mm(&self) -> &crate::MmIommuData {
+        &self.iommu
+    }
+    fn handle_mm_fault(&self, _addr: u64, _perm: u32) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bind vs unbind of the same bond: one thread gives back its bind while another binds the same
+/// (device, mm). Whatever the order, the second bind ends up with a live, programmed bond
+/// counted once, and giving it back leaves nothing attached, no SVA domain, and the PASID still
+/// with the mm.
+#[test]
+fn loom_bind_racing_unbind_of_the_same_bond() {
+    use crate::{attach_handle_get_any, sva_bind_device, AddressSpace};
+
+    loom::model(|| {
+        let iommu = MockDriver::new("loom");
+        let group = Group::new(iommu.clone(), "g");
+        let dev = group.add_device("d", 16).unwrap();
+        let mm: Arc<dyn AddressSpace> = Arc::new(LoomMm {
+            iommu: Default::default(),
+        });
+        let first = sva_bind_device(&dev, &mm).unwrap();
+        let pasid = first.pasid();
+
+        let unbinder = thread::spawn(move || first.unbind());
+        let second = sva_bind_device(&dev, &mm).unwrap();
+        unbinder.join().unwrap();
+
+        assert_eq!(second.pasid(), pasid);
+        assert_eq!(second.data().users(), 1);
+        let slot = attach_handle_get_any(&group, pasid).unwrap();
+        assert!(Arc::ptr_eq(slot.domain(), second.domain()));
+        assert_eq!(
+            iommu.hw().pasids.get(&(dev.id(), pasid)),
+            Some(&second.domain().id())
+        );
+        assert_eq!(mm.iommu_mm().domain_count(), 1);
+
+        second.unbind();
+        assert_eq!(group.pasid_attachments(), 0);
+        assert!(iommu.hw().pasids.is_empty());
+        assert_eq!(mm.iommu_mm().domain_count(), 0);
+        assert_eq!(mm.iommu_mm().pasid(), Some(pasid));
+        assert!(iommu.contract_violations().is_empty());
+    });
+}

@@ -75,6 +75,15 @@ impl PasidAllocator {
         GLOBAL.call_once(PasidAllocator::new)
     }
 
+    /// The system-wide allocator; under loom, one per model execution.
+    #[cfg(loom)]
+    pub fn global() -> &'static PasidAllocator {
+        loom::lazy_static! {
+            static ref GLOBAL_LOOM: PasidAllocator = PasidAllocator::new();
+        }
+        &GLOBAL_LOOM
+    }
+
     /// Allocates the lowest free PASID in `1 ..= max_pasids - 1`.
     ///
     /// `max_pasids` is the allocating device's PASID count; as in Linux the range depends on the

@@ -4,20 +4,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_rejected, Fixture};
+use common::{assert_rejected, Fixture, Mm};
 use iommu_core::mock::MockDriver;
 use iommu_core::{
     attach_group, attach_group_handle, attach_handle_get, attach_handle_get_any, detach_group,
     detach_group_handle, group_claim_dma_owner, replace_group_handle, DmaOwner, Domain,
     DomainRequest, Group, IommuDriver, IOMMU_NO_PASID,
 };
-
-struct Mm(u64);
-impl iommu_core::AddressSpace for Mm {
-    fn mm_id(&self) -> u64 {
-        self.0
-    }
-}
 
 #[test]
 fn attach_group_handle_moves_every_rid_and_publishes_at_key_zero() {
@@ -61,7 +54,7 @@ fn attach_group_handle_error_cases_change_nothing() {
     let fx = Fixture::new(&[64]);
     let dom = fx.paging();
     let foreign = Fixture::new(&[64]).paging();
-    let sva = Domain::alloc(fx.dev(0), DomainRequest::Sva(&(Arc::new(Mm(1)) as _)), None).unwrap();
+    let sva = Domain::alloc(fx.dev(0), DomainRequest::Sva(&(Mm::new(1) as _)), None).unwrap();
     let empty = Group::new(MockDriver::new("e") as Arc<dyn IommuDriver>, "empty");
     assert_rejected(&fx, "ENODEV", false, || {
         attach_group_handle(&dom, &empty, ())
@@ -134,7 +127,7 @@ fn replace_group_handle_without_previous_handle_returns_none_as_old() {
 fn replace_group_handle_error_cases_change_nothing() {
     let fx = Fixture::new(&[64]);
     let foreign = Fixture::new(&[64]).paging();
-    let sva = Domain::alloc(fx.dev(0), DomainRequest::Sva(&(Arc::new(Mm(1)) as _)), None).unwrap();
+    let sva = Domain::alloc(fx.dev(0), DomainRequest::Sva(&(Mm::new(1) as _)), None).unwrap();
     let empty = Group::new(MockDriver::new("e") as Arc<dyn IommuDriver>, "empty");
     let dom = fx.paging();
     assert_rejected(&fx, "ENODEV", false, || {

@@ -4,20 +4,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{assert_rejected, Fixture};
+use common::{assert_rejected, Fixture, Mm};
 use iommu_core::error::enomem;
 use iommu_core::mock::{MockDriver, Op};
 use iommu_core::{
     attach_device_pasid, group_claim_dma_owner, Capabilities, DefaultDomainKind, Device, DmaOwner,
     Domain, DomainKind, DomainRequest, Group, IommuDriver, IopfHandler, PASID_LIMIT,
 };
-
-struct Mm(u64);
-impl iommu_core::AddressSpace for Mm {
-    fn mm_id(&self) -> u64 {
-        self.0
-    }
-}
 
 struct Handler;
 impl IopfHandler for Handler {
@@ -144,7 +137,7 @@ fn unmanaged_device_has_no_group_and_cannot_get_domains() {
 #[test]
 fn domain_alloc_refuses_what_the_iommu_cannot_do() {
     let fx = Fixture::with_iommu(MockDriver::with_capabilities("m", no_features()), &[64]);
-    let mm: Arc<dyn iommu_core::AddressSpace> = Arc::new(Mm(1));
+    let mm: Arc<dyn iommu_core::AddressSpace> = Mm::new(1);
     let parent = fx.paging();
     let calls = fx.iommu.call_count();
     let sva = Domain::alloc(fx.dev(0), DomainRequest::Sva(&mm), None);
@@ -217,7 +210,7 @@ fn fault_handler_on_blocked_or_identity_domain_returns_einval() {
 #[test]
 fn sva_domain_records_its_address_space_and_driver_data() {
     let fx = Fixture::new(&[64]);
-    let mm: Arc<dyn iommu_core::AddressSpace> = Arc::new(Mm(77));
+    let mm: Arc<dyn iommu_core::AddressSpace> = Mm::new(77);
     let d = Domain::alloc(fx.dev(0), DomainRequest::Sva(&mm), Some(Arc::new(Handler))).unwrap();
     assert_eq!(d.mm().unwrap().mm_id(), 77);
     assert_eq!(d.iopf_handler().unwrap().name(), "test");

@@ -87,3 +87,39 @@ pub fn assert_rejected<T: std::fmt::Debug>(
     }
     fx.assert_contract_kept();
 }
+
+/// An address space that resolves every fault inside `[0, limit)` and fails the rest.
+pub struct Mm {
+    pub id: u64,
+    pub limit: u64,
+    pub iommu: iommu_core::MmIommuData,
+    pub faults: std::sync::Mutex<Vec<(u64, u32)>>,
+}
+
+impl Mm {
+    pub fn new(id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            limit: 1 << 30,
+            iommu: Default::default(),
+            faults: Default::default(),
+        })
+    }
+}
+
+impl iommu_core::AddressSpace for Mm {
+    fn mm_id(&self) -> u64 {
+        self.id
+    }
+    fn iommu_mm(&self) -> &iommu_core::MmIommuData {
+        &self.iommu
+    }
+    fn handle_mm_fault(&self, addr: u64, perm: u32) -> iommu_core::Result<()> {
+        self.faults.lock().unwrap().push((addr, perm));
+        if addr < self.limit {
+            Ok(())
+        } else {
+            Err(iommu_core::error::efault_v("no VMA", addr))
+        }
+    }
+}
