@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::device::Device;
 use crate::driver::{DomainRequest, IommuDriver};
-use crate::error::{einval, enodev, eopnotsupp, Result};
+use crate::error::{einval, einval_v, enodev, eopnotsupp, Result};
 use crate::fault::IopfHandler;
 use crate::mm::AddressSpace;
 
@@ -189,6 +189,61 @@ impl Domain {
     pub fn parent(&self) -> Option<&Arc<Domain>> {
         self.parent.as_ref()
     }
+}
+
+/// Read permission for [`Domain::map`] (Linux `IOMMU_READ`).
+pub const IOMMU_READ: u32 = 1 << 0;
+/// Write permission for [`Domain::map`] (Linux `IOMMU_WRITE`).
+pub const IOMMU_WRITE: u32 = 1 << 1;
+
+impl Domain {
+    fn check_paging(&self) -> Result<()> {
+        if self.kind != DomainKind::Paging {
+            return Err(einval("only paging domains are mapped by their user"));
+        }
+        Ok(())
+    }
+
+    /// Maps `len` bytes at `iova` to `pa` (Linux `iommu_map`). `EINVAL` for a domain that is not
+    /// a paging domain, a zero or unaligned (4 KiB) range, or no permission in `prot`; otherwise
+    /// the driver's answer (`EEXIST` for an overlap). Nothing changes on error.
+    pub fn map(&self, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
+        self.check_paging()?;
+        check_range(iova, len)?;
+        if pa & 0xfff != 0 {
+            return Err(einval_v("physical address not 4 KiB aligned", pa));
+        }
+        if prot & (IOMMU_READ | IOMMU_WRITE) == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
+            return Err(einval_v(
+                "prot must be IOMMU_READ and/or IOMMU_WRITE",
+                prot.into(),
+            ));
+        }
+        self.owner.map_pages(self, iova, pa, len, prot)
+    }
+
+    /// Unmaps `len` bytes at `iova` (Linux `iommu_unmap`); returns the bytes unmapped. `EINVAL`
+    /// as for [`Domain::map`].
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<u64> {
+        self.check_paging()?;
+        check_range(iova, len)?;
+        self.owner.unmap_pages(self, iova, len)
+    }
+
+    /// The physical address `iova` translates to, if mapped (Linux `iommu_iova_to_phys`).
+    pub fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+        self.owner.iova_to_phys(self, iova)
+    }
+}
+
+fn check_range(iova: u64, len: u64) -> Result<()> {
+    if len == 0 || (iova | len) & 0xfff != 0 {
+        return Err(einval_v("range empty or not 4 KiB aligned", iova));
+    }
+    if iova.checked_add(len).is_none() {
+        return Err(einval_v("range wraps the address space", iova));
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Domain {

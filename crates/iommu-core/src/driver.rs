@@ -159,6 +159,31 @@ pub trait IommuDriver: Send + Sync + 'static {
     /// hardware page-request queue for the PASID before returning (SPEC H2).
     fn remove_dev_pasid(&self, dev: &Device, pasid: u32, domain: &Domain);
 
+    /// Maps `len` bytes at `iova` of paging `domain` to physical `pa` with `prot`
+    /// (`IOMMU_READ`/`IOMMU_WRITE`), Linux `map_pages`. Overlaps and misalignment are the
+    /// driver's `EEXIST`/`EINVAL`; nothing changes on error. Default: `EOPNOTSUPP`.
+    fn map_pages(
+        &self,
+        _domain: &Domain,
+        _iova: u64,
+        _pa: u64,
+        _len: u64,
+        _prot: u32,
+    ) -> Result<()> {
+        Err(crate::error::eopnotsupp("driver cannot map pages"))
+    }
+
+    /// Unmaps `len` bytes at `iova` of paging `domain` and invalidates the IOTLBs caching them;
+    /// returns the bytes unmapped. Default: `EOPNOTSUPP`.
+    fn unmap_pages(&self, _domain: &Domain, _iova: u64, _len: u64) -> Result<u64> {
+        Err(crate::error::eopnotsupp("driver cannot unmap pages"))
+    }
+
+    /// The physical address `iova` translates to in `domain`, if mapped. Default: `None`.
+    fn iova_to_phys(&self, _domain: &Domain, _iova: u64) -> Option<u64> {
+        None
+    }
+
     /// Sends a page response for the group whose last request was `req` to `dev`. Called
     /// exactly once per group (the core guarantees it), from any thread.
     fn page_response(&self, dev: &Device, req: &PageRequest, resp: PageResponse);

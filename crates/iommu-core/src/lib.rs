@@ -72,7 +72,7 @@ pub use attach::{
     replace_device_pasid, replace_group_handle, Replaced,
 };
 pub use device::{Device, DeviceId};
-pub use domain::{Domain, DomainId, DomainKind};
+pub use domain::{Domain, DomainId, DomainKind, IOMMU_READ, IOMMU_WRITE};
 pub use driver::{Capabilities, DefaultDomainKind, DomainRequest, DriverDomain, IommuDriver};
 pub use error::{Error, Reason, Result};
 pub use fault::{

@@ -125,6 +125,8 @@ struct FailRule {
 /// What the mock hardware is programmed to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HwState {
+    /// Paging-domain mappings: (domain, 4 KiB page IOVA) → (physical page, prot).
+    pub maps: BTreeMap<(DomainId, u64), (u64, u32)>,
     /// Each device's RID domain.
     pub rid: BTreeMap<DeviceId, DomainId>,
     /// Each programmed (device, PASID) and its domain.
@@ -409,5 +411,32 @@ impl IommuDriver for MockDriver {
                 resp,
             },
         );
+    }
+
+    fn map_pages(&self, domain: &Domain, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
+        let mut b = self.books.lock();
+        let pages = (0..len / 4096).map(|i| (domain.id(), iova + i * 4096));
+        if let Some((_, at)) = pages.clone().find(|k| b.hw.maps.contains_key(k)) {
+            return Err(crate::error::eexist_v("IOVA already mapped", at));
+        }
+        for (i, key) in pages.enumerate() {
+            b.hw.maps.insert(key, (pa + i as u64 * 4096, prot));
+        }
+        Ok(())
+    }
+
+    fn unmap_pages(&self, domain: &Domain, iova: u64, len: u64) -> Result<u64> {
+        let mut b = self.books.lock();
+        let n = (0..len / 4096)
+            .filter(|i| b.hw.maps.remove(&(domain.id(), iova + i * 4096)).is_some())
+            .count();
+        Ok(n as u64 * 4096)
+    }
+
+    fn iova_to_phys(&self, domain: &Domain, iova: u64) -> Option<u64> {
+        let b = self.books.lock();
+        b.hw.maps
+            .get(&(domain.id(), iova & !0xfff))
+            .map(|(pa, _)| pa + (iova & 0xfff))
     }
 }

@@ -230,3 +230,50 @@ fn driver_refusing_a_domain_kind_passes_its_error_through() {
     let err = Domain::alloc(fx.dev(0), DomainRequest::Identity, None).unwrap_err();
     assert_eq!(err.errno_name(), "EOPNOTSUPP");
 }
+
+#[test]
+fn paging_domain_maps_unmaps_and_translates_through_its_driver() {
+    use iommu_core::{IOMMU_READ, IOMMU_WRITE};
+    let fx = Fixture::new(&[64]);
+    let dom = fx.paging();
+    dom.map(0x10_0000, 0x8000_0000, 0x2000, IOMMU_READ | IOMMU_WRITE)
+        .unwrap();
+    assert_eq!(dom.iova_to_phys(0x10_1234), Some(0x8000_1234));
+    assert_eq!(
+        dom.map(0x10_1000, 0x9000_0000, 0x1000, IOMMU_READ)
+            .unwrap_err()
+            .errno_name(),
+        "EEXIST"
+    );
+    assert_eq!(
+        dom.iova_to_phys(0x10_1000),
+        Some(0x8000_1000),
+        "failed map changed nothing"
+    );
+    assert_eq!(dom.unmap(0x10_0000, 0x2000).unwrap(), 0x2000);
+    assert_eq!(dom.iova_to_phys(0x10_0000), None);
+}
+
+#[test]
+fn map_argument_errors_return_einval_and_change_nothing() {
+    use iommu_core::IOMMU_READ;
+    let fx = Fixture::new(&[64]);
+    let dom = fx.paging();
+    let ident = Domain::alloc(fx.dev(0), DomainRequest::Identity, None).unwrap();
+    let cases: [(&Arc<Domain>, u64, u64, u64, u32); 6] = [
+        (&ident, 0, 0, 0x1000, IOMMU_READ),
+        (&dom, 0x10, 0, 0x1000, IOMMU_READ),
+        (&dom, 0, 0x10, 0x1000, IOMMU_READ),
+        (&dom, 0, 0, 0, IOMMU_READ),
+        (&dom, 0, 0, 0x1000, 0),
+        (&dom, !0xfff, 0, 0x2000, IOMMU_READ),
+    ];
+    for (d, iova, pa, len, prot) in cases {
+        assert_eq!(
+            d.map(iova, pa, len, prot).unwrap_err().errno_name(),
+            "EINVAL"
+        );
+    }
+    assert!(fx.iommu.hw().maps.is_empty());
+    assert_eq!(ident.unmap(0, 0x1000).unwrap_err().errno_name(), "EINVAL");
+}
