@@ -4,7 +4,7 @@
 //! scenario (the IOMMU core's object model under concurrent load, [`foundation`]); scenario
 //! files, the emulated hardware and the benchmark suite arrive with the later layers.
 
-mod foundation;
+use iommu_sim::foundation;
 
 use std::process::ExitCode;
 
@@ -19,6 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Validate scenario files (TOML; format in docs/scenarios.md) without running them.
+    Check {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Run the built-in scenario (the default).
     Run {
         /// Configuration rounds: attach, replace and detach on every tenant's PASID.
@@ -33,6 +39,43 @@ enum Command {
     },
 }
 
+fn check(files: &[std::path::PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for f in files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                failed = true;
+                continue;
+            }
+        };
+        match iommu_sim::scenario::Scenario::parse(&text) {
+            Ok(s) => println!(
+                "{}: ok: scenario '{}': {} IOMMUs, {} devices, {} processes, {} bonds, {} owners, {} jobs, {} events",
+                f.display(),
+                s.name,
+                s.iommus.len(),
+                s.devices.len(),
+                s.processes.len(),
+                s.bonds.len(),
+                s.owners.len(),
+                s.jobs.len(),
+                s.events.len()
+            ),
+            Err(e) => {
+                eprintln!("{}:{e}", f.display());
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match cli.command.unwrap_or(Command::Run {
@@ -40,6 +83,7 @@ fn main() -> ExitCode {
         readers: 2,
         tenants: 8,
     }) {
+        Command::Check { files } => return check(&files),
         Command::Run {
             rounds,
             readers,

@@ -1,0 +1,5 @@
+//! `iommu-sim`'s library half: scenarios and the built-in foundation run, so the binary stays a
+//! thin command line and tests can drive every part.
+
+pub mod foundation;
+pub mod scenario;
