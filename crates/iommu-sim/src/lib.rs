@@ -2,4 +2,5 @@
 //! thin command line and tests can drive every part.
 
 pub mod foundation;
+pub mod invariants;
 pub mod scenario;

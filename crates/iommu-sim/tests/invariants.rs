@@ -1,0 +1,206 @@
+//! The checker is itself tested: a clean run passes, and for each invariant an injected
+//! violation fails the run with a message naming the offending event.
+
+use iommu_sim::invariants::{Checker, Event, Invariant};
+
+/// A clean run touching every invariant's events.
+fn clean_run() -> Vec<Event> {
+    vec![
+        Event::PasidAllocated { pasid: 5 },
+        Event::Bound { dev: 1, pasid: 5 },
+        Event::GroupRequested {
+            dev: 1,
+            pasid: Some(5),
+            grpid: 0,
+        },
+        Event::Delivered {
+            attachment: 0x100,
+            dev: 1,
+            grpid: 0,
+        },
+        Event::Responded {
+            dev: 1,
+            grpid: 0,
+            code: 0,
+        },
+        Event::Dma { dev: 1, pasid: 5 },
+        Event::GroupRequested {
+            dev: 1,
+            pasid: Some(5),
+            grpid: 0,
+        }, // index reused after answer
+        Event::Delivered {
+            attachment: 0x100,
+            dev: 1,
+            grpid: 0,
+        },
+        Event::DetachReturned { attachment: 0x100 },
+        Event::UnbindReturned { dev: 1, pasid: 5 },
+        Event::Responded {
+            dev: 1,
+            grpid: 0,
+            code: 1,
+        }, // auto-response after detach
+        Event::JobVerified {
+            job: "j".into(),
+            mismatched_bytes: 0,
+        },
+        Event::PasidFreed { pasid: 5 },
+        Event::PasidAllocated { pasid: 5 }, // reuse after free with nothing outstanding
+        Event::Bound { dev: 1, pasid: 5 },
+        Event::Dma { dev: 1, pasid: 5 }, // rebound: DMA allowed again
+    ]
+}
+
+/// Runs the clean run with `bad` inserted at `at`; returns the report.
+fn run_with(at: usize, bad: Event) -> iommu_sim::invariants::CheckReport {
+    let mut events = clean_run();
+    events.insert(at, bad);
+    let mut c = Checker::new();
+    for e in &events {
+        c.observe(e);
+    }
+    c.finish()
+}
+
+#[track_caller]
+fn fails_naming(
+    report: &iommu_sim::invariants::CheckReport,
+    inv: Invariant,
+    index: Option<u64>,
+    fragment: &str,
+) {
+    assert!(!report.passed());
+    assert_eq!(report.count(inv), 1, "{report:?}");
+    let total: u64 = report.counts.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 1, "exactly the injected violation: {report:?}");
+    let v = &report.violations[0];
+    assert_eq!((v.invariant, v.event_index), (inv, index));
+    assert!(v.to_string().contains(inv.name()), "{v}");
+    assert!(v.message.contains(fragment), "{v}");
+}
+
+#[test]
+fn clean_run_passes_every_invariant() {
+    let mut c = Checker::new();
+    for e in clean_run() {
+        assert!(!c.observe(&e), "{e:?}");
+    }
+    let r = c.finish();
+    assert!(r.passed(), "{r:?}");
+    assert_eq!(r.counts.len(), Invariant::ALL.len());
+}
+
+#[test]
+fn second_response_fails_exactly_one_response() {
+    let r = run_with(
+        5,
+        Event::Responded {
+            dev: 1,
+            grpid: 0,
+            code: 0,
+        },
+    );
+    fails_naming(
+        &r,
+        Invariant::ExactlyOneResponse,
+        Some(5),
+        "Responded { dev: 1, grpid: 0, code: 0 }",
+    );
+}
+
+#[test]
+fn unanswered_group_fails_at_the_end() {
+    let r = run_with(
+        3,
+        Event::GroupRequested {
+            dev: 2,
+            pasid: Some(9),
+            grpid: 4,
+        },
+    );
+    fails_naming(
+        &r,
+        Invariant::ExactlyOneResponse,
+        None,
+        "device 2 PRG 4 (PASID Some(9)) never answered",
+    );
+}
+
+#[test]
+fn delivery_after_detach_fails() {
+    let r = run_with(
+        9,
+        Event::Delivered {
+            attachment: 0x100,
+            dev: 1,
+            grpid: 7,
+        },
+    );
+    fails_naming(
+        &r,
+        Invariant::NoDeliveryAfterDetach,
+        Some(9),
+        "attachment 0x100",
+    );
+}
+
+#[test]
+fn dma_after_unbind_fails() {
+    let r = run_with(10, Event::Dma { dev: 1, pasid: 5 });
+    fails_naming(
+        &r,
+        Invariant::NoDmaAfterUnbind,
+        Some(10),
+        "PASID 5 after its unbind",
+    );
+}
+
+#[test]
+fn reused_pasid_fails() {
+    // PASID 5 allocated again while still live (before it was freed).
+    let r = run_with(4, Event::PasidAllocated { pasid: 5 });
+    fails_naming(
+        &r,
+        Invariant::NoPasidReuse,
+        Some(4),
+        "PASID 5 allocated while still live",
+    );
+}
+
+#[test]
+fn pasid_reallocated_with_groups_unanswered_fails() {
+    let mut c = Checker::new();
+    c.observe(&Event::PasidAllocated { pasid: 3 });
+    c.observe(&Event::GroupRequested {
+        dev: 1,
+        pasid: Some(3),
+        grpid: 1,
+    });
+    c.observe(&Event::PasidFreed { pasid: 3 });
+    assert!(c.observe(&Event::PasidAllocated { pasid: 3 }));
+    c.observe(&Event::Responded {
+        dev: 1,
+        grpid: 1,
+        code: 1,
+    });
+    let r = c.finish();
+    fails_naming(&r, Invariant::NoPasidReuse, Some(3), "1 groups unanswered");
+}
+
+#[test]
+fn corrupted_byte_fails_data_verified() {
+    let r = run_with(
+        11,
+        Event::JobVerified {
+            job: "db-write".into(),
+            mismatched_bytes: 1,
+        },
+    );
+    fails_naming(
+        &r,
+        Invariant::DataVerified,
+        Some(11),
+        "job 'db-write' read back 1 wrong bytes",
+    );
+}
