@@ -3,4 +3,5 @@
 
 pub mod foundation;
 pub mod invariants;
+pub mod report;
 pub mod scenario;
