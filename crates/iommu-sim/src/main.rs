@@ -19,6 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Measure each figure beside its floor, in one run (see BENCHMARKS.md).
+    Bench {
+        /// Fewer iterations (a smoke run; figures are noisier).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Validate scenario files (TOML; format in docs/scenarios.md) without running them.
     Check {
         /// Scenario files.
@@ -84,6 +90,10 @@ fn main() -> ExitCode {
         tenants: 8,
     }) {
         Command::Check { files } => return check(&files),
+        Command::Bench { quick } => {
+            print!("{}", iommu_sim::bench::run(quick));
+            return ExitCode::SUCCESS;
+        }
         Command::Run {
             rounds,
             readers,
