@@ -1,8 +1,60 @@
 //! `iommu-emu`: the hardware iommu-rs runs on, simulated.
 //!
-//! This crate will own the software IOMMU (`EmuIommu`, implementing `iommu-core`'s driver trait:
-//! per-device PASID tables, domain IDs, an IOTLB, the bounded page request queue and page
-//! responses, the unrecoverable-fault log), PCIe endpoints with PASID, ATS and PRI and a DMA
-//! engine, and simulated process memory (`PhysMem`, `Mm`) whose first-stage tables the IOMMU
-//! walks for SVA. See `DESIGN.md` §2-§3 of the project; it is filled by the SVA/IOPF issue.
+//! * [`PhysMem`] — bounded physical memory of 4 KiB frames, shared lock-free by CPU threads,
+//!   DMA and page tables ([`phys`]).
+//! * [`Mm`] — a process address space implementing [`iommu_core::AddressSpace`]: VMAs,
+//!   demand-zero paging through its own x86-64 first-stage table (the one SVA shares with the
+//!   IOMMU), `munmap`/`mprotect`/`exit` that invalidate every IOMMU caching it before freeing
+//!   ([`mm`]).
+//! * [`EmuIommu`] — a software IOMMU implementing [`iommu_core::IommuDriver`]: per-device RID
+//!   context and PASID table, domain IDs, an IOTLB, a bounded page request queue drained by one
+//!   `prq/<name>` thread into [`iommu_core::report_device_fault`] with VT-d overflow semantics,
+//!   page responses routed back to endpoints, and a fault log ([`iommu`]).
+//! * [`Endpoint`] — a PCIe function: PASID, an ATS device TLB, PRI with credits and 9-bit PRG
+//!   indices, PASID stop, reset, and a DMA engine that batches the pages of a job that miss
+//!   into one page request group ([`endpoint`]).
+//! * [`demo`] — the end-to-end SVA demand-paging flow behind the `sva_demand_paging` example.
+//!
+//! The path of a page request (DESIGN §3): `Endpoint::dma_write` → `EmuIommu` translation
+//! misses → one page request group into the PRQ → queue thread → `report_device_fault` → SVA
+//! handler on the `IopfQueue` → `Mm::handle_mm_fault` → `IopfGroup::respond` →
+//! `EmuIommu::page_response` → the endpoint retries.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue};
+//! use iommu_emu::{EmuIommu, EmuIommuConfig, EndpointConfig, Mm, PhysMem, Prot};
+//!
+//! let phys = Arc::new(PhysMem::new(1024));
+//! let iommu = EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).unwrap();
+//! let queue = IopfQueue::new("dmar0", 1).unwrap();
+//! let group = Group::new(iommu.driver(), "grp0");
+//! let ep = iommu.add_endpoint(&group, "0000:00:04.0", 1 << 20, EndpointConfig::default()).unwrap();
+//! iopf_queue_add_device(&queue, ep.device()).unwrap();
+//!
+//! let mm = Mm::new(&phys).unwrap();
+//! let buf = mm.mmap(8192, Prot::READ_WRITE).unwrap(); // never touched by the CPU
+//! let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+//! ep.dma_write(Some(bond.pasid()), buf + 100, b"written by the device").unwrap();
+//!
+//! let mut back = [0u8; 21];
+//! mm.read(buf + 100, &mut back).unwrap();
+//! assert_eq!(&back, b"written by the device");
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod demo;
+pub mod endpoint;
+pub mod iommu;
+pub mod mm;
+pub mod phys;
+mod prq;
+mod tlb;
+
+pub use endpoint::{DmaError, Endpoint, EndpointConfig, EndpointStats};
+pub use iommu::{
+    DmaWindow, EmuIommu, EmuIommuConfig, FaultReason, FaultRecord, IommuStats, TranslationFault,
+};
+pub use mm::{Mm, MmStats, Prot, SecondaryTlb};
+pub use phys::PhysMem;
