@@ -202,6 +202,97 @@ pub fn page_table_figures(iters: u64) -> Vec<Figure> {
     ]
 }
 
+/// End-to-end SVA fault groups through the software IOMMU: a device writes one untouched page
+/// per group (page request → PRQ thread → core → SVA handler on `workers` IOPF workers →
+/// fault-in → response → DMA retry). Returns ns per group.
+pub fn fault_path_ns(groups: u64, workers: usize) -> f64 {
+    use iommu_core::{iopf_queue_add_device, sva_bind_device, IopfQueue};
+    use iommu_emu::{EmuIommu, EmuIommuConfig, EndpointConfig, Mm, PhysMem, Prot};
+
+    const CHUNK: u64 = 4096; // pages mapped, faulted, then unmapped to recycle frames
+    let phys = Arc::new(PhysMem::new(2 * CHUNK as usize + 256));
+    let iommu = EmuIommu::new("bench", &phys, EmuIommuConfig::default()).expect("iommu");
+    let queue = IopfQueue::new("bench", workers).expect("queue");
+    let group = Group::new(iommu.driver(), "g");
+    let ep = iommu
+        .add_endpoint(&group, "dev0", 1 << 20, EndpointConfig::default())
+        .expect("endpoint");
+    iopf_queue_add_device(&queue, ep.device()).expect("iopf");
+    let mm = Mm::new(&phys).expect("mm");
+    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
+    let pasid = Some(bond.pasid());
+    let page = [0x5au8; 4096];
+    let run = |n: u64| -> f64 {
+        let mut total = Duration::ZERO;
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(CHUNK);
+            let va = mm.mmap(k * 4096, Prot::READ_WRITE).expect("mmap");
+            let t = Instant::now();
+            for i in 0..k {
+                ep.dma_write(pasid, va + i * 4096, &page).expect("dma");
+            }
+            total += t.elapsed();
+            mm.munmap(va, k * 4096).expect("munmap");
+            left -= k;
+        }
+        total.as_nanos() as f64 / n as f64
+    };
+    run(groups / 10);
+    let mut runs: Vec<f64> = (0..RUNS).map(|_| run(groups)).collect();
+    runs.sort_by(f64::total_cmp);
+    runs[RUNS / 2]
+}
+
+/// User-space delivery through the iommufd fault fd, in process: report `batch` single-fault
+/// groups, read them as records, write Success for each. Returns ns per record.
+pub fn fd_delivery_ns(records: u64, batch: usize) -> f64 {
+    use iommu_core::{report_device_fault, PageRequest, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE};
+    use iommufd::uapi::{IOMMUFD_PAGE_RESP_SUCCESS, IOMMU_HWPT_FAULT_ID_VALID};
+    use iommufd::{Ictx, FAULT_RECORD_SIZE, IOMMU_NO_PASID, RESPONSE_RECORD_SIZE};
+
+    let group = Group::new(MockDriver::new("fd"), "g");
+    let dev = group.add_device("d", 1 << 20).expect("probe");
+    let ictx = Ictx::new();
+    let dev_id = ictx.bind_device(dev.clone()).expect("bind");
+    let ioas = ictx.ioas_alloc().expect("ioas");
+    let (fault_id, fd) = ictx.fault_queue_alloc(0).expect("fault queue");
+    let hwpt = ictx
+        .hwpt_alloc(dev_id, ioas, IOMMU_HWPT_FAULT_ID_VALID, fault_id, 0, &[])
+        .expect("hwpt");
+    ictx.device_attach(dev_id, IOMMU_NO_PASID, hwpt)
+        .expect("attach");
+    let mut rbuf = vec![0u8; batch * FAULT_RECORD_SIZE];
+    let mut wbuf = vec![0u8; batch * RESPONSE_RECORD_SIZE];
+    let mut grpid = 0u32;
+    let rounds = (records / batch as u64).max(1);
+    let ns = measure(rounds, |_| {
+        for _ in 0..batch {
+            grpid = (grpid + 1) & 0x1ff;
+            let req = PageRequest {
+                flags: IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+                grpid,
+                perm: 1,
+                addr: 0x1000,
+                ..Default::default()
+            };
+            report_device_fault(&dev, req).expect("report");
+        }
+        let n = fd.read(&mut rbuf).expect("read");
+        assert_eq!(n, rbuf.len(), "every record read");
+        for (rec, resp) in rbuf
+            .chunks_exact(FAULT_RECORD_SIZE)
+            .zip(wbuf.chunks_exact_mut(RESPONSE_RECORD_SIZE))
+        {
+            resp[..4].copy_from_slice(&rec[36..40]);
+            resp[4..].copy_from_slice(&IOMMUFD_PAGE_RESP_SUCCESS.to_ne_bytes());
+        }
+        assert_eq!(fd.write(&wbuf).expect("write"), wbuf.len());
+    });
+    drop(ictx);
+    ns / batch as f64
+}
+
 /// Runs every benchmark and renders the table.
 pub fn run(quick: bool) -> String {
     let scale = if quick { 1 } else { 10 };
@@ -211,6 +302,21 @@ pub fn run(quick: bool) -> String {
         ns_per_op: handoff,
         floor: None,
     }];
+    let floor = Some(("cross-thread handoff round trip".to_string(), handoff));
+    for workers in [1, 2] {
+        figures.push(Figure {
+            name: format!("end-to-end single-page fault group, {workers} IOPF worker(s)"),
+            ns_per_op: fault_path_ns(2_000 * scale, workers),
+            floor: floor.clone(),
+        });
+    }
+    for batch in [1, 16, 256] {
+        figures.push(Figure {
+            name: format!("iommufd fault fd delivery, batches of {batch} (per record)"),
+            ns_per_op: fd_delivery_ns(20_000 * scale, batch),
+            floor: floor.clone(),
+        });
+    }
     figures.extend(lookup_figures(200_000 * scale));
     figures.extend(page_table_figures(100_000 * scale));
     let mut out = format!(
