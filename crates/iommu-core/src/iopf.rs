@@ -101,6 +101,18 @@ impl FaultStats {
 /// `ENODEV` if the device is not behind an IOMMU; `EOPNOTSUPP` if its IOMMU has no PRI;
 /// `EBUSY` if already enabled.
 pub fn iopf_enable(dev: &Device) -> Result<()> {
+    publish_fault_param(
+        dev,
+        FaultParam::new(
+            #[cfg(feature = "std")]
+            None,
+        ),
+    )
+}
+
+/// Checks that `dev` can report faults and publishes its fault state (shared by
+/// [`iopf_enable`] and `iopf_queue_add_device`).
+pub(crate) fn publish_fault_param(dev: &Device, param: FaultParam) -> Result<()> {
     let iommu = dev.iommu().ok_or(enodev("device is not behind an IOMMU"))?;
     if !iommu.capabilities().pri {
         return Err(eopnotsupp("IOMMU has no page request interface"));
@@ -109,10 +121,7 @@ pub fn iopf_enable(dev: &Device) -> Result<()> {
     if slot.is_some() {
         return Err(ebusy("fault reporting already enabled"));
     }
-    *slot = Some(Arc::new(FaultParam::new(
-        #[cfg(feature = "std")]
-        None,
-    )));
+    *slot = Some(Arc::new(param));
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::device::Device;
-use crate::error::{ebusy, einval, enodev, eopnotsupp, Result};
+use crate::error::{einval, enodev, Result};
 use crate::iopf::FaultParam;
 
 type Work = Box<dyn FnOnce() + Send>;
@@ -139,16 +139,7 @@ impl core::fmt::Debug for IopfQueue {
 /// Enables fault reporting for `dev` with its handlers' work run on `queue` (Linux
 /// `iopf_queue_add_device`). Errors as [`crate::iopf_enable`].
 pub fn iopf_queue_add_device(queue: &Arc<IopfQueue>, dev: &Device) -> Result<()> {
-    let iommu = dev.iommu().ok_or(enodev("device is not behind an IOMMU"))?;
-    if !iommu.capabilities().pri {
-        return Err(eopnotsupp("IOMMU has no page request interface"));
-    }
-    let mut slot = dev.fault_param.write();
-    if slot.is_some() {
-        return Err(ebusy("fault reporting already enabled"));
-    }
-    *slot = Some(Arc::new(FaultParam::new(Some(queue.clone()))));
-    Ok(())
+    crate::iopf::publish_fault_param(dev, FaultParam::new(Some(queue.clone())))
 }
 
 /// Waits until every handler work item queued for `dev` has run (Linux `iopf_queue_flush_dev`).
