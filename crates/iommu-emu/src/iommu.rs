@@ -1043,6 +1043,26 @@ impl IommuDriver for EmuIommu {
         self.counters.page_responses.fetch_add(1, Relaxed);
         self.deliver_response(dev, resp);
     }
+
+    /// Linux `map_pages`: the core's `Domain::map` (and so iommufd's IOAS) lands here.
+    fn map_pages(&self, domain: &Domain, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
+        let perms = Perms {
+            read: prot & iommu_core::IOMMU_READ != 0,
+            write: prot & iommu_core::IOMMU_WRITE != 0,
+            exec: false,
+            user: false,
+        };
+        EmuIommu::map(self, domain, iova, PhysAddr(pa), len, perms)
+    }
+
+    /// Linux `unmap_pages`, with the IOTLB and device-TLB invalidation.
+    fn unmap_pages(&self, domain: &Domain, iova: u64, len: u64) -> Result<u64> {
+        EmuIommu::unmap(self, domain, iova, len)
+    }
+
+    fn iova_to_phys(&self, domain: &Domain, iova: u64) -> Option<u64> {
+        EmuIommu::iova_to_phys(self, domain, iova).map(|pa| pa.0)
+    }
 }
 
 impl Drop for EmuIommu {

@@ -56,5 +56,7 @@ pub use endpoint::{DmaError, Endpoint, EndpointConfig, EndpointStats};
 pub use iommu::{
     DmaWindow, EmuIommu, EmuIommuConfig, FaultReason, FaultRecord, IommuStats, TranslationFault,
 };
+/// Page-table types that appear in this crate's API (frames, physical addresses, permissions).
+pub use iommu_pt::{Perms, Pfn, PhysAddr};
 pub use mm::{Mm, MmStats, Prot, SecondaryTlb};
 pub use phys::PhysMem;

@@ -174,3 +174,36 @@ fn another_iommus_domain_is_refused() {
         "EINVAL"
     );
 }
+
+#[test]
+fn core_domain_map_reaches_the_emulated_tables_and_dma_sees_it() {
+    use iommu_core::{IOMMU_READ, IOMMU_WRITE};
+    let fx = Fx::new();
+    let ep = fx.endpoint("nic0", EndpointConfig::default());
+    let domain = Domain::alloc_paging(ep.device()).unwrap();
+    iommu_core::attach_group(&domain, ep.group()).unwrap();
+    let frame = fx.phys.alloc_frame().unwrap();
+    // Through the core (what iommufd's IOAS does), not the emulator's own API.
+    domain
+        .map(IOVA, frame.addr().0, 4096, IOMMU_READ | IOMMU_WRITE)
+        .unwrap();
+    assert_eq!(domain.iova_to_phys(IOVA + 8), Some(frame.addr().0 + 8));
+    ep.dma_write(None, IOVA + 8, b"via Domain::map").unwrap();
+    let mut back = [0u8; 15];
+    fx.phys
+        .read(PhysAddr(frame.addr().0 + 8), &mut back)
+        .unwrap();
+    assert_eq!(&back, b"via Domain::map");
+    // Read-only mapping: a DMA write is refused.
+    domain
+        .map(IOVA + 4096, frame.addr().0, 4096, IOMMU_READ)
+        .unwrap();
+    assert!(ep.dma_write(None, IOVA + 4096, b"x").is_err());
+    assert_eq!(domain.unmap(IOVA, 8192).unwrap(), 8192);
+    assert_eq!(domain.iova_to_phys(IOVA), None);
+    assert!(
+        ep.dma_read(None, IOVA, &mut [0; 4]).is_err(),
+        "unmap invalidated the caches"
+    );
+    iommu_core::detach_group(&domain, ep.group()).unwrap();
+}
