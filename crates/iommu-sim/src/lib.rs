@@ -2,6 +2,7 @@
 //! thin command line and tests can drive every part.
 
 pub mod bench;
+pub mod engine;
 pub mod foundation;
 pub mod invariants;
 pub mod report;

@@ -31,8 +31,23 @@ enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
-    /// Run the built-in scenario (the default).
+    /// Run a scenario file (TOML; format in docs/scenarios.md), or the built-in scenario when
+    /// no file is given (the default).
     Run {
+        /// Scenario file; without it, the built-in foundation scenario runs.
+        file: Option<std::path::PathBuf>,
+        /// Write the report as JSON here (scenario files only).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+        /// Write latency histograms as SVG here (scenario files only).
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        /// Write a Chrome trace (JSON) of the jobs here (scenario files only).
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+        /// Divide every job's length by this (scenario files only).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        scale: u64,
         /// Configuration rounds: attach, replace and detach on every tenant's PASID.
         #[arg(long, default_value_t = 2_000)]
         rounds: u64,
@@ -82,9 +97,52 @@ fn check(files: &[std::path::PathBuf]) -> ExitCode {
     }
 }
 
+fn run_file(
+    file: &std::path::Path,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+    trace: Option<&std::path::Path>,
+    scale: u64,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let scenario = match iommu_sim::scenario::Scenario::parse(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}:{e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = iommu_sim::engine::RunOptions {
+        scale,
+        trace: trace.is_some(),
+    };
+    let report = iommu_sim::engine::run(&scenario, &opts);
+    print!("{}", report.text());
+    if let Err(e) = report.write_outputs(json, plot, trace) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    if report.invariants.as_ref().is_some_and(|c| c.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match cli.command.unwrap_or(Command::Run {
+        file: None,
+        json: None,
+        plot: None,
+        trace: None,
+        scale: 1,
         rounds: 2_000,
         readers: 2,
         tenants: 8,
@@ -95,9 +153,27 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run {
+            file: Some(file),
+            json,
+            plot,
+            trace,
+            scale,
+            ..
+        } => {
+            return run_file(
+                &file,
+                json.as_deref(),
+                plot.as_deref(),
+                trace.as_deref(),
+                scale,
+            )
+        }
+        Command::Run {
+            file: None,
             rounds,
             readers,
             tenants,
+            ..
         } => foundation::Config {
             rounds,
             readers,

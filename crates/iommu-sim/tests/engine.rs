@@ -1,0 +1,286 @@
+//! The threads-mode engine: every shipped scenario runs and every invariant holds, events that
+//! break a running job are expected failures (not violations), and the `run FILE` command line.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use iommu_sim::engine::{run, RunOptions};
+use iommu_sim::invariants::Invariant;
+use iommu_sim::report::RunReport;
+use iommu_sim::scenario::Scenario;
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
+}
+
+fn run_text(text: &str, scale: u64) -> RunReport {
+    let s = Scenario::parse(text).unwrap_or_else(|e| panic!("scenario: {e}"));
+    run(&s, &RunOptions { scale, trace: true })
+}
+
+fn run_file(name: &str, scale: u64) -> RunReport {
+    let text = std::fs::read_to_string(scenarios_dir().join(name)).expect("read scenario");
+    run_text(&text, scale)
+}
+
+fn assert_passed(r: &RunReport) {
+    let inv = r.invariants.as_ref().expect("invariants checked");
+    assert!(inv.passed(), "{}", r.text());
+    assert_eq!(r.mode, "threads");
+    assert!(
+        r.groups > 0,
+        "no page request group was sent:\n{}",
+        r.text()
+    );
+    // Groups abandoned by a device reset get no response; the engine's exactly-once
+    // accounting (an invariant above) checks sent = answered + abandoned per device.
+    assert!(
+        r.responses.iter().sum::<u64>() <= r.groups,
+        "more responses than groups:\n{}",
+        r.text()
+    );
+}
+
+#[test]
+fn every_shipped_scenario_passes_every_invariant() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(scenarios_dir()).expect("scenarios/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        // Debug builds are slow: shrink the jobs (the events and topology stay as shipped).
+        let r = run_file(&name, 8);
+        assert_passed(&r);
+        assert_eq!(
+            r.trace.iter().filter(|t| t.category == "job").count() as u64,
+            r.jobs
+        );
+        seen += 1;
+    }
+    assert!(seen >= 3, "found only {seen} scenarios");
+}
+
+#[test]
+fn sva_two_devices_verifies_both_jobs() {
+    let r = run_file("sva-two-devices.toml", 4);
+    assert_passed(&r);
+    assert_eq!(r.bytes, 4 << 20);
+    assert_eq!(r.faults_by_stage["sva"], 1024);
+    assert!(!r.latency["dma_job"].is_empty());
+}
+
+#[test]
+fn default_scenario_drives_sva_and_iommufd_faults() {
+    let r = run_file("default.toml", 1);
+    assert_passed(&r);
+    assert!(r.faults_by_stage["sva"] > 0, "{}", r.text());
+    assert!(r.faults_by_stage["iommufd"] > 0, "{}", r.text());
+    // The five timed events always fire; the two count-triggered ones only if the jobs (which
+    // the timed events may cut short) produce 200 and 400 groups first.
+    assert!(r.faults_by_stage["events_fired"] >= 5, "{}", r.text());
+}
+
+#[test]
+fn overflow_scenario_overflows_and_loses_nothing() {
+    let r = run_file("overflow.toml", 1);
+    assert_passed(&r);
+    assert!(r.faults_by_stage["prq_overflow"] > 0, "{}", r.text());
+    assert_eq!(r.bytes, 8 << 20);
+}
+
+const MUNMAP: &str = r#"
+[scenario]
+name = "munmap-while-running"
+
+[[iommu]]
+name = "iommu0"
+
+[[device]]
+name = "dev0"
+iommu = "iommu0"
+pri_credits = 8
+
+[[process]]
+name = "p"
+vma = [{ name = "buf", size = "32MiB", prot = "rw" }]
+
+[[bond]]
+device = "dev0"
+process = "p"
+
+[[job]]
+name = "big-write"
+device = "dev0"
+op = "write"
+process = "p"
+vma = "buf"
+len = "32MiB"
+repeat = 4
+
+[[event]]
+action = "munmap"
+after_groups = 4
+process = "p"
+vma = "buf"
+"#;
+
+#[test]
+fn munmap_while_job_runs_is_an_expected_failure_not_a_violation() {
+    let r = run_text(MUNMAP, 1);
+    let inv = r.invariants.as_ref().expect("invariants");
+    assert!(inv.passed(), "{}", r.text());
+    assert_eq!(r.faults_by_stage["events_fired"], 1);
+    // 128 MiB of writes in 256 KiB chunks cannot finish before 4 groups are answered.
+    assert_eq!(
+        r.faults_by_stage["expected_dma_failures"],
+        1,
+        "{}",
+        r.text()
+    );
+    assert!(r.bytes < 128 << 20);
+    // The job was affected: it is not verified, so no JobVerified and no data violation.
+    assert_eq!(inv.count(Invariant::DataVerified), 0);
+}
+
+const UNBIND: &str = r#"
+[scenario]
+name = "unbind-while-running"
+
+[[iommu]]
+name = "iommu0"
+
+[[device]]
+name = "dev0"
+iommu = "iommu0"
+
+[[device]]
+name = "dev1"
+iommu = "iommu0"
+
+[[process]]
+name = "p"
+vma = [{ name = "a", size = "16MiB", prot = "rw" }, { name = "b", size = "4MiB", prot = "rw" }]
+
+[[bond]]
+device = "dev0"
+process = "p"
+
+[[bond]]
+device = "dev1"
+process = "p"
+
+[[job]]
+name = "long"
+device = "dev0"
+op = "fill"
+process = "p"
+vma = "a"
+len = "16MiB"
+repeat = 8
+
+[[job]]
+name = "other-device"
+device = "dev1"
+op = "write"
+process = "p"
+vma = "b"
+len = "4MiB"
+
+[[event]]
+action = "unbind"
+after_groups = 4
+device = "dev0"
+process = "p"
+"#;
+
+#[test]
+fn unbind_while_job_runs_stops_its_dma_and_spares_the_other_device() {
+    let r = run_text(UNBIND, 1);
+    let inv = r.invariants.as_ref().expect("invariants");
+    assert!(inv.passed(), "{}", r.text());
+    assert_eq!(inv.count(Invariant::NoDmaAfterUnbind), 0);
+    assert_eq!(
+        r.faults_by_stage["expected_dma_failures"],
+        1,
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn run_file_command_writes_outputs_and_exits_zero() {
+    let dir = std::env::temp_dir().join(format!("iommu-sim-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (json, svg, trace) = (dir.join("r.json"), dir.join("r.svg"), dir.join("t.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
+        .arg("run")
+        .arg(scenarios_dir().join("sva-two-devices.toml"))
+        .args(["--scale", "8", "--json"])
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .expect("run iommu-sim");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("scenario 'sva-two-devices' (threads mode"),
+        "{text}"
+    );
+    assert!(text.contains("invariants     all held"), "{text}");
+    for p in [&json, &svg, &trace] {
+        assert!(
+            std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false),
+            "{}",
+            p.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const NO_PRI: &str = r#"
+[scenario]
+name = "no-pri"
+
+[[iommu]]
+name = "iommu0"
+
+[[device]]
+name = "dev0"
+iommu = "iommu0"
+pri = false
+
+[[process]]
+name = "p"
+vma = [{ name = "buf", size = "64KiB", prot = "rw" }]
+
+[[bond]]
+device = "dev0"
+process = "p"
+
+[[job]]
+name = "w"
+device = "dev0"
+op = "write"
+process = "p"
+vma = "buf"
+len = "64KiB"
+"#;
+
+#[test]
+fn a_failure_no_event_explains_is_a_violation() {
+    // Without PRI the device cannot fault lazily populated memory in: with no event to blame,
+    // the engine must report it, not pass quietly.
+    let r = run_text(NO_PRI, 1);
+    let inv = r.invariants.as_ref().expect("invariants");
+    assert!(!inv.passed(), "{}", r.text());
+    assert!(inv.count(Invariant::DataVerified) > 0, "{}", r.text());
+}
