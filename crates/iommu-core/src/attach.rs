@@ -315,14 +315,11 @@ pub fn attach_handle_get<T: Send + Sync + 'static>(
     let slot = array
         .get(pasid)
         .ok_or(enoent_v("no attach handle at PASID", pasid.into()))?;
-    if !slot.as_any().is::<AttachHandle<T>>() {
-        return Err(ebusy_v("PASID is attached by another owner", pasid.into()));
-    }
-    let slot = slot.clone();
-    drop(array);
-    Ok(Attachment(slot)
-        .downcast()
-        .unwrap_or_else(|_| unreachable!("type checked under the lock")))
+    // The one type check, under the lock (H1); the clone it yields is the counted reference.
+    slot.clone()
+        .into_any()
+        .downcast::<AttachHandle<T>>()
+        .map_err(|_| ebusy_v("PASID is attached by another owner", pasid.into()))
 }
 
 /// Looks up the handle at (`group`, `pasid`) whatever its owner (Linux's type 0), as the fault

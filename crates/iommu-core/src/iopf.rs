@@ -277,13 +277,13 @@ impl fmt::Debug for IopfGroup {
 fn find_fault_handler(
     array: &crate::pasid_table::PasidTable<Slot>,
     req: &PageRequest,
-    user_pasid_table: bool,
+    user_pasid_table: impl FnOnce() -> bool,
 ) -> Option<Slot> {
     let slot = if req.pasid_valid() {
         match array.get(req.pasid) {
             Some(s) => Some(s),
             // The guest owns the whole PASID table: its nested domain on the RID takes the fault.
-            None if user_pasid_table => array
+            None if user_pasid_table() => array
                 .get(IOMMU_NO_PASID)
                 .filter(|s| s.domain().kind() == DomainKind::Nested),
             None => None,
@@ -306,7 +306,8 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
     let Ok(group) = dev.group() else {
         return bad_request(dev, &req);
     };
-    let user_pasid_table = group.iommu().capabilities().user_pasid_table;
+    // Asked only for an unattached PASID: the capabilities are a driver call.
+    let user_pasid_table = || group.iommu().capabilities().user_pasid_table;
     // The fence: held until the handler owns the group, so detach waits for this report.
     let array = group.pasid_array.read();
     let Some(slot) = find_fault_handler(&array, &req, user_pasid_table) else {

@@ -6,7 +6,6 @@
 //! device's queued work is counted so [`iopf_queue_flush_dev`] can wait for it: unbind flushes
 //! before it returns, so no SVA handler runs for a PASID after its unbind returned.
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -18,8 +17,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::device::Device;
 use crate::error::{einval, enodev, Result};
 use crate::iopf::FaultParam;
+use crate::iopf::IopfGroup;
 
-type Work = Box<dyn FnOnce() + Send>;
+/// A queued group and the handler work to run on it.
+type Work = (IopfGroup, fn(IopfGroup));
 
 /// A pool of worker threads running page-fault handlers, named `iopf_queue/<name>`.
 pub struct IopfQueue {
@@ -69,8 +70,10 @@ impl IopfQueue {
                 std::thread::Builder::new()
                     .name(format!("iopf_queue/{name}.{i}"))
                     .spawn(move || {
-                        for work in rx {
-                            work();
+                        for (group, run) in rx {
+                            let param = group.param().clone();
+                            run(group);
+                            param.work.finish();
                         }
                     })
                     .map_err(|_| crate::error::enomem("cannot spawn an IOPF worker"))
@@ -88,23 +91,17 @@ impl IopfQueue {
         &self.name
     }
 
-    /// Queues `work` for `param`'s device; `Err` gives the work back when the queue is shut
-    /// down.
-    pub(crate) fn submit(
-        &self,
-        param: &Arc<FaultParam>,
-        work: impl FnOnce() + Send + 'static,
-    ) -> core::result::Result<(), ()> {
-        let tx = self.tx.lock().clone().ok_or(())?;
+    /// Queues `run(group)` on the workers, counted against the group's device for flushing;
+    /// gives the group back when the queue is shut down.
+    pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
+        let Some(tx) = self.tx.lock().clone() else {
+            return Err(group);
+        };
+        let param = group.param().clone();
         param.work.start();
-        let param2 = param.clone();
-        let job: Work = Box::new(move || {
-            work();
-            param2.work.finish();
-        });
-        tx.send(job).map_err(|e| {
+        tx.send((group, run)).map_err(|back| {
             param.work.finish();
-            drop(e);
+            back.into_inner().0
         })
     }
 

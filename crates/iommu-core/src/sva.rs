@@ -208,18 +208,7 @@ impl IopfHandler for SvaFaultHandler {
     fn handle_iopf(&self, group: IopfGroup) -> core::result::Result<(), IopfGroup> {
         #[cfg(feature = "std")]
         if let Some(queue) = group.param().queue.clone() {
-            let param = group.param().clone();
-            let slot = alloc::sync::Arc::new(Mutex::new(Some(group)));
-            let work_slot = slot.clone();
-            let queued = queue.submit(&param, move || {
-                if let Some(g) = work_slot.lock().take() {
-                    sva_handle_group(g);
-                }
-            });
-            return match queued {
-                Ok(()) => Ok(()),
-                Err(()) => Err(slot.lock().take().expect("work did not run")),
-            };
+            return queue.submit(group, sva_handle_group);
         }
         sva_handle_group(group);
         Ok(())

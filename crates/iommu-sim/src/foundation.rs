@@ -49,7 +49,6 @@ pub struct Config {
 /// What the run did and found.
 #[derive(Debug, Default)]
 pub struct Report {
-    #[allow(missing_docs)]
     pub attaches: u64,
     pub replaces: u64,
     pub detaches: u64,
