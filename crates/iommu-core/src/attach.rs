@@ -115,7 +115,7 @@ pub fn attach_device_pasid<T: Send + Sync + 'static>(
     }
     program_pasid(&group, &st, domain, pasid, None)?;
     let h = Arc::new(AttachHandle::new(domain.clone(), pasid, handle));
-    group.pasid_array.write().insert(pasid, h.clone());
+    group.publish(pasid, h.clone());
     drop(st);
     Ok(h)
 }
@@ -145,7 +145,7 @@ pub fn detach_device_pasid(domain: &Arc<Domain>, dev: &Device, pasid: u32) -> Re
     for d in st.devices.iter().filter(|d| d.supports_pasid()) {
         group.iommu().remove_dev_pasid(d, pasid, domain);
     }
-    group.pasid_array.write().remove(pasid);
+    group.unpublish(pasid);
     drop(st);
     Ok(Attachment(current))
 }
@@ -174,7 +174,7 @@ pub fn replace_device_pasid<T: Send + Sync + 'static>(
         program_pasid(&group, &st, domain, pasid, Some(old.domain()))?;
     }
     let new = Arc::new(AttachHandle::new(domain.clone(), pasid, handle));
-    group.pasid_array.write().insert(pasid, new.clone());
+    group.publish(pasid, new.clone());
     drop(st);
     Ok(Replaced {
         new,
@@ -253,7 +253,7 @@ pub fn attach_group_handle<T: Send + Sync + 'static>(
     }
     st.set_domain(group.iommu(), domain)?;
     let h = Arc::new(AttachHandle::new(domain.clone(), IOMMU_NO_PASID, handle));
-    group.pasid_array.write().insert(IOMMU_NO_PASID, h.clone());
+    group.publish(IOMMU_NO_PASID, h.clone());
     Ok(h)
 }
 
@@ -271,7 +271,7 @@ pub fn detach_group_handle(domain: &Arc<Domain>, group: &Group) -> Result<Attach
         return Err(einval("RID handle records another domain"));
     }
     st.set_core_domain(group.iommu());
-    group.pasid_array.write().remove(IOMMU_NO_PASID);
+    group.unpublish(IOMMU_NO_PASID);
     Ok(Attachment(current))
 }
 
@@ -290,10 +290,7 @@ pub fn replace_group_handle<T: Send + Sync + 'static>(
     group_preflight(domain, group, &st)?;
     st.set_domain(group.iommu(), domain)?;
     let new = Arc::new(AttachHandle::new(domain.clone(), IOMMU_NO_PASID, handle));
-    let old = group
-        .pasid_array
-        .write()
-        .insert(IOMMU_NO_PASID, new.clone());
+    let old = group.publish(IOMMU_NO_PASID, new.clone());
     Ok(Replaced {
         new,
         old: old.map(Attachment),

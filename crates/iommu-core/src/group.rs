@@ -34,6 +34,11 @@ static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 
 pub(crate) type Slot = Arc<dyn ErasedHandle>;
 
+/// A slot's identity, as [`crate::Attachment::addr`] gives it.
+pub(crate) fn slot_addr(slot: &Slot) -> usize {
+    Arc::as_ptr(slot) as *const () as usize
+}
+
 /// Everything `group->mutex` protects.
 pub(crate) struct GroupState {
     pub(crate) devices: Vec<Arc<Device>>,
@@ -242,6 +247,26 @@ impl Group {
     /// A counted reference to the handle at `pasid`, if any (PASID array read lock only).
     pub(crate) fn slot(&self, pasid: u32) -> Option<Slot> {
         self.pasid_array.read().get(pasid).cloned()
+    }
+
+    /// Publishes `slot` for `pasid` (replacing any previous handle) and traces it.
+    pub(crate) fn publish(&self, pasid: u32, slot: Slot) -> Option<Slot> {
+        let handle = slot_addr(&slot);
+        let old = self.pasid_array.write().insert(pasid, slot);
+        if let Some(old) = &old {
+            crate::trace::detached(self.id.0, pasid, slot_addr(old));
+        }
+        crate::trace::attached(self.id.0, pasid, handle);
+        old
+    }
+
+    /// Unpublishes `pasid`'s handle; once the write lock is taken no report holds it any more.
+    pub(crate) fn unpublish(&self, pasid: u32) -> Option<Slot> {
+        let old = self.pasid_array.write().remove(pasid);
+        if let Some(old) = &old {
+            crate::trace::detached(self.id.0, pasid, slot_addr(old));
+        }
+        old
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState> {

@@ -192,9 +192,10 @@ struct GroupInner {
 }
 
 impl GroupInner {
-    fn send(self, code: PageResponseCode) {
+    fn send(self, code: PageResponseCode, path: &'static str) {
         let last = *self.faults.last().expect("a group has its last request");
         self.param.stats.count_response(code);
+        crate::trace::responded(self.dev.id().0, &last, code, path);
         if let Some(iommu) = self.dev.iommu() {
             let resp = PageResponse {
                 pasid: last.pasid,
@@ -249,7 +250,7 @@ impl IopfGroup {
     /// Sends the group's one page response.
     pub fn respond(mut self, code: PageResponseCode) {
         if let Some(inner) = self.inner.take() {
-            inner.send(code);
+            inner.send(code, "group");
         }
     }
 }
@@ -258,7 +259,7 @@ impl Drop for IopfGroup {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.param.stats.dropped_unanswered.fetch_add(1, Relaxed);
-            inner.send(PageResponseCode::Invalid);
+            inner.send(PageResponseCode::Invalid, "dropped");
         }
     }
 }
@@ -339,6 +340,7 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
         .iopf_handler()
         .expect("routing keeps only fault-capable domains")
         .clone();
+    crate::trace::delivered(dev.id().0, &req, crate::group::slot_addr(&slot));
     let group = IopfGroup {
         inner: Some(GroupInner {
             dev: dev.clone(),
@@ -356,6 +358,7 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
 
 /// The "bad" path: answer the request Invalid and tell the driver.
 fn bad_request(dev: &Device, req: &PageRequest) -> Result<()> {
+    crate::trace::responded(dev.id().0, req, PageResponseCode::Invalid, "bad");
     if let Some(iommu) = dev.iommu() {
         let resp = PageResponse {
             pasid: req.pasid,

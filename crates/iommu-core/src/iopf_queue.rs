@@ -5,11 +5,16 @@
 //! (Linux's workqueue is unordered); only the requests inside one group are ordered. Each
 //! device's queued work is counted so [`iopf_queue_flush_dev`] can wait for it: unbind flushes
 //! before it returns, so no SVA handler runs for a PASID after its unbind returned.
+//!
+//! A *manual* queue ([`IopfQueue::new_manual`]) has no threads: work waits until someone calls
+//! [`IopfQueue::run_one`], and a flush runs the queued work on the flushing thread. A
+//! deterministic scheduler uses it to decide itself when each handler runs.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
@@ -22,11 +27,21 @@ use crate::iopf::IopfGroup;
 /// A queued group and the handler work to run on it.
 type Work = (IopfGroup, fn(IopfGroup));
 
-/// A pool of worker threads running page-fault handlers, named `iopf_queue/<name>`.
+/// A pool of worker threads running page-fault handlers, named `iopf_queue/<name>`, or a
+/// manual queue whose work runs when its owner says so.
 pub struct IopfQueue {
     name: String,
     tx: Mutex<Option<crossbeam_channel::Sender<Work>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// `Some` for a manual queue: the work in arrival order, and whether it still accepts work.
+    manual: Option<Mutex<(VecDeque<Work>, bool)>>,
+}
+
+/// Runs one work item and counts it done for its device's flush.
+fn run_work((group, run): Work) {
+    let param = group.param().clone();
+    run(group);
+    param.work.finish();
 }
 
 /// Per-device count of queued or running work, for flushing.
@@ -49,6 +64,10 @@ impl DeviceWork {
         }
     }
 
+    fn pending(&self) -> u64 {
+        *self.pending.lock()
+    }
+
     fn wait_idle(&self) {
         let mut p = self.pending.lock();
         while *p != 0 {
@@ -64,17 +83,18 @@ impl IopfQueue {
             return Err(einval("an IOPF queue needs at least one worker"));
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+        // Workers report their trace events where their creator does.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         let handles = (0..workers)
             .map(|i| {
                 let rx = rx.clone();
+                let dispatch = dispatch.clone();
                 std::thread::Builder::new()
                     .name(format!("iopf_queue/{name}.{i}"))
                     .spawn(move || {
-                        for (group, run) in rx {
-                            let param = group.param().clone();
-                            run(group);
-                            param.work.finish();
-                        }
+                        tracing::dispatcher::with_default(&dispatch, || {
+                            rx.into_iter().for_each(run_work)
+                        })
                     })
                     .map_err(|_| crate::error::enomem("cannot spawn an IOPF worker"))
             })
@@ -83,7 +103,46 @@ impl IopfQueue {
             name: name.into(),
             tx: Mutex::new(Some(tx)),
             workers: Mutex::new(handles),
+            manual: None,
         }))
+    }
+
+    /// A queue without threads: work runs only in [`IopfQueue::run_one`], in a flush of its
+    /// device, or at [`IopfQueue::shutdown`], always on the calling thread.
+    pub fn new_manual(name: &str) -> Arc<IopfQueue> {
+        Arc::new(IopfQueue {
+            name: name.into(),
+            tx: Mutex::new(None),
+            workers: Mutex::new(Vec::new()),
+            manual: Some(Mutex::new((VecDeque::new(), true))),
+        })
+    }
+
+    /// Whether this is a manual queue.
+    pub fn is_manual(&self) -> bool {
+        self.manual.is_some()
+    }
+
+    /// Work items queued and not yet started (always 0 on a threaded queue, whose workers take
+    /// work at once).
+    pub fn pending(&self) -> usize {
+        self.manual.as_ref().map_or(0, |m| m.lock().0.len())
+    }
+
+    /// Runs the oldest queued work item on the calling thread; `false` if there was none (or
+    /// the queue has threads, which run their own work).
+    pub fn run_one(&self) -> bool {
+        let Some(m) = &self.manual else {
+            return false;
+        };
+        let next = m.lock().0.pop_front();
+        match next {
+            Some(work) => {
+                run_work(work);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The queue's name.
@@ -94,6 +153,15 @@ impl IopfQueue {
     /// Queues `run(group)` on the workers, counted against the group's device for flushing;
     /// gives the group back when the queue is shut down.
     pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
+        if let Some(m) = &self.manual {
+            let mut q = m.lock();
+            if !q.1 {
+                return Err(group);
+            }
+            group.param().work.start();
+            q.0.push_back((group, run));
+            return Ok(());
+        }
         let Some(tx) = self.tx.lock().clone() else {
             return Err(group);
         };
@@ -108,6 +176,10 @@ impl IopfQueue {
     /// Stops accepting work, lets the workers finish what is queued, and joins them (Linux
     /// `iopf_queue_free`). Idempotent; also done on drop.
     pub fn shutdown(&self) {
+        if let Some(m) = &self.manual {
+            m.lock().1 = false;
+            while self.run_one() {}
+        }
         self.tx.lock().take();
         let current = std::thread::current().id();
         for h in self.workers.lock().drain(..) {
@@ -146,6 +218,10 @@ pub fn iopf_queue_flush_dev(dev: &Device) -> Result<()> {
     let param = dev
         .fault_param()
         .ok_or(enodev("fault reporting is not enabled"))?;
+    // A manual queue has nobody else to run the work: run it here, oldest first.
+    if let Some(q) = param.queue.as_ref().filter(|q| q.is_manual()) {
+        while param.work.pending() != 0 && q.run_one() {}
+    }
     param.work.wait_idle();
     Ok(())
 }

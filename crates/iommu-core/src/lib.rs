@@ -62,6 +62,7 @@ mod pasid;
 mod pasid_table;
 mod sva;
 mod sync;
+mod trace;
 
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -109,6 +109,8 @@ impl PasidAllocator {
             _ => return Err(enospc("every PASID in the device's range is allocated")),
         };
         st.live += 1;
+        drop(st);
+        crate::trace::pasid_alloc(id);
         Ok(GlobalPasid {
             pasid: id,
             owner: self.clone(),
@@ -161,6 +163,7 @@ impl fmt::Debug for GlobalPasid {
 
 impl Drop for GlobalPasid {
     fn drop(&mut self) {
+        crate::trace::pasid_free(self.pasid);
         self.owner.release(self.pasid);
     }
 }

@@ -1,0 +1,59 @@
+//! Trace points: the core's equivalent of Linux's `iommu` and `io_page_fault` tracepoints, as
+//! [`tracing`] events, so a simulator or a test can watch the protocol without hooks in the API.
+//!
+//! Every event is at `TRACE` level, has a `kind` field naming it, and uses these fields
+//! (integers as `u64`, a fault's PASID as `i64` with `-1` meaning "no PASID"):
+//!
+//! | target | `kind` | fields | emitted |
+//! |---|---|---|---|
+//! | `iommu_core::attach` | `attached` | `group`, `pasid`, `handle` | after the handle is published |
+//! | `iommu_core::attach` | `detached` | `group`, `pasid`, `handle` | after the handle is unpublished (the detach fence has passed: no report holds it) |
+//! | `iommu_core::iopf` | `delivered` | `dev`, `pasid`, `grpid`, `handle` | inside the fence, just before the handler gets the group |
+//! | `iommu_core::iopf` | `responded` | `dev`, `pasid`, `grpid`, `code`, `path` | before the driver's `page_response`; `path` is `group` (answered), `dropped` (dropped unanswered) or `bad` (no handler took the request) |
+//! | `iommu_core::pasid` | `alloc` / `free` | `pasid` | after taking / before returning a global PASID |
+//!
+//! `handle` is the attach handle's address ([`crate::Attachment::addr`]): an identity while the
+//! handle lives. With no subscriber interested the cost is one relaxed load per event.
+
+use crate::fault::{PageRequest, PageResponseCode};
+
+/// A fault's PASID as traced: `-1` when the request carried none.
+fn fault_pasid(req: &PageRequest) -> i64 {
+    if req.pasid_valid() {
+        i64::from(req.pasid)
+    } else {
+        -1
+    }
+}
+
+fn code(code: PageResponseCode) -> u64 {
+    match code {
+        PageResponseCode::Success => 0,
+        PageResponseCode::Invalid => 1,
+        PageResponseCode::Failure => 2,
+    }
+}
+
+pub(crate) fn attached(group: u64, pasid: u32, handle: usize) {
+    tracing::trace!(target: "iommu_core::attach", kind = "attached", group, pasid = u64::from(pasid), handle = handle as u64);
+}
+
+pub(crate) fn detached(group: u64, pasid: u32, handle: usize) {
+    tracing::trace!(target: "iommu_core::attach", kind = "detached", group, pasid = u64::from(pasid), handle = handle as u64);
+}
+
+pub(crate) fn delivered(dev: u64, req: &PageRequest, handle: usize) {
+    tracing::trace!(target: "iommu_core::iopf", kind = "delivered", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), handle = handle as u64);
+}
+
+pub(crate) fn responded(dev: u64, req: &PageRequest, c: PageResponseCode, path: &'static str) {
+    tracing::trace!(target: "iommu_core::iopf", kind = "responded", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), code = code(c), path);
+}
+
+pub(crate) fn pasid_alloc(pasid: u32) {
+    tracing::trace!(target: "iommu_core::pasid", kind = "alloc", pasid = u64::from(pasid));
+}
+
+pub(crate) fn pasid_free(pasid: u32) {
+    tracing::trace!(target: "iommu_core::pasid", kind = "free", pasid = u64::from(pasid));
+}

@@ -1,0 +1,76 @@
+//! The manual IOPF queue: work runs only when its owner says so; flushes and shutdown run it
+//! inline.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Fixture, Mm};
+use iommu_core::{
+    iopf_queue_add_device, report_device_fault, sva_bind_device, AddressSpace, IopfQueue,
+    PageRequest, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE as LAST,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID as PV, IOMMU_FAULT_PERM_READ as R,
+};
+
+fn manual_fixture() -> (Fixture, Arc<dyn AddressSpace>, Arc<Mm>, Arc<IopfQueue>) {
+    let fx = Fixture::new(&[1 << 16]);
+    let queue = IopfQueue::new_manual("manual");
+    iopf_queue_add_device(&queue, fx.dev(0)).unwrap();
+    let mm = Mm::new(1);
+    let space: Arc<dyn AddressSpace> = mm.clone();
+    (fx, space, mm, queue)
+}
+
+fn last(pasid: u32, grpid: u32, addr: u64) -> PageRequest {
+    PageRequest {
+        flags: PV | LAST,
+        pasid,
+        grpid,
+        perm: R,
+        addr,
+    }
+}
+
+#[test]
+fn manual_queue_runs_a_group_only_when_asked_oldest_first() {
+    let (fx, space, mm, queue) = manual_fixture();
+    assert!(queue.is_manual());
+    let bond = sva_bind_device(fx.dev(0), &space).unwrap();
+    report_device_fault(fx.dev(0), last(bond.pasid(), 1, 0x1000)).unwrap();
+    report_device_fault(fx.dev(0), last(bond.pasid(), 2, 0x2000)).unwrap();
+    assert_eq!(queue.pending(), 2);
+    assert!(fx.iommu.responses().is_empty(), "nothing runs by itself");
+    assert!(queue.run_one());
+    assert_eq!(mm.faults.lock().unwrap().clone(), vec![(0x1000, R)]);
+    assert_eq!(fx.iommu.responses()[0].1.grpid, 1);
+    assert!(queue.run_one());
+    assert!(!queue.run_one(), "empty");
+    let codes: Vec<_> = fx.iommu.responses().iter().map(|r| r.1.code).collect();
+    assert_eq!(codes, [PageResponseCode::Success; 2]);
+}
+
+#[test]
+fn unbind_on_a_manual_queue_runs_the_queued_work_before_it_returns() {
+    let (fx, space, mm, queue) = manual_fixture();
+    let bond = sva_bind_device(fx.dev(0), &space).unwrap();
+    for g in 0..5 {
+        report_device_fault(fx.dev(0), last(bond.pasid(), g, 0x1000 * u64::from(g))).unwrap();
+    }
+    bond.unbind();
+    assert_eq!(queue.pending(), 0);
+    assert_eq!(mm.faults.lock().unwrap().len(), 5);
+    assert_eq!(fx.iommu.responses().len(), 5);
+}
+
+#[test]
+fn manual_queue_shutdown_runs_what_is_queued_and_then_refuses_work() {
+    let (fx, space, _mm, queue) = manual_fixture();
+    let bond = sva_bind_device(fx.dev(0), &space).unwrap();
+    report_device_fault(fx.dev(0), last(bond.pasid(), 1, 0x1000)).unwrap();
+    queue.shutdown();
+    assert_eq!(fx.iommu.responses().len(), 1);
+    // A shut-down queue hands the group back; the SVA handler answers it at once.
+    report_device_fault(fx.dev(0), last(bond.pasid(), 2, 0x2000)).unwrap();
+    assert_eq!(fx.iommu.responses().len(), 2);
+    assert_eq!(queue.pending(), 0);
+}
