@@ -127,12 +127,21 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
         .collect();
 
     let start = Instant::now();
+    // The DMA threads trace under the caller's dispatcher.
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let failures: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = eps
             .iter()
             .zip(&regions)
             .zip(&patterns)
-            .map(|((ep, &va), data)| s.spawn(move || ep.dma_write(Some(pasid), va, data).is_err()))
+            .map(|((ep, &va), data)| {
+                let dispatch = &dispatch;
+                s.spawn(move || {
+                    tracing::dispatcher::with_default(dispatch, || {
+                        ep.dma_write(Some(pasid), va, data).is_err()
+                    })
+                })
+            })
             .collect();
         handles
             .into_iter()

@@ -79,6 +79,11 @@ pub struct EmuIommuConfig {
     pub prq_depth: usize,
     /// Unrecoverable faults kept in the fault log (older ones are counted, not kept).
     pub fault_log_depth: usize,
+    /// Run the page request queue thread `prq/<name>` (default true). When false no thread is
+    /// spawned: queued page requests are reported only by [`EmuIommu::prq_step`] (and inline by
+    /// `remove_dev_pasid`'s drain), so a single-threaded scheduler can drive the IOMMU step by
+    /// step.
+    pub prq_thread: bool,
 }
 
 impl Default for EmuIommuConfig {
@@ -93,6 +98,7 @@ impl Default for EmuIommuConfig {
             iotlb_entries: 4096,
             prq_depth: 2048,
             fault_log_depth: 256,
+            prq_thread: true,
         }
     }
 }
@@ -358,12 +364,16 @@ impl Drop for DmaWindow<'_> {
 
 impl EmuIommu {
     /// A new IOMMU named `name` over `phys`, with its page request queue thread `prq/<name>`
-    /// running. `EINVAL` for a PASID width above 20, `ENOMEM` if the thread cannot start.
+    /// running (unless [`EmuIommuConfig::prq_thread`] is false). `EINVAL` for a PASID width
+    /// above 20, `ENOMEM` if the thread cannot start.
+    ///
+    /// The queue thread runs under the `tracing` dispatcher that is current here.
     pub fn new(name: &str, phys: &Arc<PhysMem>, cfg: EmuIommuConfig) -> Result<Arc<EmuIommu>> {
         if cfg.pasid_bits > PASID_WIDTH_MAX {
             return Err(einval_v("PASID width above 20 bits", cfg.pasid_bits.into()));
         }
-        let prq = Prq::new(cfg.prq_depth);
+        let prq = Prq::new(cfg.prq_depth, !cfg.prq_thread);
+        let spawn_thread = cfg.prq_thread;
         let iommu = Arc::new_cyclic(|me| EmuIommu {
             name: name.into(),
             iotlb: Tlb::new(cfg.iotlb_entries),
@@ -379,12 +389,30 @@ impl EmuIommu {
             fault_log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });
-        let handle = std::thread::Builder::new()
-            .name(format!("prq/{name}"))
-            .spawn(move || prq.run())
-            .map_err(|_| enomem("cannot spawn the page request queue thread"))?;
-        *iommu.prq_thread.lock() = Some(handle);
+        if spawn_thread {
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("prq/{name}"))
+                .spawn(move || tracing::dispatcher::with_default(&dispatch, || prq.run()))
+                .map_err(|_| enomem("cannot spawn the page request queue thread"))?;
+            *iommu.prq_thread.lock() = Some(handle);
+        }
         Ok(iommu)
+    }
+
+    /// Manual page request queue ([`EmuIommuConfig::prq_thread`] false): reports up to `max`
+    /// queued page requests on the calling thread, exactly as the queue thread would —
+    /// including the overflow handling (once everything queued before the overflow has been
+    /// reported, every device's partial groups are discarded and the flag is cleared). Returns
+    /// how many requests it reported. Reporting may run fault handlers (and so answer groups)
+    /// on this thread; call it without holding locks those handlers need.
+    ///
+    /// On an IOMMU with a queue thread it does nothing and returns 0.
+    pub fn prq_step(&self, max: usize) -> usize {
+        if !self.prq.manual() {
+            return 0;
+        }
+        self.prq.step(max)
     }
 
     /// This IOMMU as the core's driver trait object (for [`Group::new`]).

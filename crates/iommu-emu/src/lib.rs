@@ -8,11 +8,12 @@
 //!   ([`mm`]).
 //! * [`EmuIommu`] — a software IOMMU implementing [`iommu_core::IommuDriver`]: per-device RID
 //!   context and PASID table, domain IDs, an IOTLB, a bounded page request queue drained by one
-//!   `prq/<name>` thread into [`iommu_core::report_device_fault`] with VT-d overflow semantics,
+//!   `prq/<name>` thread (or stepped by [`EmuIommu::prq_step`] when `prq_thread` is off) into
+//!   [`iommu_core::report_device_fault`] with VT-d overflow semantics,
 //!   page responses routed back to endpoints, and a fault log ([`iommu`]).
 //! * [`Endpoint`] — a PCIe function: PASID, an ATS device TLB, PRI with credits and 9-bit PRG
 //!   indices, PASID stop, reset, and a DMA engine that batches the pages of a job that miss
-//!   into one page request group ([`endpoint`]).
+//!   into one page request group, blocking or polled step by step ([`DmaJob`]) ([`endpoint`]).
 //! * [`demo`] — the end-to-end SVA demand-paging flow behind the `sva_demand_paging` example.
 //!
 //! The path of a page request (DESIGN §3): `Endpoint::dma_write` → `EmuIommu` translation
@@ -52,7 +53,9 @@ pub mod phys;
 mod prq;
 mod tlb;
 
-pub use endpoint::{DmaError, Endpoint, EndpointConfig, EndpointStats};
+pub use endpoint::{
+    DmaError, DmaJob, DmaKind, DmaPoll, Endpoint, EndpointConfig, EndpointStats, MAX_AUTO_ROUNDS,
+};
 pub use iommu::{
     DmaWindow, EmuIommu, EmuIommuConfig, FaultReason, FaultRecord, IommuStats, TranslationFault,
 };

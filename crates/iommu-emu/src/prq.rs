@@ -4,19 +4,32 @@
 //! driver's threaded IRQ handler) drains it and reports each request with
 //! [`iommu_core::report_device_fault`].
 //!
+//! # Manual mode
+//! With `EmuIommuConfig::prq_thread` false there is no queue thread: requests stay in the ring
+//! until someone calls `EmuIommu::prq_step` (a deterministic scheduler, a test), which reports
+//! up to a given number of them on the calling thread. The queue thread's loop and the step
+//! share one function ("report a batch"), so both report, handle overflow and count exactly
+//! the same way. [`Prq::drain`] then has no thread to wait for and reports inline instead.
+//!
 //! # Overflow (VT-d "Page Request Overflow", PRO)
 //! When a request finds the ring full, the hardware sets the overflow flag. While the flag is
 //! set no request is written to the ring: a request that needs a response (LAST_PAGE) is
 //! answered Success by the hardware itself, so the device retries and no group is silently lost
-//! (H9); a partial request is dropped (H10: partials are never answered). The queue thread,
-//! once it has reported everything queued before the overflow, calls
+//! (H9); a partial request is dropped (H10: partials are never answered). The reporter (queue
+//! thread or step), once it has reported everything queued before the overflow, calls
 //! [`iommu_core::iopf_discard_partial`] for every device of the IOMMU (their partial groups may
 //! have lost their last request) and clears the flag.
 //!
 //! # Drain (SPEC H2)
 //! Every request has a sequence number. [`Prq::drain`] waits until the queue thread has
 //! *finished reporting* every request enqueued before the call; `remove_dev_pasid` uses it so no
-//! request for the PASID is still on its way into the core when the PASID is detached.
+//! request for the PASID is still on its way into the core when the PASID is detached. In
+//! manual mode the calling thread reports those requests itself (`remove_dev_pasid` calls it
+//! with the hardware lock released, so that is safe even though reporting may run handlers).
+//!
+//! # Tracing
+//! `push_group` emits the `group_sent` event (target `iommu_emu::pri`) under the queue lock,
+//! so it precedes the report of the group and therefore any response to it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,8 +37,11 @@ use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use iommu_core::{iopf_discard_partial, report_device_fault, Device, PageRequest};
-use parking_lot::{Condvar, Mutex};
+use iommu_core::{
+    iopf_discard_partial, report_device_fault, Device, PageRequest,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
+};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 struct Entry {
     dev: Arc<Device>,
@@ -37,8 +53,12 @@ struct State {
     overflow: bool,
     /// Requests written to the ring so far.
     enqueued: u64,
-    /// Requests the queue thread has finished reporting.
+    /// Requests taken out of the ring for reporting so far.
+    taken: u64,
+    /// Requests whose reporting has finished.
     consumed: u64,
+    /// Threads reporting a batch right now (a nested drain must not wait for them).
+    reporters: Vec<ThreadId>,
     sleeping: bool,
     shutdown: bool,
 }
@@ -65,34 +85,40 @@ pub(crate) enum Pushed {
 /// A bounded page request queue.
 pub(crate) struct Prq {
     depth: usize,
+    /// No queue thread: requests are reported by [`Prq::step`] and inline by [`Prq::drain`].
+    manual: bool,
     state: Mutex<State>,
     work: Condvar,
     drained: Condvar,
     devices: Mutex<Vec<Weak<Device>>>,
-    thread: Mutex<Option<ThreadId>>,
     /// Bumped on every write (and on overflow), so the idle queue thread can poll lock-free.
     written: AtomicU64,
     pub counters: PrqCounters,
 }
 
 const YIELD_WAIT: Duration = Duration::from_micros(200);
+/// Most requests the queue thread takes out of the ring at once.
+const BATCH: usize = 256;
 
 impl Prq {
-    pub fn new(depth: usize) -> Arc<Prq> {
+    /// A queue of `depth` entries; `manual`: no queue thread will run (see the module docs).
+    pub fn new(depth: usize, manual: bool) -> Arc<Prq> {
         Arc::new(Prq {
             depth: depth.max(1),
+            manual,
             state: Mutex::new(State {
                 ring: VecDeque::with_capacity(depth.clamp(1, 4096)),
                 overflow: false,
                 enqueued: 0,
+                taken: 0,
                 consumed: 0,
+                reporters: Vec::new(),
                 sleeping: false,
                 shutdown: false,
             }),
             work: Condvar::new(),
             drained: Condvar::new(),
             devices: Mutex::new(Vec::new()),
-            thread: Mutex::new(None),
             written: AtomicU64::new(0),
             counters: PrqCounters::default(),
         })
@@ -100,6 +126,11 @@ impl Prq {
 
     pub fn depth(&self) -> usize {
         self.depth
+    }
+
+    /// Whether the queue is driven by [`Prq::step`] rather than a queue thread.
+    pub fn manual(&self) -> bool {
+        self.manual
     }
 
     /// Requests currently in the ring.
@@ -120,6 +151,9 @@ impl Prq {
     }
 
     /// Writes one page request group (its requests in order, the last flagged LAST_PAGE).
+    ///
+    /// Emits the `group_sent` trace event under the queue lock when the group was written or
+    /// answered by the hardware, so it precedes any response to the group.
     pub fn push_group(&self, dev: &Arc<Device>, reqs: &[PageRequest]) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
@@ -146,6 +180,21 @@ impl Prq {
             wrote = true;
             self.counters.requests.fetch_add(1, Relaxed);
         }
+        if let Some(last) = reqs.last() {
+            let pasid = if last.flags & IOMMU_FAULT_PAGE_REQUEST_PASID_VALID != 0 {
+                i64::from(last.pasid)
+            } else {
+                -1
+            };
+            tracing::trace!(
+                target: "iommu_emu::pri",
+                kind = "group_sent",
+                dev = dev.id().0,
+                pasid,
+                grpid = u64::from(last.grpid),
+                pages = reqs.len() as u64,
+            );
+        }
         if wrote || st.overflow {
             self.written.fetch_add(1, Relaxed);
         }
@@ -155,16 +204,31 @@ impl Prq {
         outcome
     }
 
-    /// Waits until every request written before the call has been reported (SPEC H2). Returns
-    /// at once on the queue thread itself (it cannot wait for itself) and after shutdown.
+    /// Waits until every request written before the call has been reported (SPEC H2).
+    ///
+    /// With a queue thread: returns at once on a thread that is itself reporting (it cannot
+    /// wait for itself) and after shutdown. In manual mode there is no thread to wait for:
+    /// the calling thread reports those requests itself (it only waits for batches other
+    /// threads are reporting in [`Prq::step`], unless it is reporting one itself).
     pub fn drain(&self) {
-        if *self.thread.lock() == Some(std::thread::current().id()) {
-            return;
-        }
+        let me = std::thread::current().id();
         let mut st = self.state.lock();
         let target = st.enqueued;
+        let nested = st.reporters.contains(&me);
+        if nested && !self.manual {
+            return;
+        }
+        let mut batch = Vec::new();
         while st.consumed < target && !st.shutdown {
-            self.drained.wait(&mut st);
+            if self.manual && st.taken < target {
+                let max = (target - st.taken) as usize;
+                st = self.report_batch(st, max, &mut batch).0;
+            } else if nested {
+                // What is left is being reported by this very thread, further up the stack.
+                return;
+            } else {
+                self.drained.wait(&mut st);
+            }
         }
     }
 
@@ -176,67 +240,96 @@ impl Prq {
         self.drained.notify_all();
     }
 
+    /// Manual mode: reports up to `max` queued requests on the calling thread, exactly as the
+    /// queue thread would (overflow handling included). Returns how many it reported.
+    pub fn step(&self, max: usize) -> usize {
+        let mut reported = 0;
+        let mut batch = Vec::new();
+        let mut st = self.state.lock();
+        while reported < max && !st.shutdown && (!st.ring.is_empty() || st.overflow) {
+            let (g, n) = self.report_batch(st, (max - reported).min(BATCH), &mut batch);
+            st = g;
+            reported += n;
+        }
+        reported
+    }
+
+    /// Takes up to `max` requests out of the ring, reports them with the lock released, then
+    /// — if the ring held nothing more and the overflow flag is set — discards every device's
+    /// partial groups and clears the flag, and counts the requests consumed. Shared by the
+    /// queue thread, [`Prq::step`] and the manual [`Prq::drain`]. Returns the lock again and
+    /// how many requests it reported.
+    fn report_batch<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        max: usize,
+        batch: &mut Vec<Entry>,
+    ) -> (MutexGuard<'a, State>, usize) {
+        let n = st.ring.len().min(max);
+        batch.extend(st.ring.drain(..n));
+        st.taken += n as u64;
+        let overflow = st.overflow && st.ring.is_empty();
+        let me = std::thread::current().id();
+        st.reporters.push(me);
+        drop(st);
+        for e in batch.drain(..) {
+            // An error means the core already answered the request (SPEC §4.2 "bad").
+            let _ = report_device_fault(&e.dev, e.req);
+        }
+        if overflow {
+            // Everything queued before the overflow has been reported: drop the partial
+            // groups whose last request the hardware may have answered itself.
+            let devs: Vec<Arc<Device>> = self
+                .devices
+                .lock()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for d in devs {
+                let _ = iopf_discard_partial(&d);
+            }
+            self.counters.discards.fetch_add(1, Relaxed);
+        }
+        let mut st = self.state.lock();
+        if overflow {
+            st.overflow = false;
+        }
+        st.consumed += n as u64;
+        if let Some(i) = st.reporters.iter().position(|t| *t == me) {
+            st.reporters.swap_remove(i);
+        }
+        self.drained.notify_all();
+        (st, n)
+    }
+
     /// The queue thread's body.
     pub fn run(self: Arc<Self>) {
-        *self.thread.lock() = Some(std::thread::current().id());
-        const BATCH: usize = 256;
         let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
+        let mut st = self.state.lock();
         loop {
-            let overflow = {
-                let mut st = self.state.lock();
-                let idle_since = Instant::now();
-                while st.ring.is_empty() && !st.overflow && !st.shutdown {
-                    // Yield-poll the lock-free counter before sleeping: a blocked thread's
-                    // wake-up costs ~25 µs here (ANCHORS); spinning starves the other threads
-                    // on two shared cores (measured).
-                    if idle_since.elapsed() < YIELD_WAIT {
-                        // Read under the lock: any later write bumps it.
-                        let seen = self.written.load(Relaxed);
-                        drop(st);
-                        while self.written.load(Relaxed) == seen
-                            && idle_since.elapsed() < YIELD_WAIT
-                        {
-                            std::thread::yield_now();
-                        }
-                        st = self.state.lock();
-                        continue;
+            let idle_since = Instant::now();
+            while st.ring.is_empty() && !st.overflow && !st.shutdown {
+                // Yield-poll the lock-free counter before sleeping: a blocked thread's
+                // wake-up costs ~25 µs here (ANCHORS); spinning starves the other threads
+                // on two shared cores (measured).
+                if idle_since.elapsed() < YIELD_WAIT {
+                    // Read under the lock: any later write bumps it.
+                    let seen = self.written.load(Relaxed);
+                    drop(st);
+                    while self.written.load(Relaxed) == seen && idle_since.elapsed() < YIELD_WAIT {
+                        std::thread::yield_now();
                     }
-                    st.sleeping = true;
-                    self.work.wait(&mut st);
-                    st.sleeping = false;
+                    st = self.state.lock();
+                    continue;
                 }
-                if st.shutdown {
-                    return;
-                }
-                let n = st.ring.len().min(BATCH);
-                batch.extend(st.ring.drain(..n));
-                st.overflow && st.ring.is_empty()
-            };
-            let n = batch.len() as u64;
-            for e in batch.drain(..) {
-                // An error means the core already answered the request (SPEC §4.2 "bad").
-                let _ = report_device_fault(&e.dev, e.req);
+                st.sleeping = true;
+                self.work.wait(&mut st);
+                st.sleeping = false;
             }
-            if overflow {
-                // Everything queued before the overflow has been reported: drop the partial
-                // groups whose last request the hardware may have answered itself.
-                let devs: Vec<Arc<Device>> = self
-                    .devices
-                    .lock()
-                    .iter()
-                    .filter_map(Weak::upgrade)
-                    .collect();
-                for d in devs {
-                    let _ = iopf_discard_partial(&d);
-                }
-                self.counters.discards.fetch_add(1, Relaxed);
+            if st.shutdown {
+                return;
             }
-            let mut st = self.state.lock();
-            if overflow {
-                st.overflow = false;
-            }
-            st.consumed += n;
-            self.drained.notify_all();
+            st = self.report_batch(st, BATCH, &mut batch).0;
         }
     }
 }
@@ -259,7 +352,7 @@ mod tests {
 
     #[test]
     fn overflow_auto_answers_last_drops_partials_and_stays_set_until_cleared() {
-        let prq = Prq::new(3);
+        let prq = Prq::new(3, false);
         let dev = Device::new_unmanaged("d", 0).unwrap();
         assert_eq!(prq.push_group(&dev, &group(1, 2)), Pushed::Queued);
         // One slot left: the partial fits, the LAST overflows and is answered by hardware.

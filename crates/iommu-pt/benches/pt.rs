@@ -1,5 +1,6 @@
 //! Map/unmap/walk costs of `iommu-pt`, side by side with the same work done by the `x86_64`
-//! crate's `OffsetPageTable` over frames in a heap buffer (ANCHORS.md: the in-process peer).
+//! crate's `OffsetPageTable` over frames in a heap buffer (ANCHORS.md: the in-process peer; the
+//! `pt-peer` crate holds it, and all the unsafe code it needs).
 //!
 //! Map and unmap are timed in batches with the opposite operation done untimed between
 //! batches, so every timed call does exactly one map (or unmap) into tables that already exist:
@@ -10,10 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use iommu_pt::{walk, Access, ArenaTableMem, FirstStage4, PageTable, Perms, PhysAddr};
-use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable as X86Table, PageTableFlags,
-    PhysFrame, Size2MiB, Size4KiB, Translate,
-};
+use pt_peer::X86Peer;
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -201,64 +199,25 @@ fn iommu_pt(c: &mut Criterion) {
     g.finish();
 }
 
-/// Hands out 4 KiB frames from a heap buffer whose "physical" addresses are its virtual
-/// addresses (the mapper runs with a physical-memory offset of 0). The mapper zeroes the
-/// tables it creates.
-struct BufferFrames {
-    base: u64,
-    next: u64,
-    len: u64,
-}
+/// The `x86_64` crate's mapper over a heap buffer of frames (all of the comparison's unsafe code
+/// is in `pt-peer`), with the calls used here unwrapped.
+struct X86(X86Peer);
 
-// SAFETY: every frame returned lies inside the buffer (bounded by `len`), is handed out at most
-// once, and the buffer outlives the mapper that uses the frames.
-unsafe impl FrameAllocator<Size4KiB> for BufferFrames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        (self.next < self.len).then(|| {
-            self.next += 1;
-            PhysFrame::containing_address(x86_64::PhysAddr::new(self.base + (self.next - 1) * K4))
-        })
-    }
-}
-
-const X86_FLAGS: PageTableFlags = PageTableFlags::PRESENT
-    .union(PageTableFlags::WRITABLE)
-    .union(PageTableFlags::NO_EXECUTE);
-
-/// The `x86_64` crate's mapper and its frame source.
-struct X86<'a> {
-    mapper: OffsetPageTable<'a>,
-    frames: BufferFrames,
-}
-
-impl X86<'_> {
+impl X86 {
     fn map(&mut self, va: u64, pa: u64) {
-        let page = Page::<Size4KiB>::containing_address(x86_64::VirtAddr::new(va));
-        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(pa));
-        // SAFETY: the data frame is never accessed and this table is never loaded into CR3, so
-        // the mapping cannot alias memory the program uses.
-        unsafe { self.mapper.map_to(page, frame, X86_FLAGS, &mut self.frames) }
-            .unwrap()
-            .ignore();
+        self.0.map_4k(va, pa).unwrap();
     }
 
     fn unmap(&mut self, va: u64) {
-        let page = Page::<Size4KiB>::containing_address(x86_64::VirtAddr::new(va));
-        black_box(self.mapper.unmap(page).unwrap()).1.ignore();
+        black_box(self.0.unmap_4k(va).unwrap());
     }
 
     fn map_2m(&mut self, va: u64, pa: u64) {
-        let page = Page::<Size2MiB>::containing_address(x86_64::VirtAddr::new(va));
-        let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(pa));
-        // SAFETY: as for `map`.
-        unsafe { self.mapper.map_to(page, frame, X86_FLAGS, &mut self.frames) }
-            .unwrap()
-            .ignore();
+        self.0.map_2m(va, pa).unwrap();
     }
 
     fn unmap_2m(&mut self, va: u64) {
-        let page = Page::<Size2MiB>::containing_address(x86_64::VirtAddr::new(va));
-        black_box(self.mapper.unmap(page).unwrap()).1.ignore();
+        black_box(self.0.unmap_2m(va).unwrap());
     }
 
     /// The crate has no range API: a range is one call per page, as its callers do.
@@ -272,24 +231,7 @@ impl X86<'_> {
 }
 
 fn x86_64_crate(c: &mut Criterion) {
-    let len = WALK_TABLES + 1024;
-    let mut buffer: Vec<X86Table> = (0..len).map(|_| X86Table::new()).collect();
-    let base_ptr = buffer.as_mut_ptr();
-    // SAFETY: `base_ptr` points at the first table of `buffer`, which outlives the mapper and is
-    // not accessed through `buffer` again until the mapper is dropped.
-    let l4 = unsafe { &mut *base_ptr };
-    // SAFETY: with offset 0 every "physical" frame the mapper dereferences (the L4 and each
-    // frame from `BufferFrames`) is the virtual address of a table in `buffer`, so all the
-    // "physical memory" it will touch is mapped at that offset.
-    let mapper = unsafe { OffsetPageTable::new(l4, x86_64::VirtAddr::new(0)) };
-    let mut x = X86 {
-        mapper,
-        frames: BufferFrames {
-            base: base_ptr as u64,
-            next: 1,
-            len,
-        },
-    };
+    let mut x = X86(X86Peer::new(WALK_TABLES as usize + 1024).unwrap());
     // Same table shape as the iommu-pt side: 4 leaf tables and the PD of the 2 MiB slots.
     for slot in 0..4 {
         x.map(BASE + slot * M2, DATA);
@@ -380,21 +322,13 @@ fn x86_64_crate(c: &mut Criterion) {
         let mut i = 0u64;
         b.iter(|| {
             i = i.wrapping_add(1);
-            x.mapper
-                .translate_addr(x86_64::VirtAddr::new(black_box(random_walk_va(i))))
-                .unwrap()
+            x.0.translate(black_box(random_walk_va(i))).unwrap()
         })
     });
     g.bench_function("translate_4level_warm", |b| {
-        b.iter(|| {
-            x.mapper
-                .translate_addr(x86_64::VirtAddr::new(black_box(walk_va(7))))
-                .unwrap()
-        })
+        b.iter(|| x.0.translate(black_box(walk_va(7))).unwrap())
     });
     g.finish();
-    // The mapper reached the tables through raw addresses into `buffer`: free it only now.
-    drop(buffer);
 }
 
 criterion_group!(benches, iommu_pt, x86_64_crate);

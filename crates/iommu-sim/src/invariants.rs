@@ -3,7 +3,7 @@
 //!
 //! | invariant | violated by |
 //! |---|---|
-//! | exactly one response per page request group | a response to a group that is not outstanding (a second response, or one never asked for), or a group still unanswered at the end |
+//! | exactly one response per page request group | a response to a group that is not outstanding (a second response, or one never asked for) other than one the core announced on its bad path or one late answer to a group its device abandoned, or a group still unanswered at the end |
 //! | no delivery after detach | a handler receiving a group for an attachment whose detach returned |
 //! | no DMA through a PASID after its unbind | a DMA translated through (device, PASID) after unbind returned and before a new bind |
 //! | no PASID reuse while outstanding | a PASID allocated while still live, or while groups for it are unanswered |
@@ -37,6 +37,30 @@ pub enum Event {
     Delivered {
         /// The attachment's identity (its handle address).
         attachment: usize,
+        /// Device identity.
+        dev: u64,
+        /// PRG index.
+        grpid: u32,
+    },
+    /// An attachment was published (a new handle; a handle's address may be reused after its
+    /// detach, so this starts its life afresh).
+    Attached {
+        /// The attachment's identity.
+        attachment: usize,
+    },
+    /// The core answered a request on its "bad" path (no fault-capable attachment took it).
+    /// Linux answers every such request, partial ones too, so a device may receive more than
+    /// one response for a group whose attachment went away: each one announced here is
+    /// expected, not a second answer.
+    BadPathResponse {
+        /// Device identity.
+        dev: u64,
+        /// PRG index.
+        grpid: u32,
+    },
+    /// The device gave up a group without consuming its response (reset, timeout): a
+    /// response may still arrive late, once.
+    Abandoned {
         /// Device identity.
         dev: u64,
         /// PRG index.
@@ -159,6 +183,10 @@ impl fmt::Display for Violation {
 pub struct Checker {
     events: u64,
     outstanding: BTreeMap<(u64, u32), Option<u32>>,
+    /// Responses the core announced on its bad path, not yet seen at the device.
+    bad_path: BTreeMap<(u64, u32), u64>,
+    /// Groups abandoned by their device: one late response each is expected.
+    abandoned: BTreeMap<(u64, u32), u64>,
     detached: BTreeSet<usize>,
     unbound: BTreeSet<(u64, u32)>,
     live_pasids: BTreeSet<u32>,
@@ -199,7 +227,12 @@ impl Checker {
                 }
             }
             Event::Responded { dev, grpid, code } => {
-                if self.outstanding.remove(&(*dev, *grpid)).is_none() {
+                let key = (*dev, *grpid);
+                let announced = take_one(&mut self.bad_path, key);
+                if self.outstanding.remove(&key).is_none()
+                    && !announced
+                    && !take_one(&mut self.abandoned, key)
+                {
                     self.violate(
                         Invariant::ExactlyOneResponse,
                         format!("response (code {code}) to device {dev} PRG {grpid} that had no unanswered group: {e:?}"),
@@ -212,6 +245,17 @@ impl Checker {
                         Invariant::NoDeliveryAfterDetach,
                         format!("group delivered to attachment {attachment:#x} after its detach returned: {e:?}"),
                     );
+                }
+            }
+            Event::Attached { attachment } => {
+                self.detached.remove(attachment);
+            }
+            Event::BadPathResponse { dev, grpid } => {
+                *self.bad_path.entry((*dev, *grpid)).or_default() += 1;
+            }
+            Event::Abandoned { dev, grpid } => {
+                if self.outstanding.remove(&(*dev, *grpid)).is_some() {
+                    *self.abandoned.entry((*dev, *grpid)).or_default() += 1;
                 }
             }
             Event::DetachReturned { attachment } => {
@@ -291,6 +335,21 @@ impl Checker {
                 .collect(),
             violations: self.violations,
         }
+    }
+}
+
+/// Takes one count from `map[key]`; whether there was one.
+fn take_one(map: &mut BTreeMap<(u64, u32), u64>, key: (u64, u32)) -> bool {
+    match map.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            map.remove(&key);
+            true
+        }
+        None => false,
     }
 }
 

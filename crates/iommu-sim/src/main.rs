@@ -1,8 +1,9 @@
 //! `iommu-sim`: runs iommu-rs scenarios, checks invariants as they run, and reports.
 //!
-//! `cargo run --release` runs the built-in scenario. Today that is the foundation layer's
-//! scenario (the IOMMU core's object model under concurrent load, [`foundation`]); scenario
-//! files, the emulated hardware and the benchmark suite arrive with the later layers.
+//! `cargo run --release` runs the built-in default scenario (`scenarios/default.toml`, embedded
+//! in the binary) in threads mode: two emulated IOMMUs, PRI devices, SVA processes and a VMM
+//! owning a device through iommufd, with unbinds, an exit, munmap, mprotect, a HWPT replace, a
+//! reset and a queue overflow while DMA is in flight; every invariant is checked as it runs.
 
 use iommu_sim::foundation;
 
@@ -31,23 +32,36 @@ enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
-    /// Run a scenario file (TOML; format in docs/scenarios.md), or the built-in scenario when
-    /// no file is given (the default).
+    /// Run a scenario file (TOML; format in docs/scenarios.md), or the built-in default
+    /// scenario when no file is given (what `cargo run --release` does).
     Run {
-        /// Scenario file; without it, the built-in foundation scenario runs.
+        /// Scenario file; without it, the built-in default scenario runs.
         file: Option<std::path::PathBuf>,
-        /// Write the report as JSON here (scenario files only).
+        /// `threads` (real concurrency) or `deterministic` (one seeded scheduler).
+        #[arg(long, value_enum, default_value_t = ModeArg::Threads)]
+        mode: ModeArg,
+        /// The deterministic scheduler's seed (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the report as JSON here.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
-        /// Write latency histograms as SVG here (scenario files only).
+        /// Write latency histograms as SVG here.
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
-        /// Write a Chrome trace (JSON) of the jobs here (scenario files only).
+        /// Write a Chrome trace (JSON) of the jobs and events here.
         #[arg(long)]
         trace: Option<std::path::PathBuf>,
-        /// Divide every job's length by this (scenario files only).
+        /// Divide every job's length by this.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
         scale: u64,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// The IOMMU core alone under concurrent load: typed attach-handle lookups racing attach,
+    /// replace and detach on many tenants' PASIDs.
+    Foundation {
         /// Configuration rounds: attach, replace and detach on every tenant's PASID.
         #[arg(long, default_value_t = 2_000)]
         rounds: u64,
@@ -97,31 +111,66 @@ fn check(files: &[std::path::PathBuf]) -> ExitCode {
     }
 }
 
-fn run_file(
-    file: &std::path::Path,
-    json: Option<&std::path::Path>,
-    plot: Option<&std::path::Path>,
-    trace: Option<&std::path::Path>,
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Threads,
+    Deterministic,
+}
+
+/// The `run` command's outputs and options.
+struct RunArgs {
+    mode: ModeArg,
+    seed: Option<u64>,
+    json: Option<std::path::PathBuf>,
+    plot: Option<std::path::PathBuf>,
+    trace: Option<std::path::PathBuf>,
     scale: u64,
-) -> ExitCode {
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: cannot read: {e}", file.display());
-            return ExitCode::FAILURE;
-        }
+    progress: bool,
+}
+
+fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
+    let (name, text) = match file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => (f.display().to_string(), t),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (
+            "<built-in default scenario>".to_string(),
+            iommu_sim::DEFAULT_SCENARIO.to_string(),
+        ),
     };
     let scenario = match iommu_sim::scenario::Scenario::parse(&text) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}:{e}", file.display());
+            eprintln!("{name}:{e}");
             return ExitCode::FAILURE;
         }
     };
-    let opts = iommu_sim::engine::RunOptions {
-        scale,
-        trace: trace.is_some(),
+    let mode = match args.mode {
+        ModeArg::Threads => iommu_sim::engine::Mode::Threads,
+        ModeArg::Deterministic => iommu_sim::engine::Mode::Deterministic {
+            seed: args.seed.unwrap_or(scenario.seed),
+        },
     };
+    if args.seed.is_some() && args.mode == ModeArg::Threads {
+        eprintln!("--seed needs --mode deterministic (threads mode is not reproducible)");
+        return ExitCode::FAILURE;
+    }
+    println!("iommu-sim: running {name}");
+    let opts = iommu_sim::engine::RunOptions {
+        scale: args.scale,
+        trace: args.trace.is_some(),
+        mode,
+        progress: args.progress,
+    };
+    let (json, plot, trace) = (
+        args.json.as_deref(),
+        args.plot.as_deref(),
+        args.trace.as_deref(),
+    );
     let report = iommu_sim::engine::run(&scenario, &opts);
     print!("{}", report.text());
     if let Err(e) = report.write_outputs(json, plot, trace) {
@@ -139,13 +188,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match cli.command.unwrap_or(Command::Run {
         file: None,
+        mode: ModeArg::Threads,
+        seed: None,
         json: None,
         plot: None,
         trace: None,
         scale: 1,
-        rounds: 2_000,
-        readers: 2,
-        tenants: 8,
+        no_progress: false,
     }) {
         Command::Check { files } => return check(&files),
         Command::Bench { quick } => {
@@ -153,27 +202,30 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run {
-            file: Some(file),
+            file,
+            mode,
+            seed,
             json,
             plot,
             trace,
             scale,
-            ..
+            no_progress,
         } => {
-            return run_file(
-                &file,
-                json.as_deref(),
-                plot.as_deref(),
-                trace.as_deref(),
+            let args = RunArgs {
+                mode,
+                seed,
+                json,
+                plot,
+                trace,
                 scale,
-            )
+                progress: !no_progress,
+            };
+            return run_file(file.as_deref(), args);
         }
-        Command::Run {
-            file: None,
+        Command::Foundation {
             rounds,
             readers,
             tenants,
-            ..
         } => foundation::Config {
             rounds,
             readers,

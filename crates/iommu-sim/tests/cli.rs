@@ -5,7 +5,7 @@ use std::process::Command;
 #[test]
 fn default_run_passes_and_reports_every_figure() {
     let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["run", "--rounds", "200", "--tenants", "6"])
+        .args(["foundation", "--rounds", "200", "--tenants", "6"])
         .output()
         .expect("run iommu-sim");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -24,7 +24,7 @@ fn default_run_passes_and_reports_every_figure() {
 #[test]
 fn bad_argument_is_refused_with_a_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["run", "--tenants", "0"])
+        .args(["foundation", "--tenants", "0"])
         .output()
         .expect("run iommu-sim");
     assert!(!out.status.success());
@@ -43,8 +43,13 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         "cross-thread handoff",
         "attach_handle_get (1,024 live PASIDs)",
         "under attach/detach churn",
-        "map+unmap 4 KiB",
-        "map+unmap 2 MiB",
+        "IOTLB-hit translation",
+        "IOTLB-miss translation",
+        "iommu-pt map 4 KiB",
+        "iommu-pt unmap 4 KiB",
+        "iommu-pt map 2 MiB",
+        "iommu-pt unmap 2 MiB",
+        "map+unmap 2 MiB range",
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
@@ -53,4 +58,71 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         .filter(|l| l.starts_with("attach_handle_get"))
         .count();
     assert_eq!(ratios, 2);
+}
+
+#[test]
+fn no_arguments_runs_the_built_in_default_scenario_and_every_invariant_holds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
+        .output()
+        .expect("run iommu-sim");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}\n{text}", out.status);
+    assert!(text.contains("<built-in default scenario>"), "{text}");
+    assert!(text.contains("scenario 'default' (threads mode"), "{text}");
+    assert!(text.contains("invariants     all held"), "{text}");
+    assert!(text.contains("faults/events_fired 7"), "{text}");
+}
+
+fn deterministic_json(seed: &str, path: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
+        .args([
+            "run",
+            "--mode",
+            "deterministic",
+            "--seed",
+            seed,
+            "--scale",
+            "8",
+        ])
+        .arg("--json")
+        .arg(path)
+        .output()
+        .expect("run iommu-sim");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("event log hash"), "{text}");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("json written")).expect("json")
+}
+
+#[test]
+fn deterministic_runs_write_the_same_event_log_hash_for_the_same_seed() {
+    let dir = std::env::temp_dir().join(format!("iommu-sim-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = deterministic_json("3", &dir.join("a.json"));
+    let b = deterministic_json("3", &dir.join("b.json"));
+    let c = deterministic_json("4", &dir.join("c.json"));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(a["mode"], "deterministic");
+    assert_eq!(a["event_log_hash"], b["event_log_hash"]);
+    assert_ne!(a["event_log_hash"], c["event_log_hash"]);
+    let inv = a["invariants"].as_object().expect("invariants object");
+    for name in [
+        "exactly_one_response",
+        "no_delivery_after_detach",
+        "no_dma_after_unbind",
+        "no_pasid_reuse",
+        "data_verified",
+    ] {
+        assert_eq!(inv[name], 0, "{name}: {inv:?}");
+    }
+}
+
+#[test]
+fn a_seed_without_deterministic_mode_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
+        .args(["run", "--seed", "1"])
+        .output()
+        .expect("run iommu-sim");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode deterministic"));
 }

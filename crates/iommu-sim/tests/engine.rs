@@ -15,7 +15,14 @@ fn scenarios_dir() -> PathBuf {
 
 fn run_text(text: &str, scale: u64) -> RunReport {
     let s = Scenario::parse(text).unwrap_or_else(|e| panic!("scenario: {e}"));
-    run(&s, &RunOptions { scale, trace: true })
+    run(
+        &s,
+        &RunOptions {
+            scale,
+            trace: true,
+            ..RunOptions::default()
+        },
+    )
 }
 
 fn run_file(name: &str, scale: u64) -> RunReport {
@@ -60,6 +67,24 @@ fn every_shipped_scenario_passes_every_invariant() {
         seen += 1;
     }
     assert!(seen >= 3, "found only {seen} scenarios");
+}
+
+#[test]
+fn every_shipped_scenario_passes_in_deterministic_mode() {
+    for name in ["default.toml", "sva-two-devices.toml", "overflow.toml"] {
+        let text = std::fs::read_to_string(scenarios_dir().join(name)).expect("read scenario");
+        let s = Scenario::parse(&text).expect("scenario");
+        let opts = RunOptions {
+            scale: 8,
+            mode: iommu_sim::engine::Mode::Deterministic { seed: 11 },
+            ..RunOptions::default()
+        };
+        let r = run(&s, &opts);
+        let inv = r.invariants.as_ref().expect("invariants checked");
+        assert!(inv.passed(), "{name}:\n{}", r.text());
+        assert!(r.groups > 0, "{name}:\n{}", r.text());
+        assert!(r.faults_by_stage["scheduler_steps"] > 0);
+    }
 }
 
 #[test]

@@ -204,3 +204,88 @@ fn corrupted_byte_fails_data_verified() {
         "job 'db-write' read back 1 wrong bytes",
     );
 }
+
+#[test]
+fn responses_the_core_announced_on_its_bad_path_are_expected_but_no_more() {
+    let mut c = Checker::new();
+    let req = Event::GroupRequested {
+        dev: 1,
+        pasid: Some(5),
+        grpid: 3,
+    };
+    let bad = Event::BadPathResponse { dev: 1, grpid: 3 };
+    let resp = Event::Responded {
+        dev: 1,
+        grpid: 3,
+        code: 1,
+    };
+    // The group's partial request meets a detached PASID (answered), then its last one too.
+    for e in [&req, &bad, &resp, &bad, &resp] {
+        assert!(!c.observe(e), "{e:?}");
+    }
+    // A third response nobody announced is a second answer.
+    assert!(c.observe(&resp));
+    let r = c.finish();
+    fails_naming(&r, Invariant::ExactlyOneResponse, Some(5), "PRG 3");
+}
+
+#[test]
+fn a_group_abandoned_by_its_device_may_be_answered_late_once() {
+    let mut c = Checker::new();
+    c.observe(&Event::GroupRequested {
+        dev: 1,
+        pasid: None,
+        grpid: 8,
+    });
+    c.observe(&Event::Abandoned { dev: 1, grpid: 8 });
+    let late = Event::Responded {
+        dev: 1,
+        grpid: 8,
+        code: 0,
+    };
+    assert!(!c.observe(&late));
+    assert!(c.observe(&late), "a second late answer");
+    let r = c.finish();
+    fails_naming(&r, Invariant::ExactlyOneResponse, Some(3), "PRG 8");
+}
+
+#[test]
+fn a_handle_address_reused_by_a_new_attach_may_receive_groups() {
+    let mut c = Checker::new();
+    c.observe(&Event::DetachReturned { attachment: 0x200 });
+    c.observe(&Event::Attached { attachment: 0x200 });
+    assert!(!c.observe(&Event::Delivered {
+        attachment: 0x200,
+        dev: 1,
+        grpid: 0,
+    }));
+    assert!(c.finish().passed());
+}
+
+/// The observer reads the emulator's and the core's trace points: a second response traced at
+/// a device is caught, named with run-local identities, and devices of other runs are ignored.
+#[test]
+fn traced_second_response_fails_the_run_through_the_observer() {
+    use iommu_sim::observe::Observer;
+    let obs = Observer::new();
+    obs.set_devices([77]);
+    tracing::dispatcher::with_default(&obs.dispatch(), || {
+        tracing::trace!(target: "iommu_core::pasid", kind = "alloc", pasid = 5u64);
+        tracing::trace!(target: "iommu_emu::pri", kind = "group_sent", dev = 77u64, pasid = 5i64, grpid = 3u64, pages = 1u64);
+        for _ in 0..2 {
+            tracing::trace!(target: "iommu_emu::pri", kind = "response", dev = 77u64, grpid = 3u64, code = 0u64, applied = true, auto = false);
+        }
+        // Another run's device: not this run's business.
+        tracing::trace!(target: "iommu_emu::pri", kind = "response", dev = 99u64, grpid = 3u64, code = 0u64, applied = false, auto = false);
+    });
+    assert_eq!(obs.foreign_events(), 1);
+    let (r, hash, lines) = obs.finish();
+    assert_eq!(lines, 4);
+    assert_ne!(hash, 0);
+    fails_naming(
+        &r,
+        Invariant::ExactlyOneResponse,
+        Some(3),
+        "Responded { dev: 0, grpid: 3, code: 0 }",
+    );
+}

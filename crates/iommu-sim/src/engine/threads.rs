@@ -1,0 +1,246 @@
+//! Threads mode: every job on its own thread, one thread firing events, one fault handler
+//! thread per iommufd owner; the emulator's queue threads and the IOPF workers run as they do
+//! in production. Every thread carries the run's `tracing` dispatcher.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{
+    fill_byte, ns, write_chunk, JobOutcome, Ran, RunOptions, Serving, World, CHUNK, FLOOD_PAGES,
+    PAGE,
+};
+use crate::invariants::Event;
+use crate::scenario::{Action, JobOp, JobTarget, Trigger};
+
+/// How long a run goes before its progress bar appears.
+const PROGRESS_AFTER: Duration = Duration::from_secs(1);
+
+pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Dispatch) -> Ran {
+    let scenario = world.scenario;
+    let dev_locks: Vec<RwLock<()>> = world.eps.iter().map(|_| RwLock::new(())).collect();
+    let jobs_done = AtomicBool::new(false);
+    let handlers_stop = AtomicBool::new(false);
+    let fired: Mutex<Vec<(usize, u64, u64)>> = Mutex::new(Vec::new());
+    let progress =
+        ProgressBar::with_draw_target(Some(world.total_bytes()), ProgressDrawTarget::hidden());
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    let run_start = Instant::now();
+    let with = |f: &dyn Fn()| tracing::dispatcher::with_default(dispatch, f);
+
+    let (outcomes, owner_reads) = std::thread::scope(|s| {
+        for o in &world.owners {
+            let (stop, phys) = (&handlers_stop, &world.phys);
+            s.spawn(move || {
+                with(&|| {
+                    let mut serving = Serving::new();
+                    let Some(fd) = &o.fault else { return };
+                    loop {
+                        let stopping = stop.load(Relaxed);
+                        let _ = fd.wait_readable(Some(Duration::from_millis(5)));
+                        while o.serve_once(phys, &mut serving) > 0 {}
+                        if stopping {
+                            return;
+                        }
+                    }
+                })
+            });
+        }
+        // Events (and the progress bar).
+        let events = s.spawn(|| {
+            with(&|| {
+                let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
+                let mut shown = false;
+                loop {
+                    let done = jobs_done.load(Relaxed);
+                    if !shown && opts.progress && run_start.elapsed() >= PROGRESS_AFTER {
+                        progress.set_draw_target(ProgressDrawTarget::stderr());
+                        shown = true;
+                    }
+                    if pending.is_empty() && done {
+                        break;
+                    }
+                    let now_ms = run_start.elapsed().as_millis() as u64;
+                    let groups = world.groups_answered();
+                    let mut keep = Vec::new();
+                    for &i in &pending {
+                        let e = &scenario.events[i];
+                        let due = match e.trigger {
+                            Trigger::AtMs(ms) => now_ms >= ms,
+                            Trigger::AfterGroups(g) => groups >= g,
+                        };
+                        if due {
+                            let t0 = Instant::now();
+                            progress.set_message(format!("{:?}", e.action).to_lowercase());
+                            if e.action == Action::Overflow {
+                                flood(world, i);
+                            } else {
+                                world.fire(i, Some(&dev_locks));
+                            }
+                            fired.lock().expect("fired").push((
+                                i,
+                                ns(t0.duration_since(run_start)),
+                                ns(t0.elapsed()),
+                            ));
+                        } else if !(done && matches!(e.trigger, Trigger::AfterGroups(_))) {
+                            keep.push(i);
+                        }
+                    }
+                    pending = keep;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        });
+        // Jobs.
+        let handles: Vec<_> = (0..scenario.jobs.len())
+            .map(|i| {
+                let (dev_locks, progress) = (&dev_locks, &progress);
+                s.spawn(move || {
+                    tracing::dispatcher::with_default(dispatch, || {
+                        run_job(i, world, dev_locks, progress, run_start)
+                    })
+                })
+            })
+            .collect();
+        let outs: Vec<JobOutcome> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| JobOutcome {
+                    error: Some("job thread panicked".into()),
+                    ..JobOutcome::default()
+                })
+            })
+            .collect();
+        jobs_done.store(true, Relaxed);
+        let _ = events.join();
+        progress.finish_and_clear();
+        // Owner jobs read back through the device while the handlers still run.
+        let fired: Vec<usize> = fired.lock().expect("fired").iter().map(|f| f.0).collect();
+        let owner_reads: Vec<Option<Result<Vec<u8>, String>>> = (0..scenario.jobs.len())
+            .map(|i| {
+                let j = &scenario.jobs[i];
+                let JobTarget::Owner(_, iova) = j.target else {
+                    return None;
+                };
+                if outs[i].error.is_some() || world.affected(&fired, i) {
+                    return None;
+                }
+                let mut got = vec![0u8; world.job_len[i] as usize];
+                Some(
+                    world.eps[j.device]
+                        .dma_read(None, iova, &mut got)
+                        .map(|()| got)
+                        .map_err(|e| e.to_string()),
+                )
+            })
+            .collect();
+        handlers_stop.store(true, Relaxed);
+        (outs, owner_reads)
+    });
+    Ran {
+        outcomes,
+        owner_reads,
+        fired: fired.into_inner().expect("fired"),
+        steps: None,
+        stuck: Vec::new(),
+    }
+}
+
+/// An `overflow` event: many threads fault at once on the IOMMU's bonded devices, each on its
+/// own untouched region.
+fn flood(world: &World<'_>, i: usize) {
+    let targets = world.flood_targets(i);
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    std::thread::scope(|s| {
+        for (d, pasid, base) in targets {
+            let ep = &world.eps[d];
+            let dispatch = &dispatch;
+            s.spawn(move || {
+                tracing::dispatcher::with_default(dispatch, || {
+                    let mut b = vec![0u8; (FLOOD_PAGES * PAGE) as usize];
+                    let _ = ep.dma_read(Some(pasid), base, &mut b);
+                })
+            });
+        }
+    });
+}
+
+fn run_job(
+    i: usize,
+    world: &World<'_>,
+    dev_locks: &[RwLock<()>],
+    progress: &ProgressBar,
+    run_start: Instant,
+) -> JobOutcome {
+    let j = &world.scenario.jobs[i];
+    let len = world.job_len[i];
+    let ep = &world.eps[j.device];
+    let mut out = JobOutcome::default();
+    let t0 = Instant::now();
+    let (pasid, base) = match world.job_target(i) {
+        Ok(t) => t,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    let (span_len, src_half) = if j.op == JobOp::Copy {
+        (len / 2, len / 2)
+    } else {
+        (len, 0)
+    };
+    let mut buf = vec![0u8; CHUNK as usize];
+    if j.op == JobOp::Read {
+        out.last_read = vec![0u8; len as usize];
+    }
+    'outer: for _ in 0..j.repeat {
+        let mut off = 0;
+        while off < span_len {
+            let n = CHUNK.min(span_len - off);
+            let guard = dev_locks[j.device].read().expect("device lock");
+            let c0 = Instant::now();
+            let r = match j.op {
+                JobOp::Write => {
+                    write_chunk(j, off, &mut buf[..n as usize]);
+                    ep.dma_write(pasid, base + off, &buf[..n as usize])
+                }
+                JobOp::Fill => ep.dma_fill(pasid, base + off, n, fill_byte(j)),
+                JobOp::Read => ep.dma_read(
+                    pasid,
+                    base + off,
+                    &mut out.last_read[off as usize..(off + n) as usize],
+                ),
+                JobOp::Copy => ep.dma_copy(pasid, base + off, base + src_half + off, n),
+            };
+            out.latency.record(ns(c0.elapsed()));
+            match r {
+                Ok(()) => {
+                    out.bytes += n;
+                    progress.inc(n);
+                    if let Some(p) = pasid {
+                        world.obs.observe(Event::Dma {
+                            dev: j.device as u64,
+                            pasid: p,
+                        });
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(e.to_string());
+                    break 'outer;
+                }
+            }
+            drop(guard);
+            off += n;
+        }
+    }
+    out.span = Some((ns(t0.duration_since(run_start)), ns(t0.elapsed())));
+    out
+}

@@ -1,0 +1,268 @@
+//! What a run sees: the core's and the emulator's `tracing` trace points (see
+//! `iommu_core::trace` and `iommu_emu`'s PRI events), plus the engine's own observations, turned
+//! into checker [`Event`]s with run-local identities, checked as they happen, and hashed into the
+//! event log.
+//!
+//! Identities are made run-local so a log is comparable across runs: a device becomes its
+//! index in the scenario, an attach handle (an address) the order in which it was first seen.
+//!
+//! Each run installs its own [`Observer`] as the scoped `tracing` dispatcher on every thread it
+//! runs (the emulator and the IOPF queue carry their creator's dispatcher into their threads).
+//! A process-wide default that accepts the same events is installed first, so a call site
+//! reached for the first time by another thread can never be cached as "not interesting" while
+//! a run's dispatcher is registered.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, Once};
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Metadata, Subscriber};
+
+use crate::invariants::{CheckReport, Checker, Event};
+
+/// The FNV-1a 64-bit hash of the event log, updated line by line.
+#[derive(Debug, Clone, Copy)]
+pub struct LogHash(u64);
+
+impl Default for LogHash {
+    fn default() -> Self {
+        LogHash(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl LogHash {
+    /// Adds one log line.
+    pub fn add(&mut self, line: &str) {
+        for b in line.bytes().chain([b'\n']) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    /// The hash so far.
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Default)]
+struct State {
+    checker: Checker,
+    devices: HashMap<u64, u64>,
+    handles: HashMap<u64, u64>,
+    hash: LogHash,
+    lines: u64,
+    /// Trace events from devices that are not this run's (none expected; counted).
+    foreign: u64,
+    line: String,
+}
+
+/// One run's observer: checker, identity maps and event-log hash.
+#[derive(Default)]
+pub struct Observer {
+    state: Mutex<State>,
+}
+
+impl Observer {
+    /// A fresh observer.
+    pub fn new() -> Arc<Observer> {
+        Arc::default()
+    }
+
+    /// Names the run's devices: `ids[i]` (a core device id) becomes device `i`.
+    pub fn set_devices(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut st = self.lock();
+        st.devices = ids.into_iter().zip(0..).collect();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks `e` (whose identities are already run-local) and logs it.
+    pub fn observe(&self, e: Event) {
+        let mut st = self.lock();
+        st.observe(e);
+    }
+
+    /// Logs a line that is not a checked event (a scheduler decision, an event fired).
+    pub fn log(&self, line: &str) {
+        let mut st = self.lock();
+        st.hash.add(line);
+        st.lines += 1;
+    }
+
+    /// A `tracing` dispatcher feeding this observer.
+    pub fn dispatch(self: &Arc<Self>) -> tracing::Dispatch {
+        install_process_default();
+        tracing::Dispatch::new(Sink(self.clone()))
+    }
+
+    /// Ends the run: the checker's report, the event-log hash, and the lines logged.
+    pub fn finish(&self) -> (CheckReport, u64, u64) {
+        let mut st = self.lock();
+        let st = std::mem::take(&mut *st);
+        (st.checker.finish(), st.hash.value(), st.lines)
+    }
+
+    /// Trace events seen from devices that do not belong to this run.
+    pub fn foreign_events(&self) -> u64 {
+        self.lock().foreign
+    }
+}
+
+impl State {
+    fn observe(&mut self, e: Event) {
+        self.line.clear();
+        let _ = write!(self.line, "{e:?}");
+        let line = std::mem::take(&mut self.line);
+        self.hash.add(&line);
+        self.line = line;
+        self.lines += 1;
+        self.checker.observe(&e);
+    }
+
+    fn handle(&mut self, h: u64) -> usize {
+        let next = self.handles.len() as u64;
+        *self.handles.entry(h).or_insert(next) as usize
+    }
+
+    /// Turns one trace event into checker events.
+    fn trace(&mut self, f: &Fields) {
+        let dev = match f.dev {
+            Some(d) => match self.devices.get(&d) {
+                Some(&i) => Some(i),
+                None => {
+                    self.foreign += 1;
+                    return;
+                }
+            },
+            None => None,
+        };
+        let grpid = f.grpid as u32;
+        let pasid = u32::try_from(f.pasid).ok();
+        let e = match (f.kind.as_str(), dev) {
+            ("attached", _) => Event::Attached {
+                attachment: self.handle(f.handle),
+            },
+            ("detached", _) => Event::DetachReturned {
+                attachment: self.handle(f.handle),
+            },
+            ("delivered", Some(dev)) => Event::Delivered {
+                attachment: self.handle(f.handle),
+                dev,
+                grpid,
+            },
+            ("responded", Some(dev)) if f.path == "bad" => Event::BadPathResponse { dev, grpid },
+            ("alloc", _) => Event::PasidAllocated {
+                pasid: f.pasid as u32,
+            },
+            ("free", _) => Event::PasidFreed {
+                pasid: f.pasid as u32,
+            },
+            ("group_sent", Some(dev)) => Event::GroupRequested { dev, pasid, grpid },
+            ("response", Some(dev)) => Event::Responded {
+                dev,
+                grpid,
+                code: f.code as u32,
+            },
+            ("abandoned", Some(dev)) => Event::Abandoned { dev, grpid },
+            _ => return,
+        };
+        self.observe(e);
+    }
+}
+
+/// The fields of one trace event that the observer reads.
+#[derive(Default)]
+struct Fields {
+    kind: String,
+    path: String,
+    dev: Option<u64>,
+    pasid: i64,
+    grpid: u64,
+    handle: u64,
+    code: u64,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+
+    fn record_str(&mut self, f: &Field, v: &str) {
+        match f.name() {
+            "kind" => v.clone_into(&mut self.kind),
+            "path" => v.clone_into(&mut self.path),
+            _ => {}
+        }
+    }
+
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        match f.name() {
+            "dev" => self.dev = Some(v),
+            "grpid" => self.grpid = v,
+            "handle" => self.handle = v,
+            "code" => self.code = v,
+            "pasid" => self.pasid = v as i64,
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        if f.name() == "pasid" {
+            self.pasid = v;
+        }
+    }
+}
+
+fn ours(m: &Metadata<'_>) -> bool {
+    let t = m.target();
+    t.starts_with("iommu_core") || t.starts_with("iommu_emu")
+}
+
+/// The run's subscriber: events only, no spans.
+struct Sink(Arc<Observer>);
+
+impl Subscriber for Sink {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        ours(m)
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        let mut f = Fields::default();
+        e.record(&mut f);
+        self.0.lock().trace(&f);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// The process-wide default: interested in the same events (so call sites stay enabled),
+/// drops them (they come from threads that belong to no run).
+struct Discard;
+
+impl Subscriber for Discard {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        ours(m)
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+fn install_process_default() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Fails only if someone else installed one first; theirs then decides interest.
+        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(Discard));
+    });
+}
