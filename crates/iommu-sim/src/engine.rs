@@ -586,7 +586,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
         let world = World::build(scenario, opts.scale, manual, obs.clone());
         let ran = match opts.mode {
             Mode::Threads => threads::run(&world, opts, &dispatch),
-            Mode::Deterministic { seed } => deterministic::run(&world, seed),
+            Mode::Deterministic { seed } => deterministic::run(&world, seed, opts),
         };
         let (mut report, late) = verify(&world, &ran, opts);
         world.teardown();
@@ -794,6 +794,66 @@ fn write_chunk(j: &crate::scenario::JobSpec, off: u64, buf: &mut [u8]) {
 /// The byte fill jobs write.
 fn fill_byte(j: &crate::scenario::JobSpec) -> u8 {
     name_seed(&j.name) as u8 | 1
+}
+
+/// The run's progress bar: bytes moved by the jobs, drawn on stderr only once the run has
+/// taken [`Progress::AFTER`] (and only on a terminal; indicatif hides it otherwise).
+struct Progress {
+    bar: indicatif::ProgressBar,
+    enabled: bool,
+    start: Instant,
+    shown: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// How long a run goes before its progress bar appears.
+    const AFTER: Duration = Duration::from_secs(1);
+
+    fn new(world: &World<'_>, enabled: bool) -> Self {
+        use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+        let bar =
+            ProgressBar::with_draw_target(Some(world.total_bytes()), ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+            )
+            .expect("progress template")
+            .progress_chars("=> "),
+        );
+        Progress {
+            bar,
+            enabled,
+            start: Instant::now(),
+            shown: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Shows the bar once the run has taken long enough.
+    fn tick(&self) {
+        if self.enabled
+            && !self.shown.load(Relaxed)
+            && self.start.elapsed() >= Self::AFTER
+            && !self.shown.swap(true, Relaxed)
+        {
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    }
+
+    /// `n` more bytes moved.
+    fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        self.tick();
+    }
+
+    /// Names what is happening (an event firing).
+    fn message(&self, m: String) {
+        self.bar.set_message(m);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Keeps wall-clock durations in nanoseconds.

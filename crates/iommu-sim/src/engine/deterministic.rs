@@ -21,7 +21,10 @@ use iommu_emu::{DmaJob, DmaKind, DmaPoll};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{fill_byte, write_chunk, JobOutcome, Ran, Serving, World, CHUNK, FLOOD_PAGES, PAGE};
+use super::{
+    fill_byte, write_chunk, JobOutcome, Progress, Ran, RunOptions, Serving, World, CHUNK,
+    FLOOD_PAGES, PAGE,
+};
 use crate::invariants::Event;
 use crate::scenario::{Action, JobOp, JobTarget, Trigger};
 
@@ -110,7 +113,7 @@ impl JobRun {
         }
     }
 
-    fn step(&mut self, world: &World<'_>, now: u64) -> Step {
+    fn step(&mut self, world: &World<'_>, now: u64, progress: &Progress) -> Step {
         let j = &world.scenario.jobs[self.i];
         let ep = &world.eps[j.device];
         let n = CHUNK.min(self.span_len - self.off);
@@ -162,6 +165,7 @@ impl JobRun {
                     .latency
                     .record((now - self.chunk_start + 1) * STEP_NS);
                 self.out.bytes += n;
+                progress.inc(n);
                 if let Some(p) = self.pasid {
                     world.obs.observe(Event::Dma {
                         dev: j.device as u64,
@@ -235,7 +239,8 @@ impl Reader {
     }
 }
 
-pub(super) fn run(world: &World<'_>, seed: u64) -> Ran {
+pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
+    let progress = Progress::new(world, opts.progress);
     let scenario = world.scenario;
     let obs = &world.obs;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -256,6 +261,7 @@ pub(super) fn run(world: &World<'_>, seed: u64) -> Ran {
     let fire = |i: usize, now: u64, floods: &mut Vec<Reader>, fired: &mut Vec<_>| {
         let e = &scenario.events[i];
         obs.log(&format!("{now} event {i} {:?}", e.action));
+        progress.message(format!("{:?}", e.action).to_lowercase());
         if e.action == Action::Overflow {
             for (d, pasid, base) in world.flood_targets(i) {
                 floods.push(Reader::new(
@@ -358,6 +364,7 @@ pub(super) fn run(world: &World<'_>, seed: u64) -> Ran {
                     &mut readbacks,
                     &mut serving,
                     now,
+                    &progress,
                 ) == Step::Moved;
             }
             now += 1;
@@ -400,6 +407,7 @@ pub(super) fn run(world: &World<'_>, seed: u64) -> Ran {
             &mut readbacks,
             &mut serving,
             now,
+            &progress,
         );
         obs.log(&format!("{now} {a:?} {r:?}"));
         now += 1;
@@ -410,6 +418,7 @@ pub(super) fn run(world: &World<'_>, seed: u64) -> Ran {
         }
     }
 
+    progress.finish();
     let mut owner_reads: Vec<Option<Result<Vec<u8>, String>>> =
         (0..scenario.jobs.len()).map(|_| None).collect();
     for (i, r) in readbacks {
@@ -446,7 +455,8 @@ fn jump_to_next_event(
     }
 }
 
-/// Runs one step of actor `a`.
+/// Runs one step of actor `a` (the actors' states are the scheduler's locals, lent here).
+#[allow(clippy::too_many_arguments)]
 fn step(
     a: Actor,
     world: &World<'_>,
@@ -455,10 +465,11 @@ fn step(
     readbacks: &mut [(usize, Reader)],
     serving: &mut [Serving],
     now: u64,
+    progress: &Progress,
 ) -> Step {
     let moved = |b: bool| if b { Step::Moved } else { Step::Waiting };
     match a {
-        Actor::Job(i) => jobs[i].step(world, now),
+        Actor::Job(i) => jobs[i].step(world, now, progress),
         Actor::Flood(k) => floods[k].step(world),
         Actor::ReadBack(k) => readbacks[k].1.step(world),
         Actor::Prq(k) => moved(world.iommus[k].prq_step(PRQ_BATCH) > 0),

@@ -6,17 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
 use super::{
-    fill_byte, ns, write_chunk, JobOutcome, Ran, RunOptions, Serving, World, CHUNK, FLOOD_PAGES,
-    PAGE,
+    fill_byte, ns, write_chunk, JobOutcome, Progress, Ran, RunOptions, Serving, World, CHUNK,
+    FLOOD_PAGES, PAGE,
 };
 use crate::invariants::Event;
 use crate::scenario::{Action, JobOp, JobTarget, Trigger};
-
-/// How long a run goes before its progress bar appears.
-const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
 pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Dispatch) -> Ran {
     let scenario = world.scenario;
@@ -24,15 +19,7 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
     let jobs_done = AtomicBool::new(false);
     let handlers_stop = AtomicBool::new(false);
     let fired: Mutex<Vec<(usize, u64, u64)>> = Mutex::new(Vec::new());
-    let progress =
-        ProgressBar::with_draw_target(Some(world.total_bytes()), ProgressDrawTarget::hidden());
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
-        )
-        .expect("progress template")
-        .progress_chars("=> "),
-    );
+    let progress = Progress::new(world, opts.progress);
     let run_start = Instant::now();
     let with = |f: &dyn Fn()| tracing::dispatcher::with_default(dispatch, f);
 
@@ -58,13 +45,9 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
         let events = s.spawn(|| {
             with(&|| {
                 let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
-                let mut shown = false;
                 loop {
                     let done = jobs_done.load(Relaxed);
-                    if !shown && opts.progress && run_start.elapsed() >= PROGRESS_AFTER {
-                        progress.set_draw_target(ProgressDrawTarget::stderr());
-                        shown = true;
-                    }
+                    progress.tick();
                     if pending.is_empty() && done {
                         break;
                     }
@@ -79,7 +62,7 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
                         };
                         if due {
                             let t0 = Instant::now();
-                            progress.set_message(format!("{:?}", e.action).to_lowercase());
+                            progress.message(format!("{:?}", e.action).to_lowercase());
                             if e.action == Action::Overflow {
                                 flood(world, i);
                             } else {
@@ -121,7 +104,7 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
             .collect();
         jobs_done.store(true, Relaxed);
         let _ = events.join();
-        progress.finish_and_clear();
+        progress.finish();
         // Owner jobs read back through the device while the handlers still run.
         let fired: Vec<usize> = fired.lock().expect("fired").iter().map(|f| f.0).collect();
         let owner_reads: Vec<Option<Result<Vec<u8>, String>>> = (0..scenario.jobs.len())
@@ -177,7 +160,7 @@ fn run_job(
     i: usize,
     world: &World<'_>,
     dev_locks: &[RwLock<()>],
-    progress: &ProgressBar,
+    progress: &Progress,
     run_start: Instant,
 ) -> JobOutcome {
     let j = &world.scenario.jobs[i];
