@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{Fixture, Mm};
+use common::{last, manual_fixture};
 use iommu_core::{
-    iopf_queue_add_device, report_device_fault, sva_bind_device, AddressSpace, IopfQueue,
-    PageRequest, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE as LAST,
-    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID as PV, IOMMU_FAULT_PERM_READ as R,
+    report_device_fault, sva_bind_device, PageResponseCode, IOMMU_FAULT_PERM_READ as R,
 };
-
-fn manual_fixture() -> (Fixture, Arc<dyn AddressSpace>, Arc<Mm>, Arc<IopfQueue>) {
-    let fx = Fixture::new(&[1 << 16]);
-    let queue = IopfQueue::new_manual("manual");
-    iopf_queue_add_device(&queue, fx.dev(0)).unwrap();
-    let mm = Mm::new(1);
-    let space: Arc<dyn AddressSpace> = mm.clone();
-    (fx, space, mm, queue)
-}
-
-fn last(pasid: u32, grpid: u32, addr: u64) -> PageRequest {
-    PageRequest {
-        flags: PV | LAST,
-        pasid,
-        grpid,
-        perm: R,
-        addr,
-    }
-}
 
 #[test]
 fn manual_queue_runs_a_group_only_when_asked_oldest_first() {

@@ -96,7 +96,7 @@ impl Observer {
     /// A `tracing` dispatcher feeding this observer.
     pub fn dispatch(self: &Arc<Self>) -> tracing::Dispatch {
         install_process_default();
-        tracing::Dispatch::new(Sink(self.clone()))
+        tracing::Dispatch::new(Sink(Some(self.clone())))
     }
 
     /// Ends the run: the checker's report, the event-log hash, and the lines logged.
@@ -220,8 +220,10 @@ fn ours(m: &Metadata<'_>) -> bool {
     t.starts_with("iommu_core") || t.starts_with("iommu_emu")
 }
 
-/// The run's subscriber: events only, no spans.
-struct Sink(Arc<Observer>);
+/// The run's subscriber (events only, no spans); without an observer, the process-wide
+/// default, interested in the same events (so call sites stay enabled) but dropping them: they
+/// come from threads that belong to no run.
+struct Sink(Option<Arc<Observer>>);
 
 impl Subscriber for Sink {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
@@ -233,28 +235,12 @@ impl Subscriber for Sink {
     fn record(&self, _: &Id, _: &Record<'_>) {}
     fn record_follows_from(&self, _: &Id, _: &Id) {}
     fn event(&self, e: &tracing::Event<'_>) {
-        let mut f = Fields::default();
-        e.record(&mut f);
-        self.0.lock().trace(&f);
+        if let Some(obs) = &self.0 {
+            let mut f = Fields::default();
+            e.record(&mut f);
+            obs.lock().trace(&f);
+        }
     }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
-
-/// The process-wide default: interested in the same events (so call sites stay enabled),
-/// drops them (they come from threads that belong to no run).
-struct Discard;
-
-impl Subscriber for Discard {
-    fn enabled(&self, m: &Metadata<'_>) -> bool {
-        ours(m)
-    }
-    fn new_span(&self, _: &Attributes<'_>) -> Id {
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, _: &Record<'_>) {}
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {}
     fn enter(&self, _: &Id) {}
     fn exit(&self, _: &Id) {}
 }
@@ -263,6 +249,6 @@ fn install_process_default() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Fails only if someone else installed one first; theirs then decides interest.
-        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(Discard));
+        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(Sink(None)));
     });
 }

@@ -8,7 +8,11 @@
 use std::sync::Arc;
 
 use iommu_core::mock::{Call, HwState, MockDriver};
-use iommu_core::{Device, Domain, Group, GroupSnapshot, IommuDriver};
+use iommu_core::{
+    iopf_queue_add_device, AddressSpace, Device, Domain, Group, GroupSnapshot, IommuDriver,
+    IopfQueue, PageRequest, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE as LAST,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID as PV, IOMMU_FAULT_PERM_READ as R,
+};
 
 pub struct Fixture {
     pub iommu: Arc<MockDriver>,
@@ -121,5 +125,26 @@ impl iommu_core::AddressSpace for Mm {
         } else {
             Err(iommu_core::error::efault_v("no VMA", addr))
         }
+    }
+}
+
+/// A one-device fixture whose IOPF queue is manual, and a process to bind.
+pub fn manual_fixture() -> (Fixture, Arc<dyn AddressSpace>, Arc<Mm>, Arc<IopfQueue>) {
+    let fx = Fixture::new(&[1 << 16]);
+    let queue = IopfQueue::new_manual("manual");
+    iopf_queue_add_device(&queue, fx.dev(0)).unwrap();
+    let mm = Mm::new(1);
+    let space: Arc<dyn AddressSpace> = mm.clone();
+    (fx, space, mm, queue)
+}
+
+/// A one-request page request group (READ) for `pasid`.
+pub fn last(pasid: u32, grpid: u32, addr: u64) -> PageRequest {
+    PageRequest {
+        flags: PV | LAST,
+        pasid,
+        grpid,
+        perm: R,
+        addr,
     }
 }

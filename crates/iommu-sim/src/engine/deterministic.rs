@@ -245,12 +245,14 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
     let obs = &world.obs;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut now: u64 = 0;
-    let mut jobs: Vec<JobRun> = (0..scenario.jobs.len())
-        .map(|i| JobRun::new(world, i, 0))
-        .collect();
-    let mut floods: Vec<Reader> = Vec::new();
-    let mut readbacks: Vec<(usize, Reader)> = Vec::new();
-    let mut serving: Vec<Serving> = world.owners.iter().map(|_| Serving::new()).collect();
+    let mut act = Actors {
+        jobs: (0..scenario.jobs.len())
+            .map(|i| JobRun::new(world, i, 0))
+            .collect(),
+        floods: Vec::new(),
+        readbacks: Vec::new(),
+        serving: world.owners.iter().map(|_| Serving::new()).collect(),
+    };
     let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
     let mut fired: Vec<(usize, u64, u64)> = Vec::new();
     let mut stuck: Vec<String> = Vec::new();
@@ -278,7 +280,7 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
 
     loop {
         // Events due now.
-        let jobs_done = jobs.iter().all(|j| j.done);
+        let jobs_done = act.jobs.iter().all(|j| j.done);
         if !pending.is_empty() {
             let groups = world.groups_answered();
             let now_ms = now * STEP_NS / 1_000_000;
@@ -289,7 +291,7 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
                     Trigger::AfterGroups(g) => groups >= g,
                 };
                 if due {
-                    fire(i, now, &mut floods, &mut fired);
+                    fire(i, now, &mut act.floods, &mut fired);
                 } else if !(jobs_done
                     && matches!(scenario.events[i].trigger, Trigger::AfterGroups(_)))
                 {
@@ -304,24 +306,24 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
             let fired_idx: Vec<usize> = fired.iter().map(|f| f.0).collect();
             for (i, j) in scenario.jobs.iter().enumerate() {
                 if let JobTarget::Owner(_, iova) = j.target {
-                    if jobs[i].out.error.is_none() && !world.affected(&fired_idx, i) {
+                    if act.jobs[i].out.error.is_none() && !world.affected(&fired_idx, i) {
                         let r = Reader::new(j.device, None, vec![(iova, world.job_len[i])]);
-                        readbacks.push((i, r));
+                        act.readbacks.push((i, r));
                     }
                 }
             }
         }
 
         runnable.clear();
-        runnable.extend(jobs.iter().filter(|j| !j.done).map(|j| Actor::Job(j.i)));
+        runnable.extend(act.jobs.iter().filter(|j| !j.done).map(|j| Actor::Job(j.i)));
         runnable.extend(
-            (0..floods.len())
-                .filter(|&k| !floods[k].done)
+            (0..act.floods.len())
+                .filter(|&k| !act.floods[k].done)
                 .map(Actor::Flood),
         );
         runnable.extend(
-            (0..readbacks.len())
-                .filter(|&k| !readbacks[k].1.done)
+            (0..act.readbacks.len())
+                .filter(|&k| !act.readbacks[k].1.done)
                 .map(Actor::ReadBack),
         );
         let workers_before = runnable.len();
@@ -356,16 +358,7 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
         if service_idle && idle >= 4 * runnable.len() as u64 {
             let mut moved = false;
             for &a in &runnable {
-                moved |= step(
-                    a,
-                    world,
-                    &mut jobs,
-                    &mut floods,
-                    &mut readbacks,
-                    &mut serving,
-                    now,
-                    &progress,
-                ) == Step::Moved;
+                moved |= act.step(a, world, now, &progress) == Step::Moved;
             }
             now += 1;
             if moved {
@@ -382,14 +375,14 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
                 stuck.push(msg);
                 match a {
                     Actor::Job(i) => {
-                        jobs[i].out.error = Some("stuck waiting for a page response".into());
-                        jobs[i].cur = None;
-                        jobs[i].finish(now);
+                        act.jobs[i].out.error = Some("stuck waiting for a page response".into());
+                        act.jobs[i].cur = None;
+                        act.jobs[i].finish(now);
                     }
-                    Actor::Flood(k) => floods[k].done = true,
+                    Actor::Flood(k) => act.floods[k].done = true,
                     Actor::ReadBack(k) => {
-                        readbacks[k].1.result = Some(Err("stuck".into()));
-                        readbacks[k].1.done = true;
+                        act.readbacks[k].1.result = Some(Err("stuck".into()));
+                        act.readbacks[k].1.done = true;
                     }
                     _ => {}
                 }
@@ -399,16 +392,7 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
             continue;
         }
         let a = runnable[rng.random_range(0..runnable.len())];
-        let r = step(
-            a,
-            world,
-            &mut jobs,
-            &mut floods,
-            &mut readbacks,
-            &mut serving,
-            now,
-            &progress,
-        );
+        let r = act.step(a, world, now, &progress);
         obs.log(&format!("{now} {a:?} {r:?}"));
         now += 1;
         if r == Step::Moved {
@@ -421,11 +405,11 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
     progress.finish();
     let mut owner_reads: Vec<Option<Result<Vec<u8>, String>>> =
         (0..scenario.jobs.len()).map(|_| None).collect();
-    for (i, r) in readbacks {
+    for (i, r) in act.readbacks {
         owner_reads[i] = r.result.or(Some(Err("not read back".into())));
     }
     Ran {
-        outcomes: jobs.into_iter().map(|j| j.out).collect(),
+        outcomes: act.jobs.into_iter().map(|j| j.out).collect(),
         owner_reads,
         fired,
         steps: Some(now),
@@ -455,25 +439,28 @@ fn jump_to_next_event(
     }
 }
 
-/// Runs one step of actor `a` (the actors' states are the scheduler's locals, lent here).
-#[allow(clippy::too_many_arguments)]
-fn step(
-    a: Actor,
-    world: &World<'_>,
-    jobs: &mut [JobRun],
-    floods: &mut [Reader],
-    readbacks: &mut [(usize, Reader)],
-    serving: &mut [Serving],
-    now: u64,
-    progress: &Progress,
-) -> Step {
-    let moved = |b: bool| if b { Step::Moved } else { Step::Waiting };
-    match a {
-        Actor::Job(i) => jobs[i].step(world, now, progress),
-        Actor::Flood(k) => floods[k].step(world),
-        Actor::ReadBack(k) => readbacks[k].1.step(world),
-        Actor::Prq(k) => moved(world.iommus[k].prq_step(PRQ_BATCH) > 0),
-        Actor::Iopf(k) => moved(world.queues[k].run_one()),
-        Actor::Owner(k) => moved(world.owners[k].serve_once(&world.phys, &mut serving[k]) > 0),
+/// The states of the actors that have one.
+struct Actors {
+    jobs: Vec<JobRun>,
+    floods: Vec<Reader>,
+    /// (job index, its read-back).
+    readbacks: Vec<(usize, Reader)>,
+    serving: Vec<Serving>,
+}
+
+impl Actors {
+    /// Runs one step of actor `a`.
+    fn step(&mut self, a: Actor, world: &World<'_>, now: u64, progress: &Progress) -> Step {
+        let moved = |b: bool| if b { Step::Moved } else { Step::Waiting };
+        match a {
+            Actor::Job(i) => self.jobs[i].step(world, now, progress),
+            Actor::Flood(k) => self.floods[k].step(world),
+            Actor::ReadBack(k) => self.readbacks[k].1.step(world),
+            Actor::Prq(k) => moved(world.iommus[k].prq_step(PRQ_BATCH) > 0),
+            Actor::Iopf(k) => moved(world.queues[k].run_one()),
+            Actor::Owner(k) => {
+                moved(world.owners[k].serve_once(&world.phys, &mut self.serving[k]) > 0)
+            }
+        }
     }
 }
