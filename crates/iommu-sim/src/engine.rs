@@ -773,6 +773,11 @@ fn verify(world: &World<'_>, ran: &Ran, opts: &RunOptions) -> (RunReport, Vec<Vi
         stage.insert("scheduler_steps".into(), steps);
     }
     report.latency.insert("dma_job".into(), dma_lat);
+    for (stage, lat) in world.obs.stage_latencies() {
+        if !lat.is_empty() {
+            report.latency.insert(stage.into(), lat);
+        }
+    }
     let mut batches = StageLatency::default();
     for o in &world.owners {
         batches.merge(&o.batches.lock().expect("batches"));

@@ -20,7 +20,10 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Metadata, Subscriber};
 
+use std::time::Instant;
+
 use crate::invariants::{CheckReport, Checker, Event};
+use crate::report::StageLatency;
 
 /// The FNV-1a 64-bit hash of the event log, updated line by line.
 #[derive(Debug, Clone, Copy)]
@@ -46,9 +49,24 @@ impl LogHash {
     }
 }
 
+/// Per-stage latencies measured between trace points: a page request group from the device
+/// sending it to its response arriving (`page_request_group`), and a group from its delivery
+/// to a handler to the core sending its response (`fault_handler`).
+#[derive(Default)]
+struct Stages {
+    sent: HashMap<(u64, u32), u64>,
+    delivered: HashMap<(u64, u32), u64>,
+    group: StageLatency,
+    handler: StageLatency,
+}
+
 #[derive(Default)]
 struct State {
     checker: Checker,
+    stages: Stages,
+    /// Virtual time in ns (deterministic mode); `None`: wall time since the observer started.
+    virtual_ns: Option<u64>,
+    start: Option<Instant>,
     devices: HashMap<u64, u64>,
     handles: HashMap<u64, u64>,
     hash: LogHash,
@@ -84,6 +102,20 @@ impl Observer {
     pub fn observe(&self, e: Event) {
         let mut st = self.lock();
         st.observe(e);
+    }
+
+    /// Deterministic mode: latencies are measured in this virtual time (ns) from now on.
+    pub fn set_virtual_ns(&self, ns: u64) {
+        self.lock().virtual_ns = Some(ns);
+    }
+
+    /// The stage latencies measured between trace points, by stage name.
+    pub fn stage_latencies(&self) -> Vec<(&'static str, StageLatency)> {
+        let st = self.lock();
+        vec![
+            ("page_request_group", st.stages.group.clone()),
+            ("fault_handler", st.stages.handler.clone()),
+        ]
     }
 
     /// Logs a line that is not a checked event (a scheduler decision, an event fired).
@@ -123,6 +155,48 @@ impl State {
         self.checker.observe(&e);
     }
 
+    fn now_ns(&mut self) -> u64 {
+        match self.virtual_ns {
+            Some(ns) => ns,
+            None => self
+                .start
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                .as_nanos() as u64,
+        }
+    }
+
+    /// Times the stages from the trace points that open and close them.
+    fn time(&mut self, kind: &str, dev: u64, grpid: u32, path: &str) {
+        let key = (dev, grpid);
+        match kind {
+            "group_sent" => {
+                let t = self.now_ns();
+                self.stages.sent.insert(key, t);
+            }
+            "delivered" => {
+                let t = self.now_ns();
+                self.stages.delivered.insert(key, t);
+            }
+            "response" => {
+                if let Some(t0) = self.stages.sent.remove(&key) {
+                    let t = self.now_ns();
+                    self.stages.group.record(t.saturating_sub(t0).max(1));
+                }
+            }
+            "abandoned" => {
+                self.stages.sent.remove(&key);
+            }
+            "responded" if path != "bad" => {
+                if let Some(t0) = self.stages.delivered.remove(&key) {
+                    let t = self.now_ns();
+                    self.stages.handler.record(t.saturating_sub(t0).max(1));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn handle(&mut self, h: u64) -> usize {
         let next = self.handles.len() as u64;
         *self.handles.entry(h).or_insert(next) as usize
@@ -142,6 +216,9 @@ impl State {
         };
         let grpid = f.grpid as u32;
         let pasid = u32::try_from(f.pasid).ok();
+        if let Some(d) = dev {
+            self.time(&f.kind, d, grpid, &f.path);
+        }
         let e = match (f.kind.as_str(), dev) {
             ("attached", _) => Event::Attached {
                 attachment: self.handle(f.handle),

@@ -144,13 +144,13 @@ impl RunReport {
         if !self.latency.is_empty() {
             let _ = writeln!(
                 s,
-                "  latency (µs)   {:>10} {:>10} {:>10} {:>10}",
+                "  latency (µs)         {:>10} {:>10} {:>10} {:>10}",
                 "p50", "p99", "p99.9", "samples"
             );
             for (stage, h) in &self.latency {
                 let _ = writeln!(
                     s,
-                    "    {stage:<12} {:>10.2} {:>10.2} {:>10.2} {:>10}",
+                    "    {stage:<18} {:>10.2} {:>10.2} {:>10.2} {:>10}",
                     us(h.quantile(0.5)),
                     us(h.quantile(0.99)),
                     us(h.quantile(0.999)),

@@ -279,6 +279,7 @@ pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
     };
 
     loop {
+        obs.set_virtual_ns(now * STEP_NS);
         // Events due now.
         let jobs_done = act.jobs.iter().all(|j| j.done);
         if !pending.is_empty() {
