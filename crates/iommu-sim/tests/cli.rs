@@ -72,7 +72,12 @@ fn no_arguments_runs_the_built_in_default_scenario_and_every_invariant_holds() {
     assert!(text.contains("invariants     all held"), "{text}");
     assert!(text.contains("faults/events_fired 7"), "{text}");
     // Latency per stage, from the trace points and the jobs.
-    for stage in ["dma_job", "page_request_group", "fault_handler", "iommufd_batch"] {
+    for stage in [
+        "dma_job",
+        "page_request_group",
+        "fault_handler",
+        "iommufd_batch",
+    ] {
         assert!(text.contains(stage), "{stage} missing:\n{text}");
     }
 }
