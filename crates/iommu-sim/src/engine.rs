@@ -579,7 +579,7 @@ impl<'s> World<'s> {
 /// correct.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
     let start = Instant::now();
-    let obs = Observer::new();
+    let obs = Observer::with_log(matches!(opts.mode, Mode::Deterministic { .. }));
     let dispatch = obs.dispatch();
     tracing::dispatcher::with_default(&dispatch, || {
         let manual = matches!(opts.mode, Mode::Deterministic { .. });

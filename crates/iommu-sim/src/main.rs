@@ -37,27 +37,8 @@ enum Command {
     Run {
         /// Scenario file; without it, the built-in default scenario runs.
         file: Option<std::path::PathBuf>,
-        /// `threads` (real concurrency) or `deterministic` (one seeded scheduler).
-        #[arg(long, value_enum, default_value_t = ModeArg::Threads)]
-        mode: ModeArg,
-        /// The deterministic scheduler's seed (default: the scenario's `seed`).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Write the report as JSON here.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// Write latency histograms as SVG here.
-        #[arg(long)]
-        plot: Option<std::path::PathBuf>,
-        /// Write a Chrome trace (JSON) of the jobs and events here.
-        #[arg(long)]
-        trace: Option<std::path::PathBuf>,
-        /// Divide every job's length by this.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-        scale: u64,
-        /// No progress bar.
-        #[arg(long)]
-        no_progress: bool,
+        #[command(flatten)]
+        args: RunArgs,
     },
     /// The IOMMU core alone under concurrent load: typed attach-handle lookups racing attach,
     /// replace and detach on many tenants' PASIDs.
@@ -118,14 +99,29 @@ enum ModeArg {
 }
 
 /// The `run` command's outputs and options.
+#[derive(clap::Args)]
 struct RunArgs {
+    /// `threads` (real concurrency) or `deterministic` (one seeded scheduler).
+    #[arg(long, value_enum, default_value_t = ModeArg::Threads)]
     mode: ModeArg,
+    /// The deterministic scheduler's seed (default: the scenario's `seed`).
+    #[arg(long)]
     seed: Option<u64>,
+    /// Write the report as JSON here.
+    #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Write latency histograms as SVG here.
+    #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// Write a Chrome trace (JSON) of the jobs and events here.
+    #[arg(long)]
     trace: Option<std::path::PathBuf>,
+    /// Divide every job's length by this.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     scale: u64,
-    progress: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
@@ -164,7 +160,7 @@ fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
         scale: args.scale,
         trace: args.trace.is_some(),
         mode,
-        progress: args.progress,
+        progress: !args.no_progress,
     };
     let (json, plot, trace) = (
         args.json.as_deref(),
@@ -186,42 +182,17 @@ fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match cli.command.unwrap_or(Command::Run {
-        file: None,
-        mode: ModeArg::Threads,
-        seed: None,
-        json: None,
-        plot: None,
-        trace: None,
-        scale: 1,
-        no_progress: false,
-    }) {
+    // No subcommand: `run` with its defaults (the built-in default scenario).
+    let command = cli
+        .command
+        .unwrap_or_else(|| Cli::parse_from(["iommu-sim", "run"]).command.expect("run"));
+    let cfg = match command {
         Command::Check { files } => return check(&files),
         Command::Bench { quick } => {
             print!("{}", iommu_sim::bench::run(quick));
             return ExitCode::SUCCESS;
         }
-        Command::Run {
-            file,
-            mode,
-            seed,
-            json,
-            plot,
-            trace,
-            scale,
-            no_progress,
-        } => {
-            let args = RunArgs {
-                mode,
-                seed,
-                json,
-                plot,
-                trace,
-                scale,
-                progress: !no_progress,
-            };
-            return run_file(file.as_deref(), args);
-        }
+        Command::Run { file, args } => return run_file(file.as_deref(), args),
         Command::Foundation {
             rounds,
             readers,
