@@ -153,7 +153,7 @@ impl Attachment {
 
     /// The handle's address: a stable identity while anything holds the handle.
     pub fn addr(&self) -> usize {
-        Arc::as_ptr(&self.0) as *const () as usize
+        crate::group::slot_addr(&self.0)
     }
 }
 

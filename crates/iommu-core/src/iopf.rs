@@ -193,17 +193,31 @@ struct GroupInner {
 
 impl GroupInner {
     fn send(self, code: PageResponseCode, path: &'static str) {
-        let last = *self.faults.last().expect("a group has its last request");
-        self.param.stats.count_response(code);
-        crate::trace::responded(self.dev.id().0, &last, code, path);
-        if let Some(iommu) = self.dev.iommu() {
-            let resp = PageResponse {
-                pasid: last.pasid,
-                grpid: last.grpid,
-                code,
-            };
-            iommu.page_response(&self.dev, &last, resp);
-        }
+        let last = self.faults.last().expect("a group has its last request");
+        send_response(&self.dev, last, code, path, Some(&self.param.stats));
+    }
+}
+
+/// Sends the page response addressed by `req` (a group's last request, or a request answered on
+/// the bad path): counted in `stats`, traced, then handed to the driver.
+fn send_response(
+    dev: &Device,
+    req: &PageRequest,
+    code: PageResponseCode,
+    path: &'static str,
+    stats: Option<&FaultStats>,
+) {
+    if let Some(stats) = stats {
+        stats.count_response(code);
+    }
+    crate::trace::responded(dev.id().0, req, code, path);
+    if let Some(iommu) = dev.iommu() {
+        let resp = PageResponse {
+            pasid: req.pasid,
+            grpid: req.grpid,
+            code,
+        };
+        iommu.page_response(dev, req, resp);
     }
 }
 
@@ -358,19 +372,12 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
 
 /// The "bad" path: answer the request Invalid and tell the driver.
 fn bad_request(dev: &Device, req: &PageRequest) -> Result<()> {
-    crate::trace::responded(dev.id().0, req, PageResponseCode::Invalid, "bad");
-    if let Some(iommu) = dev.iommu() {
-        let resp = PageResponse {
-            pasid: req.pasid,
-            grpid: req.grpid,
-            code: PageResponseCode::Invalid,
-        };
-        iommu.page_response(dev, req, resp);
-    }
-    if let Some(p) = dev.fault_param() {
+    let param = dev.fault_param();
+    if let Some(p) = &param {
         p.stats.reported.fetch_add(1, Relaxed);
-        p.stats.count_response(PageResponseCode::Invalid);
     }
+    let stats = param.as_ref().map(|p| &p.stats);
+    send_response(dev, req, PageResponseCode::Invalid, "bad", stats);
     Err(einval(
         "no fault-capable attachment takes this page request",
     ))

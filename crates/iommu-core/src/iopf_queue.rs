@@ -162,14 +162,17 @@ impl IopfQueue {
             q.0.push_back((group, run));
             return Ok(());
         }
-        let Some(tx) = self.tx.lock().clone() else {
+        // An unbounded send never blocks: it may happen under the lock, saving a clone of the
+        // sender per fault.
+        let tx = self.tx.lock();
+        let Some(tx) = tx.as_ref() else {
             return Err(group);
         };
-        let param = group.param().clone();
-        param.work.start();
+        group.param().work.start();
         tx.send((group, run)).map_err(|back| {
-            param.work.finish();
-            back.into_inner().0
+            let group = back.into_inner().0;
+            group.param().work.finish();
+            group
         })
     }
 

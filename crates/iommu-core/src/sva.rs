@@ -207,9 +207,14 @@ impl IopfHandler for SvaFaultHandler {
 
     fn handle_iopf(&self, group: IopfGroup) -> core::result::Result<(), IopfGroup> {
         #[cfg(feature = "std")]
-        if let Some(queue) = group.param().queue.clone() {
-            return queue.submit(group, sva_handle_group);
-        }
+        let group = match group.param().queue.clone() {
+            // A queue already shut down gives the group back: it is resolved here instead.
+            Some(queue) => match queue.submit(group, sva_handle_group) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            },
+            None => group,
+        };
         sva_handle_group(group);
         Ok(())
     }

@@ -26,14 +26,6 @@ fn fault_pasid(req: &PageRequest) -> i64 {
     }
 }
 
-fn code(code: PageResponseCode) -> u64 {
-    match code {
-        PageResponseCode::Success => 0,
-        PageResponseCode::Invalid => 1,
-        PageResponseCode::Failure => 2,
-    }
-}
-
 pub(crate) fn attached(group: u64, pasid: u32, handle: usize) {
     tracing::trace!(target: "iommu_core::attach", kind = "attached", group, pasid = u64::from(pasid), handle = handle as u64);
 }
@@ -47,7 +39,7 @@ pub(crate) fn delivered(dev: u64, req: &PageRequest, handle: usize) {
 }
 
 pub(crate) fn responded(dev: u64, req: &PageRequest, c: PageResponseCode, path: &'static str) {
-    tracing::trace!(target: "iommu_core::iopf", kind = "responded", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), code = code(c), path);
+    tracing::trace!(target: "iommu_core::iopf", kind = "responded", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), code = c as u64, path);
 }
 
 pub(crate) fn pasid_alloc(pasid: u32) {

@@ -46,8 +46,11 @@ fn manual_queue_shutdown_runs_what_is_queued_and_then_refuses_work() {
     report_device_fault(fx.dev(0), last(bond.pasid(), 1, 0x1000)).unwrap();
     queue.shutdown();
     assert_eq!(fx.iommu.responses().len(), 1);
-    // A shut-down queue hands the group back; the SVA handler answers it at once.
+    // A shut-down queue hands the group back; the SVA handler resolves it at once, inline,
+    // against the mm (never Failure, which would disable the device's PRI).
     report_device_fault(fx.dev(0), last(bond.pasid(), 2, 0x2000)).unwrap();
     assert_eq!(fx.iommu.responses().len(), 2);
+    let r = fx.iommu.responses()[1].1;
+    assert_eq!((r.grpid, r.code), (2, PageResponseCode::Success));
     assert_eq!(queue.pending(), 0);
 }

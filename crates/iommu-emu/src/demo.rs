@@ -45,6 +45,8 @@ pub struct DemoReport {
     pub pasid: u32,
     /// Pages the mm faulted in (all by devices: the CPU touched nothing before the DMA).
     pub pages_faulted: u64,
+    /// Pages the devices' regions span: what `pages_faulted` must be.
+    pub pages_expected: u64,
     /// Page request groups the devices sent.
     pub groups_sent: u64,
     /// Page requests the devices sent.
@@ -70,7 +72,10 @@ impl DemoReport {
     /// Whether the run met every expectation: all DMAs completed, every byte matched, every
     /// group answered exactly once, and every page was faulted by a device.
     pub fn ok(&self) -> bool {
-        self.dma_failures == 0 && self.mismatched_bytes == 0 && self.unanswered == 0
+        self.dma_failures == 0
+            && self.mismatched_bytes == 0
+            && self.unanswered == 0
+            && self.pages_faulted == self.pages_expected
     }
 }
 
@@ -171,6 +176,7 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
     let mut report = DemoReport {
         pasid,
         pages_faulted: mm.stats().faults,
+        pages_expected: pages,
         dma_failures: failures,
         mismatched_bytes: mismatched,
         dma_elapsed,

@@ -503,7 +503,8 @@ impl Machine {
             block,
             cursor: iova >> PAGE_SHIFT,
             retry: Vec::new(),
-            faulted: Vec::with_capacity(group_cap),
+            // Grows on the first fault: a resident DMA allocates nothing.
+            faulted: Vec::new(),
             group_cap,
             stale_rounds: 0,
             auto_rounds: 0,
@@ -686,22 +687,13 @@ impl Machine {
     }
 }
 
-/// Numeric response code of the trace events.
-fn code_num(code: PageResponseCode) -> u64 {
-    match code {
-        PageResponseCode::Success => 0,
-        PageResponseCode::Invalid => 1,
-        PageResponseCode::Failure => 2,
-    }
-}
-
 fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: bool, auto: bool) {
     tracing::trace!(
         target: "iommu_emu::pri",
         kind = "response",
         dev = dev.id().0,
         grpid = u64::from(grpid),
-        code = code_num(code),
+        code = code as u64,
         applied,
         auto,
     );
@@ -1236,8 +1228,10 @@ impl Endpoint {
             let win = sh.iommu.dma_window();
             win.page_request(sh.sid, &sh.dev, pasid, &reqs)
         };
-        sh.counters.groups_sent.fetch_add(1, Relaxed);
-        sh.counters.page_requests.fetch_add(n as u64, Relaxed);
+        if pushed.is_some() {
+            sh.counters.groups_sent.fetch_add(1, Relaxed);
+            sh.counters.page_requests.fetch_add(n as u64, Relaxed);
+        }
         match pushed {
             Some(Pushed::Queued) => Ok(Pushed::Queued),
             Some(Pushed::AutoSuccess) => {
@@ -1247,8 +1241,6 @@ impl Endpoint {
                 Ok(Pushed::AutoSuccess)
             }
             None => {
-                sh.counters.groups_sent.fetch_sub(1, Relaxed);
-                sh.counters.page_requests.fetch_sub(n as u64, Relaxed);
                 self.release(o, false);
                 let f = TranslationFault {
                     reason: FaultReason::NoContext,
@@ -1267,9 +1259,7 @@ impl Endpoint {
         let mut st = sh.pri.lock();
         let applied = st.epoch == o.epoch;
         if applied {
-            st.slots[o.grpid as usize] = None;
-            st.credits += o.pages;
-            sh.pri_cv.notify_all();
+            sh.free_slot(&mut st, o.grpid as usize, o.pages);
         }
         if auto {
             trace_response(&sh.dev, o.grpid, PageResponseCode::Success, applied, true);
@@ -1281,9 +1271,7 @@ impl Endpoint {
         let code = st.slots[o.grpid as usize]
             .as_ref()
             .and_then(|s| s.outcome)?;
-        st.slots[o.grpid as usize] = None;
-        st.credits += o.pages;
-        self.sh.pri_cv.notify_all();
+        self.sh.free_slot(st, o.grpid as usize, o.pages);
         Some(code)
     }
 
@@ -1312,11 +1300,9 @@ impl Endpoint {
                 return Ok(Group::Answered(code));
             }
             if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
-                st.slots[o.grpid as usize] = None;
-                st.credits += o.pages;
+                sh.free_slot(&mut st, o.grpid as usize, o.pages);
                 sh.counters.abandoned.fetch_add(1, Relaxed);
                 trace_abandoned(&sh.dev, o.grpid);
-                sh.pri_cv.notify_all();
                 return Err(DmaError::ResponseTimeout { grpid: o.grpid });
             }
         }
@@ -1351,9 +1337,7 @@ impl Endpoint {
             }
         };
         if answered {
-            st.slots[i] = None;
-            st.credits += o.pages;
-            sh.pri_cv.notify_all();
+            sh.free_slot(&mut st, i, o.pages);
         }
         sh.counters.abandoned.fetch_add(1, Relaxed);
         trace_abandoned(&sh.dev, o.grpid);
@@ -1361,6 +1345,13 @@ impl Endpoint {
 }
 
 impl EpShared {
+    /// Frees PRG index `i` and gives its `pages` credits back, waking whoever waits for them.
+    fn free_slot(&self, st: &mut PriState, i: usize, pages: u32) {
+        st.slots[i] = None;
+        st.credits += pages;
+        self.pri_cv.notify_all();
+    }
+
     /// A page response arrived for this function (routed by the IOMMU).
     pub(crate) fn on_page_response(&self, resp: PageResponse) {
         let c = &self.counters;
@@ -1371,13 +1362,11 @@ impl EpShared {
             Some(slot) if slot.abandoned && pasid_ok(slot) => {
                 // The late answer to a dropped job's group: frees the slot, applies nothing.
                 let pages = slot.pages;
-                st.slots[i] = None;
-                st.credits += pages;
+                self.free_slot(&mut st, i, pages);
                 c.stray.fetch_add(1, Relaxed);
-                self.pri_cv.notify_all();
                 false
             }
-            Some(slot) if slot.outcome.is_none() && pasid_ok(slot) && slot.pages > 0 => {
+            Some(slot) if slot.outcome.is_none() && pasid_ok(slot) => {
                 slot.outcome = Some(resp.code);
                 c.answered.fetch_add(1, Relaxed);
                 match resp.code {

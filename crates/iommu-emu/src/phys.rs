@@ -11,10 +11,11 @@
 //!   the same time (a racing access sees each 64-bit word before or after a store, never torn
 //!   inside a word — the same guarantee a coherent machine gives for aligned 8-byte accesses).
 //!
-//! Measured against the alternative, a lock per frame (`fault_path` bench, `phys/*`): an
-//! uncontended 4 KiB write is ~75 ns with atomic words and ~44 ns with a `Mutex<[u8; 4096]>`
-//! (SIMD memcpy; `Relaxed` atomic stores are plain 8-byte moves but are not vectorised). We keep
-//! atomic words anyway: the ~30 ns is small against the fault path (µs per group), page-table
+//! Measured against the alternative, a lock per frame (`cargo bench -p iommu-emu --bench
+//! fault_path -- phys/`, figures in BENCHMARKS.md): an uncontended 4 KiB write costs about 20 ns
+//! more with atomic words than with a `Mutex<[u8; 4096]>` (SIMD memcpy; `Relaxed` atomic stores
+//! are plain 8-byte moves but are not vectorised). We keep atomic words anyway: the difference is
+//! small against the fault path (µs per group), page-table
 //! pages must be atomic words for the lock-free walker (so one representation serves both), and
 //! a frame lock would serialise CPU and device access to one page, which real memory does not.
 //! Sub-word edges of an unaligned write use a compare-exchange loop so a concurrent writer of the

@@ -37,10 +37,7 @@ use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use iommu_core::{
-    iopf_discard_partial, report_device_fault, Device, PageRequest,
-    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
-};
+use iommu_core::{iopf_discard_partial, report_device_fault, Device, PageRequest};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 struct Entry {
@@ -181,7 +178,7 @@ impl Prq {
             self.counters.requests.fetch_add(1, Relaxed);
         }
         if let Some(last) = reqs.last() {
-            let pasid = if last.flags & IOMMU_FAULT_PAGE_REQUEST_PASID_VALID != 0 {
+            let pasid = if last.pasid_valid() {
                 i64::from(last.pasid)
             } else {
                 -1

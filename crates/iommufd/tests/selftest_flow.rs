@@ -93,7 +93,11 @@ fn alloc_hwpt_nested_fault_flow_of_the_linux_selftest() {
     let n = fd
         .write(&responses(&[(r.cookie, IOMMUFD_PAGE_RESP_SUCCESS)]))
         .unwrap();
-    assert!(n > 0);
+    assert_eq!(
+        n,
+        iommufd::RESPONSE_RECORD_SIZE,
+        "the one response record was consumed"
+    );
     fx.assert_answered(&[(2, PageResponseCode::Success)]);
 
     // 6. Replace back, destroy nested then parent, close the fd, destroy the fault object
