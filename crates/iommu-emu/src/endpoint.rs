@@ -75,7 +75,10 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -302,6 +305,9 @@ pub(crate) struct EpShared {
     responses: AtomicU64,
     /// The PASID capability's Enable bit.
     pasid_enabled: std::sync::atomic::AtomicBool,
+    /// Whether any PASID is stopped (`PriState::stopped` non-empty; written under the PRI
+    /// lock): lets every DMA pass skip that lock in the common case.
+    any_stopped: std::sync::atomic::AtomicBool,
     counters: Counters,
 }
 
@@ -737,6 +743,7 @@ impl Endpoint {
                 pri_cv: Condvar::new(),
                 responses: AtomicU64::new(0),
                 pasid_enabled: std::sync::atomic::AtomicBool::new(dev.max_pasids() > 0),
+                any_stopped: std::sync::atomic::AtomicBool::new(false),
                 counters: Counters::default(),
                 dev,
                 group,
@@ -820,6 +827,7 @@ impl Endpoint {
         let deadline = Instant::now() + self.sh.cfg.response_timeout;
         let mut st = self.sh.pri.lock();
         st.stopped.insert(pasid);
+        self.sh.any_stopped.store(true, Release);
         while st
             .slots
             .iter()
@@ -838,7 +846,9 @@ impl Endpoint {
 
     /// Allows DMA with a stopped `pasid` again.
     pub fn start_pasid(&self, pasid: u32) {
-        self.sh.pri.lock().stopped.remove(&pasid);
+        let mut st = self.sh.pri.lock();
+        st.stopped.remove(&pasid);
+        self.sh.any_stopped.store(!st.stopped.is_empty(), Release);
     }
 
     /// Function-level reset: DMAs waiting for a page response fail with [`DmaError::Reset`],
@@ -861,6 +871,7 @@ impl Endpoint {
         sh.counters.abandoned.fetch_add(abandoned, Relaxed);
         st.credits = sh.cfg.pri_credits;
         st.stopped.clear();
+        sh.any_stopped.store(false, Release);
         sh.pri_cv.notify_all();
         drop(st);
         sh.atc.invalidate(|_| true);
@@ -889,7 +900,7 @@ impl Endpoint {
             if p >= self.sh.dev.max_pasids() || !self.pasid_enabled() {
                 return Err(DmaError::PasidNotSupported { pasid: p });
             }
-            if self.sh.pri.lock().stopped.contains(&p) {
+            if self.sh.any_stopped.load(Acquire) && self.sh.pri.lock().stopped.contains(&p) {
                 return Err(DmaError::PasidStopped { pasid: p });
             }
         }
