@@ -264,7 +264,7 @@ impl IopfGroup {
     /// Sends the group's one page response.
     pub fn respond(mut self, code: PageResponseCode) {
         if let Some(inner) = self.inner.take() {
-            inner.send(code, "group");
+            inner.send(code, crate::trace::path::GROUP);
         }
     }
 }
@@ -273,7 +273,7 @@ impl Drop for IopfGroup {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             inner.param.stats.dropped_unanswered.fetch_add(1, Relaxed);
-            inner.send(PageResponseCode::Invalid, "dropped");
+            inner.send(PageResponseCode::Invalid, crate::trace::path::DROPPED);
         }
     }
 }
@@ -377,7 +377,13 @@ fn bad_request(dev: &Device, req: &PageRequest) -> Result<()> {
         p.stats.reported.fetch_add(1, Relaxed);
     }
     let stats = param.as_ref().map(|p| &p.stats);
-    send_response(dev, req, PageResponseCode::Invalid, "bad", stats);
+    send_response(
+        dev,
+        req,
+        PageResponseCode::Invalid,
+        crate::trace::path::BAD,
+        stats,
+    );
     Err(einval(
         "no fault-capable attachment takes this page request",
     ))

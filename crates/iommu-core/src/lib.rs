@@ -61,8 +61,9 @@ mod ownership;
 mod pasid;
 mod pasid_table;
 mod sva;
-mod sync;
-mod trace;
+#[doc(hidden)]
+pub mod sync;
+pub mod trace;
 
 #[cfg(all(test, loom))]
 mod loom_models;

@@ -7,19 +7,27 @@
 //!
 //! `Arc` is always `alloc`'s: reference counts are not the protocol under test, and keeping the
 //! real `Arc` lets handles be type-erased and downcast.
+//!
+//! The crates above the core (`iommufd`) take their locks from here too, so one `--cfg loom`
+//! switches every layer's protocol to model-checked primitives. Hidden from the docs: it is a
+//! build seam, not API.
 
 #[cfg(loom)]
 mod imp {
+    pub use loom::sync::atomic::AtomicU64;
     /// Mutual exclusion (loom backend).
     #[derive(Debug)]
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
-    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+    pub struct Mutex<T>(loom::sync::Mutex<T>);
+    /// The guard of [`Mutex`].
+    pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
     impl<T> Mutex<T> {
-        pub(crate) fn new(v: T) -> Self {
+        /// A new unlocked mutex.
+        pub fn new(v: T) -> Self {
             Self(loom::sync::Mutex::new(v))
         }
-        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        /// Locks, ignoring poisoning (as `parking_lot` has none).
+        pub fn lock(&self) -> MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|e| e.into_inner())
         }
     }
@@ -32,16 +40,19 @@ mod imp {
 
     /// Reader-writer lock (loom backend).
     #[derive(Debug)]
-    pub(crate) struct RwLock<T>(loom::sync::RwLock<T>);
+    pub struct RwLock<T>(loom::sync::RwLock<T>);
 
     impl<T> RwLock<T> {
-        pub(crate) fn new(v: T) -> Self {
+        /// A new unlocked reader-writer lock.
+        pub fn new(v: T) -> Self {
             Self(loom::sync::RwLock::new(v))
         }
-        pub(crate) fn read(&self) -> loom::sync::RwLockReadGuard<'_, T> {
+        /// Shared access, ignoring poisoning.
+        pub fn read(&self) -> loom::sync::RwLockReadGuard<'_, T> {
             self.0.read().unwrap_or_else(|e| e.into_inner())
         }
-        pub(crate) fn write(&self) -> loom::sync::RwLockWriteGuard<'_, T> {
+        /// Exclusive access, ignoring poisoning.
+        pub fn write(&self) -> loom::sync::RwLockWriteGuard<'_, T> {
             self.0.write().unwrap_or_else(|e| e.into_inner())
         }
     }
@@ -49,12 +60,14 @@ mod imp {
 
 #[cfg(all(not(loom), feature = "std"))]
 mod imp {
-    pub(crate) use parking_lot::{Mutex, MutexGuard, RwLock};
+    pub use core::sync::atomic::AtomicU64;
+    pub use parking_lot::{Mutex, MutexGuard, RwLock};
 }
 
 #[cfg(all(not(loom), not(feature = "std")))]
 mod imp {
-    pub(crate) use spin::{Mutex, MutexGuard, RwLock};
+    pub use core::sync::atomic::AtomicU64;
+    pub use spin::{Mutex, MutexGuard, RwLock};
 }
 
-pub(crate) use imp::*;
+pub use imp::*;

@@ -17,6 +17,42 @@
 
 use crate::fault::{PageRequest, PageResponseCode};
 
+/// The `target`s of the core's trace events.
+pub mod target {
+    /// Attach and detach of PASID slots.
+    pub const ATTACH: &str = "iommu_core::attach";
+    /// Page-request delivery and responses.
+    pub const IOPF: &str = "iommu_core::iopf";
+    /// Global PASID allocation.
+    pub const PASID: &str = "iommu_core::pasid";
+}
+
+/// The values of the `kind` field: the contract a subscriber (the simulator's checker) matches on.
+pub mod kind {
+    /// A handle was published in a PASID slot.
+    pub const ATTACHED: &str = "attached";
+    /// A handle was unpublished (the detach fence has passed).
+    pub const DETACHED: &str = "detached";
+    /// A fault group is about to reach its handler.
+    pub const DELIVERED: &str = "delivered";
+    /// The core answered a group (see [`super::path`] for which way).
+    pub const RESPONDED: &str = "responded";
+    /// A global PASID was taken.
+    pub const PASID_ALLOC: &str = "alloc";
+    /// A global PASID was returned.
+    pub const PASID_FREE: &str = "free";
+}
+
+/// The values of the `path` field of a [`kind::RESPONDED`] event.
+pub mod path {
+    /// The handler answered the group.
+    pub const GROUP: &str = "group";
+    /// The group was dropped unanswered and answered on its behalf.
+    pub const DROPPED: &str = "dropped";
+    /// No handler took the request (Linux's bad path).
+    pub const BAD: &str = "bad";
+}
+
 /// A fault's PASID as traced: `-1` when the request carried none.
 fn fault_pasid(req: &PageRequest) -> i64 {
     if req.pasid_valid() {
@@ -27,25 +63,25 @@ fn fault_pasid(req: &PageRequest) -> i64 {
 }
 
 pub(crate) fn attached(group: u64, pasid: u32, handle: usize) {
-    tracing::trace!(target: "iommu_core::attach", kind = "attached", group, pasid = u64::from(pasid), handle = handle as u64);
+    tracing::trace!(target: target::ATTACH, kind = kind::ATTACHED, group, pasid = u64::from(pasid), handle = handle as u64);
 }
 
 pub(crate) fn detached(group: u64, pasid: u32, handle: usize) {
-    tracing::trace!(target: "iommu_core::attach", kind = "detached", group, pasid = u64::from(pasid), handle = handle as u64);
+    tracing::trace!(target: target::ATTACH, kind = kind::DETACHED, group, pasid = u64::from(pasid), handle = handle as u64);
 }
 
 pub(crate) fn delivered(dev: u64, req: &PageRequest, handle: usize) {
-    tracing::trace!(target: "iommu_core::iopf", kind = "delivered", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), handle = handle as u64);
+    tracing::trace!(target: target::IOPF, kind = kind::DELIVERED, dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), handle = handle as u64);
 }
 
 pub(crate) fn responded(dev: u64, req: &PageRequest, c: PageResponseCode, path: &'static str) {
-    tracing::trace!(target: "iommu_core::iopf", kind = "responded", dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), code = c as u64, path);
+    tracing::trace!(target: target::IOPF, kind = kind::RESPONDED, dev, pasid = fault_pasid(req), grpid = u64::from(req.grpid), code = c as u64, path);
 }
 
 pub(crate) fn pasid_alloc(pasid: u32) {
-    tracing::trace!(target: "iommu_core::pasid", kind = "alloc", pasid = u64::from(pasid));
+    tracing::trace!(target: target::PASID, kind = kind::PASID_ALLOC, pasid = u64::from(pasid));
 }
 
 pub(crate) fn pasid_free(pasid: u32) {
-    tracing::trace!(target: "iommu_core::pasid", kind = "free", pasid = u64::from(pasid));
+    tracing::trace!(target: target::PASID, kind = kind::PASID_FREE, pasid = u64::from(pasid));
 }

@@ -695,8 +695,8 @@ impl Machine {
 
 fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: bool, auto: bool) {
     tracing::trace!(
-        target: "iommu_emu::pri",
-        kind = "response",
+        target: crate::trace::TARGET,
+        kind = crate::trace::kind::RESPONSE,
         dev = dev.id().0,
         grpid = u64::from(grpid),
         code = code as u64,
@@ -707,8 +707,8 @@ fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: boo
 
 fn trace_abandoned(dev: &Device, grpid: u32) {
     tracing::trace!(
-        target: "iommu_emu::pri",
-        kind = "abandoned",
+        target: crate::trace::TARGET,
+        kind = crate::trace::kind::ABANDONED,
         dev = dev.id().0,
         grpid = u64::from(grpid),
     );

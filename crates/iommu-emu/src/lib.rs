@@ -52,6 +52,7 @@ pub mod mm;
 pub mod phys;
 mod prq;
 mod tlb;
+pub mod trace;
 
 pub use endpoint::{
     DmaError, DmaJob, DmaKind, DmaPoll, Endpoint, EndpointConfig, EndpointStats, MAX_AUTO_ROUNDS,

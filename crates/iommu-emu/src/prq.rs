@@ -184,8 +184,8 @@ impl Prq {
                 -1
             };
             tracing::trace!(
-                target: "iommu_emu::pri",
-                kind = "group_sent",
+                target: crate::trace::TARGET,
+                kind = crate::trace::kind::GROUP_SENT,
                 dev = dev.id().0,
                 pasid,
                 grpid = u64::from(last.grpid),

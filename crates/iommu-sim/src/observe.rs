@@ -22,6 +22,9 @@ use tracing::{Metadata, Subscriber};
 
 use std::time::Instant;
 
+use iommu_core::trace::kind as core_ev;
+use iommu_emu::trace::kind as emu_ev;
+
 use crate::invariants::{CheckReport, Checker, Event};
 use crate::report::StageLatency;
 
@@ -182,24 +185,24 @@ impl State {
     fn time(&mut self, kind: &str, dev: u64, grpid: u32, bad_path: bool) {
         let key = (dev, grpid);
         match kind {
-            "group_sent" => {
+            emu_ev::GROUP_SENT => {
                 let t = self.now_ns();
                 self.stages.sent.insert(key, t);
             }
-            "delivered" => {
+            core_ev::DELIVERED => {
                 let t = self.now_ns();
                 self.stages.delivered.insert(key, t);
             }
-            "response" => {
+            emu_ev::RESPONSE => {
                 if let Some(t0) = self.stages.sent.remove(&key) {
                     let t = self.now_ns();
                     self.stages.group.record(t.saturating_sub(t0).max(1));
                 }
             }
-            "abandoned" => {
+            emu_ev::ABANDONED => {
                 self.stages.sent.remove(&key);
             }
-            "responded" if !bad_path => {
+            core_ev::RESPONDED if !bad_path => {
                 if let Some(t0) = self.stages.delivered.remove(&key) {
                     let t = self.now_ns();
                     self.stages.handler.record(t.saturating_sub(t0).max(1));
@@ -232,31 +235,31 @@ impl State {
             self.time(f.kind, d, grpid, f.bad_path);
         }
         let e = match (f.kind, dev) {
-            ("attached", _) => Event::Attached {
+            (core_ev::ATTACHED, _) => Event::Attached {
                 attachment: self.handle(f.handle),
             },
-            ("detached", _) => Event::DetachReturned {
+            (core_ev::DETACHED, _) => Event::DetachReturned {
                 attachment: self.handle(f.handle),
             },
-            ("delivered", Some(dev)) => Event::Delivered {
+            (core_ev::DELIVERED, Some(dev)) => Event::Delivered {
                 attachment: self.handle(f.handle),
                 dev,
                 grpid,
             },
-            ("responded", Some(dev)) if f.bad_path => Event::BadPathResponse { dev, grpid },
-            ("alloc", _) => Event::PasidAllocated {
+            (core_ev::RESPONDED, Some(dev)) if f.bad_path => Event::BadPathResponse { dev, grpid },
+            (core_ev::PASID_ALLOC, _) => Event::PasidAllocated {
                 pasid: f.pasid as u32,
             },
-            ("free", _) => Event::PasidFreed {
+            (core_ev::PASID_FREE, _) => Event::PasidFreed {
                 pasid: f.pasid as u32,
             },
-            ("group_sent", Some(dev)) => Event::GroupRequested { dev, pasid, grpid },
-            ("response", Some(dev)) => Event::Responded {
+            (emu_ev::GROUP_SENT, Some(dev)) => Event::GroupRequested { dev, pasid, grpid },
+            (emu_ev::RESPONSE, Some(dev)) => Event::Responded {
                 dev,
                 grpid,
                 code: f.code as u32,
             },
-            ("abandoned", Some(dev)) => Event::Abandoned { dev, grpid },
+            (emu_ev::ABANDONED, Some(dev)) => Event::Abandoned { dev, grpid },
             _ => return,
         };
         self.observe(e);
@@ -265,15 +268,15 @@ impl State {
 
 /// The `kind`s of trace event the observer reads (see `iommu_core::trace` and `iommu_emu`).
 const KINDS: [&str; 9] = [
-    "attached",
-    "detached",
-    "delivered",
-    "responded",
-    "alloc",
-    "free",
-    "group_sent",
-    "response",
-    "abandoned",
+    core_ev::ATTACHED,
+    core_ev::DETACHED,
+    core_ev::DELIVERED,
+    core_ev::RESPONDED,
+    core_ev::PASID_ALLOC,
+    core_ev::PASID_FREE,
+    emu_ev::GROUP_SENT,
+    emu_ev::RESPONSE,
+    emu_ev::ABANDONED,
 ];
 
 /// The fields of one trace event that the observer reads.
@@ -295,7 +298,7 @@ impl Visit for Fields {
     fn record_str(&mut self, f: &Field, v: &str) {
         match f.name() {
             "kind" => self.kind = KINDS.iter().find(|k| **k == v).copied().unwrap_or(""),
-            "path" => self.bad_path = v == "bad",
+            "path" => self.bad_path = v == iommu_core::trace::path::BAD,
             _ => {}
         }
     }
@@ -320,7 +323,13 @@ impl Visit for Fields {
 
 fn ours(m: &Metadata<'_>) -> bool {
     let t = m.target();
-    t.starts_with("iommu_core") || t.starts_with("iommu_emu")
+    [
+        iommu_core::trace::target::ATTACH,
+        iommu_core::trace::target::IOPF,
+        iommu_core::trace::target::PASID,
+        iommu_emu::trace::TARGET,
+    ]
+    .contains(&t)
 }
 
 /// The run's subscriber (events only, no spans); without an observer, the process-wide

@@ -28,10 +28,10 @@ use iommu_core::error::{einval, einval_v, enospc, eopnotsupp, espipe_v};
 use iommu_core::{Attachment, Error, IopfGroup, IopfHandler, PageResponseCode, Result};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::uapi::{
     IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_INVALID, IOMMUFD_PAGE_RESP_SUCCESS,
 };
+use iommu_core::sync::{AtomicU64, Mutex, MutexGuard};
 
 /// Size of one fault record read from the endpoint.
 pub const FAULT_RECORD_SIZE: usize = core::mem::size_of::<IommuHwptPgfault>();

@@ -24,13 +24,13 @@ use iommu_core::{
 };
 
 use crate::fault::{Fault, FaultFd, FdHandle};
-use crate::sync::Mutex;
 use crate::uapi::{
     copy_struct_from_user, copy_struct_to_user, IommuFaultAlloc, IommuHwptAlloc,
     IOMMU_FAULT_ALLOC_MIN_SIZE, IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_MIN_SIZE,
     IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID, IOMMU_HWPT_DATA_NONE,
     IOMMU_HWPT_FAULT_ID_VALID,
 };
+use iommu_core::sync::Mutex;
 
 /// The IOVA aperture every IOAS reports as allowed: `[0, IOAS_APERTURE_END)` (48-bit).
 pub const IOAS_APERTURE_END: u64 = 1 << 48;

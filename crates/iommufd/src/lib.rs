@@ -63,7 +63,6 @@ extern crate alloc;
 
 mod fault;
 mod ictx;
-mod sync;
 pub mod uapi;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
