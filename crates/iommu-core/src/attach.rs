@@ -14,7 +14,9 @@ use alloc::sync::Arc;
 
 use crate::device::Device;
 use crate::domain::{Domain, DomainKind};
-use crate::error::{ebusy, ebusy_v, einval, einval_v, enodev, enoent_v, eopnotsupp, Result};
+use crate::error::{
+    ebusy, ebusy_v, einval, einval_v, enodev, enoent_v, eopnotsupp, Condition, Result,
+};
 use crate::group::{Group, GroupState};
 use crate::handle::{AttachHandle, Attachment};
 use crate::pasid::{IOMMU_NO_PASID, PASID_LIMIT};
@@ -37,16 +39,17 @@ fn pasid_preflight(domain: &Domain, dev: &Device, pasid: u32) -> Result<Arc<Grou
     }
     let group = dev.group()?;
     if !dev.iommu().is_some_and(|i| domain.is_compatible_with(i)) {
-        return Err(einval("domain belongs to another IOMMU than the device"));
+        return Err(einval("domain belongs to another IOMMU than the device")
+            .because(Condition::ForeignDomain));
     }
     if pasid == IOMMU_NO_PASID {
         return Err(einval("PASID 0 is the RID; use the group-handle APIs"));
     }
     if pasid >= PASID_LIMIT {
-        return Err(einval_v(
-            "PASID beyond the 20-bit PASID space",
-            pasid.into(),
-        ));
+        return Err(
+            einval_v("PASID beyond the 20-bit PASID space", pasid.into())
+                .because(Condition::PasidOutOfRange),
+        );
     }
     Ok(group)
 }
@@ -108,10 +111,11 @@ pub fn attach_device_pasid<T: Send + Sync + 'static>(
         return Err(einval_v(
             "PASID not below a group member's max_pasids",
             d.max_pasids().into(),
-        ));
+        )
+        .because(Condition::PasidOutOfRange));
     }
     if group.slot(pasid).is_some() {
-        return Err(ebusy_v("PASID already attached", pasid.into()));
+        return Err(ebusy_v("PASID already attached", pasid.into()).because(Condition::PasidInUse));
     }
     program_pasid(&group, &st, domain, pasid, None)?;
     let h = Arc::new(AttachHandle::new(domain.clone(), pasid, handle));
@@ -133,14 +137,14 @@ pub fn detach_device_pasid(domain: &Arc<Domain>, dev: &Device, pasid: u32) -> Re
         return Err(einval("PASID 0 is the RID; use detach_group_handle"));
     }
     let st = group.lock();
-    let current = group
-        .slot(pasid)
-        .ok_or(enoent_v("nothing attached to PASID", pasid.into()))?;
+    let current = group.slot(pasid).ok_or(
+        enoent_v("nothing attached to PASID", pasid.into()).because(Condition::NoSuchPasid),
+    )?;
     if !Arc::ptr_eq(current.domain(), domain) {
-        return Err(einval_v(
-            "another domain is attached to PASID",
-            pasid.into(),
-        ));
+        return Err(
+            einval_v("another domain is attached to PASID", pasid.into())
+                .because(Condition::NotAttached),
+        );
     }
     for d in st.devices.iter().filter(|d| d.supports_pasid()) {
         group.iommu().remove_dev_pasid(d, pasid, domain);
@@ -166,10 +170,10 @@ pub fn replace_device_pasid<T: Send + Sync + 'static>(
 ) -> Result<Replaced<T>> {
     let group = pasid_preflight(domain, dev, pasid)?;
     let st = group.lock();
-    let old = group.slot(pasid).ok_or(einval_v(
-        "replace of a PASID with nothing attached",
-        pasid.into(),
-    ))?;
+    let old = group.slot(pasid).ok_or(
+        einval_v("replace of a PASID with nothing attached", pasid.into())
+            .because(Condition::NoSuchPasid),
+    )?;
     if !Arc::ptr_eq(old.domain(), domain) {
         program_pasid(&group, &st, domain, pasid, Some(old.domain()))?;
     }
@@ -188,7 +192,8 @@ fn group_preflight(domain: &Domain, group: &Group, st: &GroupState) -> Result<()
         return Err(enodev("group has no devices"));
     }
     if !domain.is_compatible_with(group.iommu()) {
-        return Err(einval("domain belongs to another IOMMU than the group"));
+        return Err(einval("domain belongs to another IOMMU than the group")
+            .because(Condition::ForeignDomain));
     }
     if domain.kind() == DomainKind::Sva {
         return Err(einval("an SVA domain can only be attached to a PASID"));
@@ -220,7 +225,7 @@ pub fn attach_group(domain: &Arc<Domain>, group: &Group) -> Result<()> {
 pub fn detach_group(domain: &Arc<Domain>, group: &Group) -> Result<()> {
     let mut st = group.lock();
     if !st.domain.as_ref().is_some_and(|d| Arc::ptr_eq(d, domain)) {
-        return Err(einval("group is not attached to this domain"));
+        return Err(einval("group is not attached to this domain").because(Condition::NotAttached));
     }
     if group.slot(IOMMU_NO_PASID).is_some() {
         return Err(ebusy("RID has an attach handle; use detach_group_handle"));
@@ -244,7 +249,7 @@ pub fn attach_group_handle<T: Send + Sync + 'static>(
     let mut st = group.lock();
     group_preflight(domain, group, &st)?;
     if group.slot(IOMMU_NO_PASID).is_some() {
-        return Err(ebusy("RID already has an attach handle"));
+        return Err(ebusy("RID already has an attach handle").because(Condition::PasidInUse));
     }
     if !st.on_core_domain() {
         return Err(ebusy(
@@ -264,11 +269,11 @@ pub fn attach_group_handle<T: Send + Sync + 'static>(
 /// quiesces the RID before the handle disappears (H4).
 pub fn detach_group_handle(domain: &Arc<Domain>, group: &Group) -> Result<Attachment> {
     let mut st = group.lock();
-    let current = group
-        .slot(IOMMU_NO_PASID)
-        .ok_or(enoent_v("RID has no attach handle", IOMMU_NO_PASID.into()))?;
+    let current = group.slot(IOMMU_NO_PASID).ok_or(
+        enoent_v("RID has no attach handle", IOMMU_NO_PASID.into()).because(Condition::NoSuchPasid),
+    )?;
     if !Arc::ptr_eq(current.domain(), domain) {
-        return Err(einval("RID handle records another domain"));
+        return Err(einval("RID handle records another domain").because(Condition::NotAttached));
     }
     st.set_core_domain(group.iommu());
     group.unpublish(IOMMU_NO_PASID);
@@ -309,14 +314,17 @@ pub fn attach_handle_get<T: Send + Sync + 'static>(
     pasid: u32,
 ) -> Result<Arc<AttachHandle<T>>> {
     let array = group.pasid_array.read();
-    let slot = array
-        .get(pasid)
-        .ok_or(enoent_v("no attach handle at PASID", pasid.into()))?;
+    let slot = array.get(pasid).ok_or(
+        enoent_v("no attach handle at PASID", pasid.into()).because(Condition::NoSuchPasid),
+    )?;
     // The one type check, under the lock (H1); the clone it yields is the counted reference.
     slot.clone()
         .into_any()
         .downcast::<AttachHandle<T>>()
-        .map_err(|_| ebusy_v("PASID is attached by another owner", pasid.into()))
+        .map_err(|_| {
+            ebusy_v("PASID is attached by another owner", pasid.into())
+                .because(Condition::WrongOwner)
+        })
 }
 
 /// Looks up the handle at (`group`, `pasid`) whatever its owner (Linux's type 0), as the fault
@@ -325,5 +333,5 @@ pub fn attach_handle_get_any(group: &Group, pasid: u32) -> Result<Attachment> {
     group
         .slot(pasid)
         .map(Attachment)
-        .ok_or(enoent_v("no attach handle at PASID", pasid.into()))
+        .ok_or(enoent_v("no attach handle at PASID", pasid.into()).because(Condition::NoSuchPasid))
 }

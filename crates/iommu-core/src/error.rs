@@ -8,17 +8,75 @@
 
 use core::fmt;
 
-/// Why a call failed: what was wrong, and the value that was wrong when there is one.
+/// The condition behind an error, for callers that branch on *what* went wrong rather than on
+/// the errno alone (one errno covers several conditions: `EBUSY` is both "PASID taken" and
+/// "owned by another owner type"). Errors a caller has no reason to tell apart stay
+/// [`Condition::Unspecified`]; match with a wildcard arm, the list grows.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Condition {
+    /// No condition was named; the errno and message say what happened.
+    #[default]
+    Unspecified,
+    /// The PASID (or the RID) already has an attachment (`EBUSY`).
+    PasidInUse,
+    /// Nothing is attached at the PASID, or no handle is there (`ENOENT`).
+    NoSuchPasid,
+    /// The slot is held by an owner of another type (`EBUSY` from a typed lookup).
+    WrongOwner,
+    /// The PASID is beyond what a device supports (`EINVAL`).
+    PasidOutOfRange,
+    /// No PASID is free in the requested range (`ENOSPC`).
+    PasidSpaceExhausted,
+    /// The PASID is bound to another process address space (`EBUSY`).
+    PasidBoundToOtherMm,
+    /// The mm's PASID does not fit the device's PASID width (`EOVERFLOW`).
+    PasidTooWide,
+    /// The domain given is not the one attached (`EINVAL`).
+    NotAttached,
+    /// The domain belongs to another IOMMU instance (`EINVAL`).
+    ForeignDomain,
+    /// DMA ownership is held by someone else (`EPERM`).
+    NotOwner,
+    /// The group still has PASID attachments (`EBUSY`).
+    GroupHasPasids,
+    /// Fault reporting is not enabled on the device (`ENODEV`).
+    FaultReportingDisabled,
+    /// No handler took a page request (the bad path, `EINVAL`).
+    NoFaultHandler,
+    /// No object has that ID (`ENOENT`, iommufd).
+    NoSuchObject,
+    /// The object has another type than the call needs (`ENOENT`/`EINVAL`, iommufd).
+    WrongObjectType,
+    /// The object is still referenced (`EBUSY`, iommufd).
+    ObjectInUse,
+    /// The command is not known (`ENOTTY`, iommufd).
+    UnknownCommand,
+    /// A user record is shorter than its minimum size (`EINVAL`, iommufd).
+    RecordTooShort,
+    /// A user record carries non-zero bytes beyond what is understood (`E2BIG`, iommufd).
+    UnknownTrailingBytes,
+    /// A flag or data type is not supported (`EOPNOTSUPP`/`EINVAL`).
+    UnsupportedFlags,
+}
+
+/// Why a call failed: what was wrong, the value that was wrong when there is one, and the
+/// [`Condition`] when a caller may branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Reason {
     what: &'static str,
     value: Option<u64>,
+    condition: Condition,
 }
 
 impl Reason {
     /// A reason with no offending value.
     pub const fn new(what: &'static str) -> Self {
-        Self { what, value: None }
+        Self {
+            what,
+            value: None,
+            condition: Condition::Unspecified,
+        }
     }
 
     /// A reason naming the offending value (a PASID, an ID, a count).
@@ -26,7 +84,18 @@ impl Reason {
         Self {
             what,
             value: Some(value),
+            condition: Condition::Unspecified,
         }
+    }
+
+    /// The same reason, naming its condition.
+    pub const fn because(self, condition: Condition) -> Self {
+        Self { condition, ..self }
+    }
+
+    /// The condition, [`Condition::Unspecified`] when none was named.
+    pub const fn condition(&self) -> Condition {
+        self.condition
     }
 
     /// The message, without the value.
@@ -189,6 +258,33 @@ impl Error {
         }
     }
 
+    /// The condition behind the error, for callers that branch on it.
+    pub const fn condition(&self) -> Condition {
+        self.reason().condition()
+    }
+
+    /// The same error, naming its condition (`ebusy("...").because(Condition::PasidInUse)`).
+    pub const fn because(self, condition: Condition) -> Self {
+        match self {
+            Self::Again(r) => Self::Again(r.because(condition)),
+            Self::Busy(r) => Self::Busy(r.because(condition)),
+            Self::Exists(r) => Self::Exists(r.because(condition)),
+            Self::Fault(r) => Self::Fault(r.because(condition)),
+            Self::IllegalSeek(r) => Self::IllegalSeek(r.because(condition)),
+            Self::InvalidArgument(r) => Self::InvalidArgument(r.because(condition)),
+            Self::NoDevice(r) => Self::NoDevice(r.because(condition)),
+            Self::NoEntry(r) => Self::NoEntry(r.because(condition)),
+            Self::NoMemory(r) => Self::NoMemory(r.because(condition)),
+            Self::NoSpace(r) => Self::NoSpace(r.because(condition)),
+            Self::NotTty(r) => Self::NotTty(r.because(condition)),
+            Self::NotSupported(r) => Self::NotSupported(r.because(condition)),
+            Self::Overflow(r) => Self::Overflow(r.because(condition)),
+            Self::PermissionDenied(r) => Self::PermissionDenied(r.because(condition)),
+            Self::ProbeDefer(r) => Self::ProbeDefer(r.because(condition)),
+            Self::TooBig(r) => Self::TooBig(r.because(condition)),
+        }
+    }
+
     /// Why the call failed.
     pub const fn reason(&self) -> &Reason {
         match self {
@@ -288,5 +384,15 @@ mod tests {
             "EINVAL: pasid beyond a group member's max_pasids (4096)"
         );
         assert_eq!(e.reason().value(), Some(4096));
+    }
+
+    #[test]
+    fn condition_is_kept_beside_the_errno_and_message() {
+        let plain = ebusy_v("PASID already attached", 7);
+        assert_eq!(plain.condition(), Condition::Unspecified);
+        let e = plain.because(Condition::PasidInUse);
+        assert_eq!(e.condition(), Condition::PasidInUse);
+        assert_eq!((e.errno(), e.reason().value()), (16, Some(7)));
+        assert_eq!(alloc::format!("{e}"), alloc::format!("{plain}"));
     }
 }

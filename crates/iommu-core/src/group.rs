@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::device::{check_max_pasids, Device, DeviceId};
 use crate::domain::{Domain, DomainId};
 use crate::driver::{DefaultDomainKind, DomainRequest, IommuDriver};
-use crate::error::{ebusy, ebusy_v, einval, Result};
+use crate::error::{ebusy, ebusy_v, einval, Condition, Result};
 use crate::handle::ErasedHandle;
 use crate::ownership::DmaOwner;
 use crate::pasid_table::PasidTable;
@@ -98,7 +98,7 @@ impl Group {
             ));
         }
         if !self.pasid_array.read().is_empty() {
-            return Err(ebusy("group has PASID attachments"));
+            return Err(ebusy("group has PASID attachments").because(Condition::GroupHasPasids));
         }
         let effective = max_pasids.min(self.iommu.capabilities().max_pasids);
         let dev = Arc::new(Device::new_in_group(
@@ -154,7 +154,8 @@ impl Group {
             .ok_or(einval("device is not a member of this group"))?;
         let attached = self.pasid_array.read().len();
         if attached > 0 {
-            return Err(ebusy_v("group has PASID attachments", attached as u64));
+            return Err(ebusy_v("group has PASID attachments", attached as u64)
+                .because(Condition::GroupHasPasids));
         }
         if st.owner_cnt > 0 {
             return Err(ebusy_v(

@@ -21,7 +21,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::device::Device;
 use crate::domain::DomainKind;
-use crate::error::{ebusy, einval, enodev, eopnotsupp, Result};
+use crate::error::{ebusy, einval, enodev, eopnotsupp, Condition, Result};
 use crate::fault::{PageRequest, PageResponse, PageResponseCode};
 use crate::group::Slot;
 use crate::handle::{AttachHandle, Attachment};
@@ -129,11 +129,9 @@ pub(crate) fn publish_fault_param(dev: &Device, param: FaultParam) -> Result<()>
 /// requests (never answered, H10) and unpublishes its fault state. Groups already with a handler
 /// stay owned by it and are answered by it. `ENODEV` if not enabled.
 pub fn iopf_disable(dev: &Device) -> Result<()> {
-    let param = dev
-        .fault_param
-        .write()
-        .take()
-        .ok_or(enodev("fault reporting is not enabled"))?;
+    let param = dev.fault_param.write().take().ok_or(
+        enodev("fault reporting is not enabled").because(Condition::FaultReportingDisabled),
+    )?;
     param.discard_partial();
     Ok(())
 }
@@ -142,9 +140,9 @@ pub fn iopf_disable(dev: &Device) -> Result<()> {
 /// and last requests may have been lost (Linux `iopf_queue_discard_partial`). `ENODEV` if fault
 /// reporting is not enabled.
 pub fn iopf_discard_partial(dev: &Device) -> Result<usize> {
-    let param = dev
-        .fault_param()
-        .ok_or(enodev("fault reporting is not enabled"))?;
+    let param = dev.fault_param().ok_or(
+        enodev("fault reporting is not enabled").because(Condition::FaultReportingDisabled),
+    )?;
     Ok(param.discard_partial())
 }
 
@@ -384,7 +382,8 @@ fn bad_request(dev: &Device, req: &PageRequest) -> Result<()> {
         crate::trace::path::BAD,
         stats,
     );
-    Err(einval(
-        "no fault-capable attachment takes this page request",
-    ))
+    Err(
+        einval("no fault-capable attachment takes this page request")
+            .because(Condition::NoFaultHandler),
+    )
 }

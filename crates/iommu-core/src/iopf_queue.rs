@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 
 use crate::device::Device;
-use crate::error::{einval, enodev, Result};
+use crate::error::{einval, enodev, Condition, Result};
 use crate::iopf::FaultParam;
 use crate::iopf::IopfGroup;
 
@@ -218,9 +218,9 @@ pub fn iopf_queue_add_device(queue: &Arc<IopfQueue>, dev: &Device) -> Result<()>
 /// Drivers call it after they stopped new reports for a PASID and before the PASID is reused.
 /// `ENODEV` if fault reporting is not enabled.
 pub fn iopf_queue_flush_dev(dev: &Device) -> Result<()> {
-    let param = dev
-        .fault_param()
-        .ok_or(enodev("fault reporting is not enabled"))?;
+    let param = dev.fault_param().ok_or(
+        enodev("fault reporting is not enabled").because(Condition::FaultReportingDisabled),
+    )?;
     // A manual queue has nobody else to run the work: run it here, oldest first.
     if let Some(q) = param.queue.as_ref().filter(|q| q.is_manual()) {
         while param.work.pending() != 0 && q.run_one() {}

@@ -55,7 +55,7 @@ mod iopf;
 #[cfg(feature = "std")]
 mod iopf_queue;
 mod mm;
-#[cfg(feature = "std")]
+#[cfg(any(feature = "mock", all(test, feature = "std")))]
 pub mod mock;
 mod ownership;
 mod pasid;
@@ -76,7 +76,7 @@ pub use attach::{
 pub use device::{Device, DeviceId};
 pub use domain::{Domain, DomainId, DomainKind, IOMMU_READ, IOMMU_WRITE};
 pub use driver::{Capabilities, DefaultDomainKind, DomainRequest, DriverDomain, IommuDriver};
-pub use error::{Error, Reason, Result};
+pub use error::{Condition, Error, Reason, Result};
 pub use fault::{
     IopfHandler, PageRequest, PageResponse, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
     IOMMU_FAULT_PAGE_REQUEST_PASID_VALID, IOMMU_FAULT_PAGE_RESPONSE_NEEDS_PASID,

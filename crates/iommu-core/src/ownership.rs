@@ -10,7 +10,7 @@ use alloc::sync::Arc;
 use crate::device::Device;
 use crate::domain::Domain;
 use crate::driver::DomainRequest;
-use crate::error::{ebusy, ebusy_v, einval, enodev, eperm, Error, Result};
+use crate::error::{ebusy, ebusy_v, einval, enodev, eperm, Condition, Error, Result};
 use crate::group::{Group, GroupState};
 
 /// The cookie identifying an exclusive DMA owner (Linux passes an opaque pointer).
@@ -20,7 +20,9 @@ pub struct DmaOwner(pub u64);
 fn pasid_array_empty(group: &Group) -> Result<()> {
     match group.pasid_array.read().len() {
         0 => Ok(()),
-        n => Err(ebusy_v("group has PASID attachments", n as u64)),
+        n => {
+            Err(ebusy_v("group has PASID attachments", n as u64).because(Condition::GroupHasPasids))
+        }
     }
 }
 
@@ -73,7 +75,7 @@ fn release_ownership(group: &Group, st: &mut GroupState) -> Result<()> {
 pub fn group_claim_dma_owner(group: &Group, owner: DmaOwner) -> Result<()> {
     let mut st = group.lock();
     if st.owner_cnt != 0 {
-        return Err(eperm("group already has a DMA owner or users"));
+        return Err(eperm("group already has a DMA owner or users").because(Condition::NotOwner));
     }
     take_ownership(group, &mut st, owner)
 }
@@ -97,7 +99,7 @@ pub fn device_claim_dma_owner(dev: &Device, owner: DmaOwner) -> Result<()> {
     let mut st = group.lock();
     if st.owner_cnt != 0 {
         if st.owner != Some(owner) {
-            return Err(eperm("group is owned by someone else"));
+            return Err(eperm("group is owned by someone else").because(Condition::NotOwner));
         }
         st.owner_cnt += 1;
         return Ok(());

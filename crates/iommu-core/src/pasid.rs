@@ -9,7 +9,7 @@ use alloc::collections::BTreeSet;
 use alloc::sync::Arc;
 use core::fmt;
 
-use crate::error::{enospc, enospc_v, Result};
+use crate::error::{enospc, enospc_v, Condition, Result};
 use crate::sync::Mutex;
 
 /// The RID slot: DMA without a PASID. Only the group-handle APIs use this key.
@@ -94,7 +94,8 @@ impl PasidAllocator {
             return Err(enospc_v(
                 "device has no allocatable PASID (max_pasids)",
                 max_pasids.into(),
-            ));
+            )
+            .because(Condition::PasidSpaceExhausted));
         }
         let mut st = self.state.lock();
         let id = match st.free.first().copied() {
@@ -106,7 +107,10 @@ impl PasidAllocator {
                 st.next += 1;
                 st.next - 1
             }
-            _ => return Err(enospc("every PASID in the device's range is allocated")),
+            _ => {
+                return Err(enospc("every PASID in the device's range is allocated")
+                    .because(Condition::PasidSpaceExhausted))
+            }
         };
         st.live += 1;
         drop(st);

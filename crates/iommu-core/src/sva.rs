@@ -18,7 +18,7 @@ use crate::attach::{attach_device_pasid, attach_handle_get, detach_device_pasid}
 use crate::device::Device;
 use crate::domain::Domain;
 use crate::driver::DomainRequest;
-use crate::error::{ebusy, eoverflow_v, Error, Result};
+use crate::error::{ebusy, eoverflow_v, Condition, Error, Result};
 use crate::fault::{IopfHandler, PageResponseCode};
 use crate::handle::AttachHandle;
 use crate::iopf::IopfGroup;
@@ -126,7 +126,8 @@ pub fn sva_bind_device(dev: &Arc<Device>, mm: &Arc<dyn AddressSpace>) -> Result<
             return Err(eoverflow_v(
                 "mm's PASID is beyond the device's PASID range",
                 p.get().into(),
-            ))
+            )
+            .because(Condition::PasidTooWide))
         }
         Some(p) => p.get(),
         None => {
@@ -139,7 +140,9 @@ pub fn sva_bind_device(dev: &Arc<Device>, mm: &Arc<dyn AddressSpace>) -> Result<
 
     match attach_handle_get::<SvaHandleData>(&group, pasid) {
         Ok(h) if h.mm.mm_id() != mm.mm_id() => {
-            return Err(ebusy("PASID is bound to another mm"));
+            return Err(
+                ebusy("PASID is bound to another mm").because(Condition::PasidBoundToOtherMm)
+            );
         }
         Ok(h) => {
             *h.users.lock() += 1;
