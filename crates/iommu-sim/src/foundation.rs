@@ -35,6 +35,24 @@ struct Vmm {
     generation: u64,
 }
 
+/// The owner types a tenant attaches as: made from the attachment's generation.
+trait OwnerData: Send + Sync + 'static {
+    /// The owner data of the attachment of this generation.
+    fn at(generation: u64) -> Self;
+}
+
+impl OwnerData for Process {
+    fn at(generation: u64) -> Self {
+        Process { generation }
+    }
+}
+
+impl OwnerData for Vmm {
+    fn at(generation: u64) -> Self {
+        Vmm { generation }
+    }
+}
+
 /// Knobs of the scenario.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -139,7 +157,11 @@ pub fn run(cfg: &Config) -> Report {
     for round in 1..=cfg.rounds {
         for (i, t) in tenants.iter().enumerate() {
             let side = i % 2; // even tenants are processes on group0, odd ones VMMs on group1
-            cycle(&mut report, t, side, devs[side], &doms[side], round);
+            if side == 0 {
+                cycle::<Process>(&mut report, t, devs[side], &doms[side], round);
+            } else {
+                cycle::<Vmm>(&mut report, t, devs[side], &doms[side], round);
+            }
         }
     }
 
@@ -194,19 +216,19 @@ fn tally_readers(report: &mut Report, readers: Vec<thread::JoinHandle<ReaderTall
     }
 }
 
-/// One round on one tenant's PASID: attach (as the tenant's owner type), a second attach that
-/// must be refused, replace, detach. `side` 0 is a process on group0, 1 a VMM on group1.
-fn cycle(
+/// One round on one tenant's PASID, with owner type `O`: attach, a second attach that must be
+/// refused, replace, detach.
+fn cycle<O: OwnerData>(
     report: &mut Report,
     t: &Tenant,
-    side: usize,
     dev: &Arc<Device>,
     dom: &[Arc<Domain>; 2],
     round: u64,
 ) {
     let pasid = t.pasid.get();
     let gen = round * 2;
-    check(report, "attach", attach_as(side, &dom[0], dev, pasid, gen));
+    let res = attach_device_pasid(&dom[0], dev, pasid, O::at(gen)).map(|_| ());
+    check(report, "attach", res);
     report.attaches += 1;
 
     // A second attach must be refused and must not disturb the first.
@@ -218,7 +240,8 @@ fn cycle(
         )),
     }
 
-    let res = replace_as(side, &dom[1], dev, pasid, gen + 1);
+    let res =
+        replace_device_pasid(&dom[1], dev, pasid, O::at(gen + 1)).map(|r| r.new.domain().clone());
     report.replaces += 1;
     match res {
         Ok(d) => {
@@ -230,37 +253,6 @@ fn cycle(
             report.detaches += 1;
         }
         Err(e) => report.violations.push(format!("replace: {e}")),
-    }
-}
-
-/// Attaches `dom` to `pasid` with the owner type of `side` (0: [`Process`], 1: [`Vmm`]).
-fn attach_as(
-    side: usize,
-    dom: &Arc<Domain>,
-    dev: &Arc<Device>,
-    pasid: u32,
-    generation: u64,
-) -> iommu_core::Result<()> {
-    if side == 0 {
-        attach_device_pasid(dom, dev, pasid, Process { generation }).map(|_| ())
-    } else {
-        attach_device_pasid(dom, dev, pasid, Vmm { generation }).map(|_| ())
-    }
-}
-
-/// Replaces `pasid`'s domain by `dom` with the owner type of `side`; returns the new domain.
-fn replace_as(
-    side: usize,
-    dom: &Arc<Domain>,
-    dev: &Arc<Device>,
-    pasid: u32,
-    generation: u64,
-) -> iommu_core::Result<Arc<Domain>> {
-    if side == 0 {
-        replace_device_pasid(dom, dev, pasid, Process { generation })
-            .map(|r| r.new.domain().clone())
-    } else {
-        replace_device_pasid(dom, dev, pasid, Vmm { generation }).map(|r| r.new.domain().clone())
     }
 }
 
