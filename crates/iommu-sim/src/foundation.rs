@@ -1,7 +1,7 @@
 //! The built-in scenario of the foundation layer: the IOMMU core's object model under load.
 //!
 //! Two mock IOMMUs; a group of two PASID-capable NICs, and a group mixing a GPU with a device
-//! that has no PASID support. Processes (owner type [`Process`]) and a VMM (owner type [`Vmm`])
+//! that has no PASID support. Processes (owner type `Process`) and a VMM (owner type `Vmm`)
 //! take PASIDs from the global allocator and attach, replace and detach domains on them, while
 //! reader threads play the fault path: typed lookups of every live PASID. The run checks, as it
 //! goes, the invariants this layer owns:

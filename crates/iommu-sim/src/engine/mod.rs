@@ -2,13 +2,14 @@
 //!
 //! * **threads** (the default): real concurrency — one thread per DMA job, one firing the
 //!   scenario's events, one fault handler per iommufd owner, each IOMMU's page request queue
-//!   thread and IOPF workers ([`threads`]);
+//!   thread and IOPF workers (`threads`);
 //! * **deterministic** (`--seed N`): no thread but the caller's; one scheduler picks the next
 //!   actor (a DMA job's next step, a page request queue's next request, an IOPF queue's next
 //!   group, an owner's next batch) from a seeded RNG, so the same file and seed give the same
-//!   event sequence, summed up in the report's event-log hash ([`deterministic`]).
+//!   event sequence, summed up in the report's event-log hash (`deterministic`).
 //!
-//! Both build the same world ([`World`]) and end the same way: every job's data is read back
+//! Both build the same world (`world`, its iommufd owners in `owner`), fire the scenario's
+//! events the same way (`events`) and end the same way (`verify`): every job's data is read back
 //! and compared, and everything the run observed — the core's and the emulator's trace points
 //! and the engine's own observations — went through the invariant checker as it happened
 //! ([`crate::observe`]).
