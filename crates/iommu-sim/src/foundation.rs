@@ -1,7 +1,7 @@
 //! The built-in scenario of the foundation layer: the IOMMU core's object model under load.
 //!
 //! Two mock IOMMUs; a group of two PASID-capable NICs, and a group mixing a GPU with a device
-//! that has no PASID support. Processes (owner type [`Process`]) and a VMM (owner type [`Vmm`])
+//! that has no PASID support. Processes (owner type `Process`) and a VMM (owner type `Vmm`)
 //! take PASIDs from the global allocator and attach, replace and detach domains on them, while
 //! reader threads play the fault path: typed lookups of every live PASID. The run checks, as it
 //! goes, the invariants this layer owns:
@@ -35,6 +35,24 @@ struct Vmm {
     generation: u64,
 }
 
+/// The owner types a tenant attaches as: made from the attachment's generation.
+trait OwnerData: Send + Sync + 'static {
+    /// The owner data of the attachment of this generation.
+    fn at(generation: u64) -> Self;
+}
+
+impl OwnerData for Process {
+    fn at(generation: u64) -> Self {
+        Process { generation }
+    }
+}
+
+impl OwnerData for Vmm {
+    fn at(generation: u64) -> Self {
+        Vmm { generation }
+    }
+}
+
 /// Knobs of the scenario.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -66,22 +84,46 @@ struct Tenant {
     retired: AtomicU64,
 }
 
+/// The scenario's hardware: two mock IOMMUs, a group of two PASID-capable NICs, and a group
+/// of a GPU and a device without PASID support.
+struct Rig {
+    iommus: [Arc<MockDriver>; 2],
+    groups: [Arc<Group>; 2],
+    nics: [Arc<Device>; 2],
+    gpu: Arc<Device>,
+    /// Never attached: it is there so group1 mixes PASID and non-PASID members.
+    _legacy: Arc<Device>,
+}
+
+impl Rig {
+    fn build() -> Self {
+        let iommus: [Arc<MockDriver>; 2] = [MockDriver::new("iommu0"), MockDriver::new("iommu1")];
+        let g0 = Group::new(iommus[0].clone() as Arc<dyn IommuDriver>, "group0");
+        let nics = [
+            g0.add_device("nic0", 1 << 16).expect("probe nic0"),
+            g0.add_device("nic1", 1 << 16).expect("probe nic1"),
+        ];
+        let g1 = Group::new(iommus[1].clone() as Arc<dyn IommuDriver>, "group1");
+        let gpu = g1.add_device("gpu0", 1 << 20).expect("probe gpu0");
+        let legacy = g1.add_device("legacy0", 0).expect("probe legacy0");
+        Rig {
+            iommus,
+            groups: [g0, g1],
+            nics,
+            gpu,
+            _legacy: legacy,
+        }
+    }
+}
+
 /// Runs the scenario.
 pub fn run(cfg: &Config) -> Report {
     let start = Instant::now();
-    let iommus: [Arc<MockDriver>; 2] = [MockDriver::new("iommu0"), MockDriver::new("iommu1")];
-    let g0 = Group::new(iommus[0].clone() as Arc<dyn IommuDriver>, "group0");
-    let nics = [
-        g0.add_device("nic0", 1 << 16).expect("probe nic0"),
-        g0.add_device("nic1", 1 << 16).expect("probe nic1"),
-    ];
-    let g1 = Group::new(iommus[1].clone() as Arc<dyn IommuDriver>, "group1");
-    let gpu = g1.add_device("gpu0", 1 << 20).expect("probe gpu0");
-    let _legacy = g1.add_device("legacy0", 0).expect("probe legacy0");
+    let rig = Rig::build();
     let mut report = Report::default();
 
     // The VMM owns group1 for DMA; processes share group0 with the kernel's default domain.
-    if let Err(e) = group_claim_dma_owner(&g1, DmaOwner(0x766d6d)) {
+    if let Err(e) = group_claim_dma_owner(&rig.groups[1], DmaOwner(0x766d6d)) {
         report
             .violations
             .push(format!("claiming group1 failed: {e}"));
@@ -91,25 +133,17 @@ pub fn run(cfg: &Config) -> Report {
     let tenants: Arc<Vec<Tenant>> = Arc::new(
         (0..cfg.tenants)
             .map(|_| Tenant {
-                pasid: ida.alloc(nics[0].max_pasids()).expect("PASID space"),
+                pasid: ida.alloc(rig.nics[0].max_pasids()).expect("PASID space"),
                 retired: AtomicU64::new(0),
             })
             .collect(),
     );
-    let groups = [g0.clone(), g1.clone()];
+    let groups = rig.groups.clone();
     let done = Arc::new(AtomicBool::new(false));
 
-    let readers: Vec<_> = (0..cfg.readers)
-        .map(|_| {
-            let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
-            thread::Builder::new()
-                .name("fault-path".into())
-                .spawn(move || read_loop(&tenants, &groups, &done))
-                .expect("spawn reader")
-        })
-        .collect();
+    let readers = spawn_readers(cfg.readers, &tenants, &groups, &done);
 
-    let devs: [&Arc<Device>; 2] = [&nics[1], &gpu];
+    let devs: [&Arc<Device>; 2] = [&rig.nics[1], &rig.gpu];
     let doms: Vec<[Arc<Domain>; 2]> = devs
         .iter()
         .map(|d| {
@@ -123,64 +157,21 @@ pub fn run(cfg: &Config) -> Report {
     for round in 1..=cfg.rounds {
         for (i, t) in tenants.iter().enumerate() {
             let side = i % 2; // even tenants are processes on group0, odd ones VMMs on group1
-            let (dev, dom) = (devs[side], &doms[side]);
-            let pasid = t.pasid.get();
-            let gen = round * 2;
-            let res = if side == 0 {
-                attach_device_pasid(&dom[0], dev, pasid, Process { generation: gen }).map(|_| ())
+            if side == 0 {
+                cycle::<Process>(&mut report, t, devs[side], &doms[side], round);
             } else {
-                attach_device_pasid(&dom[0], dev, pasid, Vmm { generation: gen }).map(|_| ())
-            };
-            check(&mut report, "attach", res);
-            report.attaches += 1;
-
-            // A second attach must be refused and must not disturb the first.
-            match attach_device_pasid(&dom[1], dev, pasid, Process { generation: 0 }) {
-                Err(e) if e.errno_name() == "EBUSY" => report.rejected_as_expected += 1,
-                other => report.violations.push(format!(
-                    "second attach to PASID {pasid}: {:?}",
-                    other.map(|_| ())
-                )),
-            }
-
-            let res = if side == 0 {
-                replace_device_pasid(
-                    &dom[1],
-                    dev,
-                    pasid,
-                    Process {
-                        generation: gen + 1,
-                    },
-                )
-                .map(|r| r.new.domain().clone())
-            } else {
-                replace_device_pasid(
-                    &dom[1],
-                    dev,
-                    pasid,
-                    Vmm {
-                        generation: gen + 1,
-                    },
-                )
-                .map(|r| r.new.domain().clone())
-            };
-            report.replaces += 1;
-            match res {
-                Ok(d) => {
-                    t.retired.store(gen, SeqCst);
-                    match detach_device_pasid(&d, dev, pasid) {
-                        Ok(_) => t.retired.store(gen + 1, SeqCst),
-                        Err(e) => report.violations.push(format!("detach: {e}")),
-                    }
-                    report.detaches += 1;
-                }
-                Err(e) => report.violations.push(format!("replace: {e}")),
+                cycle::<Vmm>(&mut report, t, devs[side], &doms[side], round);
             }
         }
     }
 
     // The NICs support 2^16 PASIDs: one beyond that is refused with EINVAL.
-    match attach_device_pasid(&doms[0][0], &nics[0], 1 << 16, Process { generation: 0 }) {
+    match attach_device_pasid(
+        &doms[0][0],
+        &rig.nics[0],
+        1 << 16,
+        Process { generation: 0 },
+    ) {
         Err(e) if e.errno_name() == "EINVAL" => report.rejected_as_expected += 1,
         other => report
             .violations
@@ -188,6 +179,34 @@ pub fn run(cfg: &Config) -> Report {
     }
 
     done.store(true, SeqCst);
+    tally_readers(&mut report, readers);
+
+    check_left_clean(&mut report, &rig);
+    drop(tenants);
+    report.elapsed = start.elapsed();
+    report
+}
+
+/// Starts `n` reader threads playing the fault path until `done`.
+fn spawn_readers(
+    n: usize,
+    tenants: &Arc<Vec<Tenant>>,
+    groups: &[Arc<Group>; 2],
+    done: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<ReaderTally>> {
+    (0..n)
+        .map(|_| {
+            let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
+            thread::Builder::new()
+                .name("fault-path".into())
+                .spawn(move || read_loop(&tenants, &groups, &done))
+                .expect("spawn reader")
+        })
+        .collect()
+}
+
+/// Waits for the readers and adds up what they saw.
+fn tally_readers(report: &mut Report, readers: Vec<thread::JoinHandle<ReaderTally>>) {
     for r in readers {
         let (hit, enoent, ebusy, violations) = r.join().expect("reader panicked");
         report.lookups_hit += hit;
@@ -195,18 +214,62 @@ pub fn run(cfg: &Config) -> Report {
         report.lookups_ebusy += ebusy;
         report.violations.extend(violations);
     }
+}
 
-    if let Err(e) = group_release_dma_owner(&g1) {
+/// One round on one tenant's PASID, with owner type `O`: attach, a second attach that must be
+/// refused, replace, detach.
+fn cycle<O: OwnerData>(
+    report: &mut Report,
+    t: &Tenant,
+    dev: &Arc<Device>,
+    dom: &[Arc<Domain>; 2],
+    round: u64,
+) {
+    let pasid = t.pasid.get();
+    let gen = round * 2;
+    let res = attach_device_pasid(&dom[0], dev, pasid, O::at(gen)).map(|_| ());
+    check(report, "attach", res);
+    report.attaches += 1;
+
+    // A second attach must be refused and must not disturb the first.
+    match attach_device_pasid(&dom[1], dev, pasid, Process { generation: 0 }) {
+        Err(e) if e.errno_name() == "EBUSY" => report.rejected_as_expected += 1,
+        other => report.violations.push(format!(
+            "second attach to PASID {pasid}: {:?}",
+            other.map(|_| ())
+        )),
+    }
+
+    let res =
+        replace_device_pasid(&dom[1], dev, pasid, O::at(gen + 1)).map(|r| r.new.domain().clone());
+    report.replaces += 1;
+    match res {
+        Ok(d) => {
+            t.retired.store(gen, SeqCst);
+            match detach_device_pasid(&d, dev, pasid) {
+                Ok(_) => t.retired.store(gen + 1, SeqCst),
+                Err(e) => report.violations.push(format!("detach: {e}")),
+            }
+            report.detaches += 1;
+        }
+        Err(e) => report.violations.push(format!("replace: {e}")),
+    }
+}
+
+/// At the end: group1 released, no PASID attached in any group, no contract violation seen by
+/// either IOMMU and no PASID left programmed in it.
+fn check_left_clean(report: &mut Report, rig: &Rig) {
+    if let Err(e) = group_release_dma_owner(&rig.groups[1]) {
         report.violations.push(format!("releasing group1: {e}"));
     }
-    for g in &groups {
+    for g in &rig.groups {
         if g.pasid_attachments() != 0 {
             report
                 .violations
                 .push(format!("{} still has PASID attachments", g.name()));
         }
     }
-    for m in &iommus {
+    for m in &rig.iommus {
         for v in m.contract_violations() {
             report.violations.push(format!("{}: {v}", m.name()));
         }
@@ -216,9 +279,6 @@ pub fn run(cfg: &Config) -> Report {
                 .push(format!("{}: PASIDs still programmed", m.name()));
         }
     }
-    drop(tenants);
-    report.elapsed = start.elapsed();
-    report
 }
 
 fn check(report: &mut Report, what: &str, res: iommu_core::Result<()>) {

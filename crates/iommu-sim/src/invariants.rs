@@ -219,26 +219,9 @@ impl Checker {
         let before = self.violations_total();
         match e {
             Event::GroupRequested { dev, pasid, grpid } => {
-                if self.outstanding.insert((*dev, *grpid), *pasid).is_some() {
-                    self.violate(
-                        Invariant::ExactlyOneResponse,
-                        format!("device {dev} reused PRG index {grpid} while its group was unanswered: {e:?}"),
-                    );
-                }
+                self.group_requested(e, (*dev, *grpid), *pasid);
             }
-            Event::Responded { dev, grpid, code } => {
-                let key = (*dev, *grpid);
-                let announced = take_one(&mut self.bad_path, key);
-                if self.outstanding.remove(&key).is_none()
-                    && !announced
-                    && !take_one(&mut self.abandoned, key)
-                {
-                    self.violate(
-                        Invariant::ExactlyOneResponse,
-                        format!("response (code {code}) to device {dev} PRG {grpid} that had no unanswered group: {e:?}"),
-                    );
-                }
-            }
+            Event::Responded { dev, grpid, code } => self.responded(e, (*dev, *grpid), *code),
             Event::Delivered { attachment, .. } => {
                 if self.detached.contains(attachment) {
                     self.violate(
@@ -267,27 +250,8 @@ impl Checker {
             Event::UnbindReturned { dev, pasid } => {
                 self.unbound.insert((*dev, *pasid));
             }
-            Event::Dma { dev, pasid } => {
-                if self.unbound.contains(&(*dev, *pasid)) {
-                    self.violate(
-                        Invariant::NoDmaAfterUnbind,
-                        format!("device {dev} DMA through PASID {pasid} after its unbind returned: {e:?}"),
-                    );
-                }
-            }
-            Event::PasidAllocated { pasid } => {
-                let pending = self
-                    .outstanding
-                    .values()
-                    .filter(|p| **p == Some(*pasid))
-                    .count();
-                if !self.live_pasids.insert(*pasid) || pending > 0 {
-                    self.violate(
-                        Invariant::NoPasidReuse,
-                        format!("PASID {pasid} allocated while still live or with {pending} groups unanswered: {e:?}"),
-                    );
-                }
-            }
+            Event::Dma { dev, pasid } => self.dma(e, *dev, *pasid),
+            Event::PasidAllocated { pasid } => self.pasid_allocated(e, *pasid),
             Event::PasidFreed { pasid } => {
                 self.live_pasids.remove(pasid);
             }
@@ -305,6 +269,60 @@ impl Checker {
         }
         self.events += 1;
         self.violations_total() > before
+    }
+
+    /// A device sent group `key` (device, PRG index): its index must not be in use.
+    fn group_requested(&mut self, e: &Event, key: (u64, u32), pasid: Option<u32>) {
+        let (dev, grpid) = key;
+        if self.outstanding.insert(key, pasid).is_some() {
+            self.violate(
+                Invariant::ExactlyOneResponse,
+                format!(
+                    "device {dev} reused PRG index {grpid} while its group was unanswered: {e:?}"
+                ),
+            );
+        }
+    }
+
+    /// A response reached group `key`'s device: the group must be unanswered, or the response
+    /// one the core announced on its bad path, or the one late answer of an abandoned group.
+    fn responded(&mut self, e: &Event, key: (u64, u32), code: u32) {
+        let (dev, grpid) = key;
+        let announced = take_one(&mut self.bad_path, key);
+        if self.outstanding.remove(&key).is_none()
+            && !announced
+            && !take_one(&mut self.abandoned, key)
+        {
+            self.violate(
+                Invariant::ExactlyOneResponse,
+                format!("response (code {code}) to device {dev} PRG {grpid} that had no unanswered group: {e:?}"),
+            );
+        }
+    }
+
+    /// A device DMAed through a PASID: its unbind must not have returned.
+    fn dma(&mut self, e: &Event, dev: u64, pasid: u32) {
+        if self.unbound.contains(&(dev, pasid)) {
+            self.violate(
+                Invariant::NoDmaAfterUnbind,
+                format!("device {dev} DMA through PASID {pasid} after its unbind returned: {e:?}"),
+            );
+        }
+    }
+
+    /// A PASID was allocated: it must not be live, nor have groups still unanswered.
+    fn pasid_allocated(&mut self, e: &Event, pasid: u32) {
+        let pending = self
+            .outstanding
+            .values()
+            .filter(|p| **p == Some(pasid))
+            .count();
+        if !self.live_pasids.insert(pasid) || pending > 0 {
+            self.violate(
+                Invariant::NoPasidReuse,
+                format!("PASID {pasid} allocated while still live or with {pending} groups unanswered: {e:?}"),
+            );
+        }
     }
 
     fn violations_total(&self) -> u64 {

@@ -1,13 +1,17 @@
 //! The binary's default run: exits 0, reports, and every invariant holds.
 
-use std::process::Command;
+mod common;
+
+use std::ffi::OsStr;
+
+use common::{iommu_sim, refused, scratch_dir};
+
+/// A bare `iommu-sim`.
+const NO_ARGS: [&str; 0] = [];
 
 #[test]
 fn default_run_passes_and_reports_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["foundation", "--rounds", "200", "--tenants", "6"])
-        .output()
-        .expect("run iommu-sim");
+    let out = iommu_sim(["foundation", "--rounds", "200", "--tenants", "6"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{text}", out.status);
     assert!(
@@ -23,20 +27,12 @@ fn default_run_passes_and_reports_every_figure() {
 
 #[test]
 fn bad_argument_is_refused_with_a_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["foundation", "--tenants", "0"])
-        .output()
-        .expect("run iommu-sim");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenants"));
+    assert!(refused(["foundation", "--tenants", "0"]).contains("--tenants"));
 }
 
 #[test]
 fn quick_bench_prints_every_figure_with_its_ratio() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["bench", "--quick"])
-        .output()
-        .expect("run iommu-sim bench");
+    let out = iommu_sim(["bench", "--quick"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for want in [
@@ -62,9 +58,7 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
 
 #[test]
 fn no_arguments_runs_the_built_in_default_scenario_and_every_invariant_holds() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .output()
-        .expect("run iommu-sim");
+    let out = iommu_sim(NO_ARGS);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}\n{text}", out.status);
     assert!(text.contains("<built-in default scenario>"), "{text}");
@@ -83,8 +77,8 @@ fn no_arguments_runs_the_built_in_default_scenario_and_every_invariant_holds() {
 }
 
 fn deterministic_json(seed: &str, path: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args([
+    let out = iommu_sim(
+        [
             "run",
             "--mode",
             "deterministic",
@@ -92,11 +86,12 @@ fn deterministic_json(seed: &str, path: &std::path::Path) -> serde_json::Value {
             seed,
             "--scale",
             "8",
-        ])
-        .arg("--json")
-        .arg(path)
-        .output()
-        .expect("run iommu-sim");
+            "--json",
+        ]
+        .map(OsStr::new)
+        .into_iter()
+        .chain([path.as_os_str()]),
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("event log hash"), "{text}");
@@ -105,8 +100,7 @@ fn deterministic_json(seed: &str, path: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn deterministic_runs_write_the_same_event_log_hash_for_the_same_seed() {
-    let dir = std::env::temp_dir().join(format!("iommu-sim-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("cli");
     let a = deterministic_json("3", &dir.join("a.json"));
     let b = deterministic_json("3", &dir.join("b.json"));
     let c = deterministic_json("4", &dir.join("c.json"));
@@ -128,10 +122,5 @@ fn deterministic_runs_write_the_same_event_log_hash_for_the_same_seed() {
 
 #[test]
 fn a_seed_without_deterministic_mode_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .args(["run", "--seed", "1"])
-        .output()
-        .expect("run iommu-sim");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--mode deterministic"));
+    assert!(refused(["run", "--seed", "1"]).contains("--mode deterministic"));
 }

@@ -1,33 +1,25 @@
 //! The threads-mode engine: every shipped scenario runs and every invariant holds, events that
 //! break a running job are expected failures (not violations), and the `run FILE` command line.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-use iommu_sim::engine::{run, RunOptions};
-use iommu_sim::invariants::Invariant;
+use std::ffi::OsStr;
+
+use common::{iommu_sim, run_scenario, scenarios_dir, scratch_dir, shipped, ScenarioText};
+use iommu_sim::engine::Mode;
+use iommu_sim::invariants::{CheckReport, Invariant};
 use iommu_sim::report::RunReport;
 use iommu_sim::scenario::Scenario;
 
-fn scenarios_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios")
-}
-
+/// Runs scenario `text` in threads mode.
 fn run_text(text: &str, scale: u64) -> RunReport {
     let s = Scenario::parse(text).unwrap_or_else(|e| panic!("scenario: {e}"));
-    run(
-        &s,
-        &RunOptions {
-            scale,
-            trace: true,
-            ..RunOptions::default()
-        },
-    )
+    run_scenario(&s, scale, Mode::Threads)
 }
 
+/// Runs shipped scenario `name` in threads mode.
 fn run_file(name: &str, scale: u64) -> RunReport {
-    let text = std::fs::read_to_string(scenarios_dir().join(name)).expect("read scenario");
-    run_text(&text, scale)
+    run_text(&shipped(name), scale)
 }
 
 fn assert_passed(r: &RunReport) {
@@ -72,14 +64,8 @@ fn every_shipped_scenario_passes_every_invariant() {
 #[test]
 fn every_shipped_scenario_passes_in_deterministic_mode() {
     for name in ["default.toml", "sva-two-devices.toml", "overflow.toml"] {
-        let text = std::fs::read_to_string(scenarios_dir().join(name)).expect("read scenario");
-        let s = Scenario::parse(&text).expect("scenario");
-        let opts = RunOptions {
-            scale: 8,
-            mode: iommu_sim::engine::Mode::Deterministic { seed: 11 },
-            ..RunOptions::default()
-        };
-        let r = run(&s, &opts);
+        let s = Scenario::parse(&shipped(name)).expect("scenario");
+        let r = run_scenario(&s, 8, Mode::Deterministic { seed: 11 });
         let inv = r.invariants.as_ref().expect("invariants checked");
         assert!(inv.passed(), "{name}:\n{}", r.text());
         assert!(r.groups > 0, "{name}:\n{}", r.text());
@@ -115,141 +101,91 @@ fn overflow_scenario_overflows_and_loses_nothing() {
     assert_eq!(r.bytes, 8 << 20);
 }
 
-const MUNMAP: &str = r#"
-[scenario]
-name = "munmap-while-running"
+/// One device writing 4 x 32 MiB into a VMA that is unmapped after 4 groups.
+fn munmap_while_running() -> ScenarioText {
+    ScenarioText::new("munmap-while-running", "iommu0")
+        .device("dev0", "iommu0", &["pri_credits = 8"])
+        .process("p", &[("buf", "32MiB")])
+        .bond("dev0", "p")
+        .job(
+            "big-write",
+            "dev0",
+            "write",
+            ("p", "buf"),
+            "32MiB",
+            &["repeat = 4"],
+        )
+        .event(
+            "munmap",
+            &["after_groups = 4", "process = \"p\"", "vma = \"buf\""],
+        )
+}
 
-[[iommu]]
-name = "iommu0"
-
-[[device]]
-name = "dev0"
-iommu = "iommu0"
-pri_credits = 8
-
-[[process]]
-name = "p"
-vma = [{ name = "buf", size = "32MiB", prot = "rw" }]
-
-[[bond]]
-device = "dev0"
-process = "p"
-
-[[job]]
-name = "big-write"
-device = "dev0"
-op = "write"
-process = "p"
-vma = "buf"
-len = "32MiB"
-repeat = 4
-
-[[event]]
-action = "munmap"
-after_groups = 4
-process = "p"
-vma = "buf"
-"#;
-
-#[test]
-fn munmap_while_job_runs_is_an_expected_failure_not_a_violation() {
-    let r = run_text(MUNMAP, 1);
+/// Asserts that every invariant held and that exactly one job failed, explained by an event.
+#[track_caller]
+fn assert_one_expected_failure(r: &RunReport) -> &CheckReport {
     let inv = r.invariants.as_ref().expect("invariants");
     assert!(inv.passed(), "{}", r.text());
-    assert_eq!(r.faults_by_stage["events_fired"], 1);
-    // 128 MiB of writes in 256 KiB chunks cannot finish before 4 groups are answered.
     assert_eq!(
         r.faults_by_stage["expected_dma_failures"],
         1,
         "{}",
         r.text()
     );
+    inv
+}
+
+#[test]
+fn munmap_while_job_runs_is_an_expected_failure_not_a_violation() {
+    let r = run_text(munmap_while_running().text(), 1);
+    // 128 MiB of writes in 256 KiB chunks cannot finish before 4 groups are answered.
+    let inv = assert_one_expected_failure(&r);
+    assert_eq!(r.faults_by_stage["events_fired"], 1);
     assert!(r.bytes < 128 << 20);
     // The job was affected: it is not verified, so no JobVerified and no data violation.
     assert_eq!(inv.count(Invariant::DataVerified), 0);
 }
 
-const UNBIND: &str = r#"
-[scenario]
-name = "unbind-while-running"
-
-[[iommu]]
-name = "iommu0"
-
-[[device]]
-name = "dev0"
-iommu = "iommu0"
-
-[[device]]
-name = "dev1"
-iommu = "iommu0"
-
-[[process]]
-name = "p"
-vma = [{ name = "a", size = "16MiB", prot = "rw" }, { name = "b", size = "4MiB", prot = "rw" }]
-
-[[bond]]
-device = "dev0"
-process = "p"
-
-[[bond]]
-device = "dev1"
-process = "p"
-
-[[job]]
-name = "long"
-device = "dev0"
-op = "fill"
-process = "p"
-vma = "a"
-len = "16MiB"
-repeat = 8
-
-[[job]]
-name = "other-device"
-device = "dev1"
-op = "write"
-process = "p"
-vma = "b"
-len = "4MiB"
-
-[[event]]
-action = "unbind"
-after_groups = 4
-device = "dev0"
-process = "p"
-"#;
+/// Two devices bonded to one process; the first is unbound after 4 groups, mid-job.
+fn unbind_while_running() -> ScenarioText {
+    ScenarioText::new("unbind-while-running", "iommu0")
+        .device("dev0", "iommu0", &[])
+        .device("dev1", "iommu0", &[])
+        .process("p", &[("a", "16MiB"), ("b", "4MiB")])
+        .bond("dev0", "p")
+        .bond("dev1", "p")
+        .job("long", "dev0", "fill", ("p", "a"), "16MiB", &["repeat = 8"])
+        .job("other-device", "dev1", "write", ("p", "b"), "4MiB", &[])
+        .event(
+            "unbind",
+            &["after_groups = 4", "device = \"dev0\"", "process = \"p\""],
+        )
+}
 
 #[test]
 fn unbind_while_job_runs_stops_its_dma_and_spares_the_other_device() {
-    let r = run_text(UNBIND, 1);
-    let inv = r.invariants.as_ref().expect("invariants");
-    assert!(inv.passed(), "{}", r.text());
+    let r = run_text(unbind_while_running().text(), 1);
+    let inv = assert_one_expected_failure(&r);
     assert_eq!(inv.count(Invariant::NoDmaAfterUnbind), 0);
-    assert_eq!(
-        r.faults_by_stage["expected_dma_failures"],
-        1,
-        "{}",
-        r.text()
-    );
 }
 
 #[test]
 fn run_file_command_writes_outputs_and_exits_zero() {
-    let dir = std::env::temp_dir().join(format!("iommu-sim-engine-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = scratch_dir("engine");
     let (json, svg, trace) = (dir.join("r.json"), dir.join("r.svg"), dir.join("t.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .arg("run")
-        .arg(scenarios_dir().join("sva-two-devices.toml"))
-        .args(["--scale", "8", "--json"])
-        .arg(&json)
-        .arg("--plot")
-        .arg(&svg)
-        .arg("--trace")
-        .arg(&trace)
-        .output()
-        .expect("run iommu-sim");
+    let file = scenarios_dir().join("sva-two-devices.toml");
+    let out = iommu_sim([
+        OsStr::new("run"),
+        file.as_os_str(),
+        OsStr::new("--scale"),
+        OsStr::new("8"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+        OsStr::new("--plot"),
+        svg.as_os_str(),
+        OsStr::new("--trace"),
+        trace.as_os_str(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -271,40 +207,20 @@ fn run_file_command_writes_outputs_and_exits_zero() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const NO_PRI: &str = r#"
-[scenario]
-name = "no-pri"
-
-[[iommu]]
-name = "iommu0"
-
-[[device]]
-name = "dev0"
-iommu = "iommu0"
-pri = false
-
-[[process]]
-name = "p"
-vma = [{ name = "buf", size = "64KiB", prot = "rw" }]
-
-[[bond]]
-device = "dev0"
-process = "p"
-
-[[job]]
-name = "w"
-device = "dev0"
-op = "write"
-process = "p"
-vma = "buf"
-len = "64KiB"
-"#;
+/// A device without PRI writing to lazily populated memory.
+fn no_pri() -> ScenarioText {
+    ScenarioText::new("no-pri", "iommu0")
+        .device("dev0", "iommu0", &["pri = false"])
+        .process("p", &[("buf", "64KiB")])
+        .bond("dev0", "p")
+        .job("w", "dev0", "write", ("p", "buf"), "64KiB", &[])
+}
 
 #[test]
 fn a_failure_no_event_explains_is_a_violation() {
     // Without PRI the device cannot fault lazily populated memory in: with no event to blame,
     // the engine must report it, not pass quietly.
-    let r = run_text(NO_PRI, 1);
+    let r = run_text(no_pri().text(), 1);
     let inv = r.invariants.as_ref().expect("invariants");
     assert!(!inv.passed(), "{}", r.text());
     assert!(inv.count(Invariant::DataVerified) > 0, "{}", r.text());

@@ -266,17 +266,19 @@ fn a_handle_address_reused_by_a_new_attach_may_receive_groups() {
 /// a device is caught, named with run-local identities, and devices of other runs are ignored.
 #[test]
 fn traced_second_response_fails_the_run_through_the_observer() {
+    use iommu_core::trace::{kind as core_kind, target as core_target};
+    use iommu_emu::trace::{kind as emu_kind, TARGET as EMU};
     use iommu_sim::observe::Observer;
     let obs = Observer::new();
     obs.set_devices([77]);
     tracing::dispatcher::with_default(&obs.dispatch(), || {
-        tracing::trace!(target: "iommu_core::pasid", kind = "alloc", pasid = 5u64);
-        tracing::trace!(target: "iommu_emu::pri", kind = "group_sent", dev = 77u64, pasid = 5i64, grpid = 3u64, pages = 1u64);
+        tracing::trace!(target: core_target::PASID, kind = core_kind::PASID_ALLOC, pasid = 5u64);
+        tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = 3u64, pages = 1u64);
         for _ in 0..2 {
-            tracing::trace!(target: "iommu_emu::pri", kind = "response", dev = 77u64, grpid = 3u64, code = 0u64, applied = true, auto = false);
+            tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 3u64, code = 0u64, applied = true, auto = false);
         }
         // Another run's device: not this run's business.
-        tracing::trace!(target: "iommu_emu::pri", kind = "response", dev = 99u64, grpid = 3u64, code = 0u64, applied = false, auto = false);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 99u64, grpid = 3u64, code = 0u64, applied = false, auto = false);
     });
     assert_eq!(obs.foreign_events(), 1);
     let (r, hash, lines) = obs.finish();

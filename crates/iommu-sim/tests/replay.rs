@@ -4,17 +4,18 @@
 //! One test in its own binary: PASIDs come from the process-wide allocator, so a scenario run
 //! concurrently by another test could take the PASIDs this one expects.
 
-use iommu_sim::engine::{run, Mode, RunOptions};
+mod common;
+
+use common::run_scenario;
+use iommu_sim::engine::Mode;
 use iommu_sim::scenario::Scenario;
 
+/// Debug builds are slow: shorter jobs, same topology and events.
+const SCALE: u64 = 4;
+
+/// A deterministic run of `s` with `seed` that passed every invariant.
 fn det(s: &Scenario, seed: u64) -> iommu_sim::report::RunReport {
-    let opts = RunOptions {
-        // Debug builds are slow: shorter jobs, same topology and events.
-        scale: 4,
-        mode: Mode::Deterministic { seed },
-        ..RunOptions::default()
-    };
-    let r = run(s, &opts);
+    let r = run_scenario(s, SCALE, Mode::Deterministic { seed });
     let inv = r.invariants.as_ref().expect("checked");
     assert!(inv.passed(), "{}", r.text());
     assert_eq!(r.mode, "deterministic");
@@ -43,13 +44,7 @@ fn same_seed_replays_the_same_events_and_another_seed_differs() {
     assert_eq!(a.faults_by_stage["events_fired"], 7, "{}", a.text());
 
     // A threads-mode run is not reproducible and carries no hash.
-    let t = run(
-        &s,
-        &RunOptions {
-            scale: 4,
-            ..RunOptions::default()
-        },
-    );
+    let t = run_scenario(&s, SCALE, Mode::Threads);
     assert_eq!(t.event_log_hash, None);
     assert!(t.json().get("event_log_hash").is_none());
 }

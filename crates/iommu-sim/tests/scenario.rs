@@ -1,32 +1,28 @@
 //! Scenario files: the shipped examples validate, and every kind of bad input is refused with
 //! the line, the field and what was expected.
 
+mod common;
+
+use std::ffi::OsStr;
+
+use common::{refused, scratch_dir, ScenarioText};
 use iommu_sim::scenario::{Action, JobOp, JobTarget, Scenario, Trigger};
 
-const MINIMAL: &str = r#"
-[scenario]
-name = "t"
+/// One IOMMU, one device, one process with a 1 MiB VMA, the device bonded to it: the file
+/// every test below adds to.
+fn minimal() -> String {
+    ScenarioText::new("t", "i0")
+        .device("d0", "i0", &[])
+        .process("p", &[("v", "1MiB")])
+        .bond("d0", "p")
+        .text()
+        .to_string()
+}
 
-[[iommu]]
-name = "i0"
-
-[[device]]
-name = "d0"
-iommu = "i0"
-
-[[process]]
-name = "p"
-vma = [{ name = "v", size = "1MiB", prot = "rw" }]
-
-[[bond]]
-device = "d0"
-process = "p"
-"#;
-
-/// `MINIMAL` with `extra` appended; asserts the error's line, field and a message fragment.
+/// [`minimal`] with `extra` appended; asserts the error's line, field and a message fragment.
 #[track_caller]
 fn rejects(extra: &str, line: usize, field: &str, fragment: &str) {
-    let src = format!("{MINIMAL}{extra}");
+    let src = format!("{}{extra}", minimal());
     let err = Scenario::parse(&src).expect_err("bad input must be refused");
     assert_eq!((err.line, err.field.as_str()), (line, field), "{err}");
     assert!(
@@ -36,9 +32,9 @@ fn rejects(extra: &str, line: usize, field: &str, fragment: &str) {
     );
 }
 
-/// Line of the first line of `extra` when appended to MINIMAL.
+/// Line of the first line of `extra` when appended to [`minimal`].
 fn base() -> usize {
-    MINIMAL.lines().count() + 1
+    minimal().lines().count() + 1
 }
 
 #[test]
@@ -83,7 +79,8 @@ fn default_scenario_has_what_the_issue_asks_for() {
 #[test]
 fn valid_file_resolves_references_sizes_and_defaults() {
     let s = Scenario::parse(&format!(
-        "{MINIMAL}\n[[job]]\nname = \"j\"\ndevice = \"d0\"\nop = \"copy\"\nprocess = \"p\"\nvma = \"v\"\noffset = \"4K\"\nlen = 8192\n\n[[event]]\naction = \"exit\"\nafter_groups = 3\nprocess = \"p\"\n"
+        "{}\n[[job]]\nname = \"j\"\ndevice = \"d0\"\nop = \"copy\"\nprocess = \"p\"\nvma = \"v\"\noffset = \"4K\"\nlen = 8192\n\n[[event]]\naction = \"exit\"\nafter_groups = 3\nprocess = \"p\"\n",
+        minimal()
     ))
     .unwrap();
     assert_eq!(
@@ -302,21 +299,17 @@ fn scenario_without_devices_is_refused() {
 
 #[test]
 fn check_subcommand_reports_file_and_line_and_exits_nonzero() {
-    let dir = std::env::temp_dir().join(format!("iommu-sim-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("check");
     let bad = dir.join("bad.toml");
     std::fs::write(
         &bad,
-        format!("{MINIMAL}\n[[device]]\nname = \"d1\"\niommu = \"nope\"\n"),
+        format!(
+            "{}\n[[device]]\nname = \"d1\"\niommu = \"nope\"\n",
+            minimal()
+        ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iommu-sim"))
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused([OsStr::new("check"), bad.as_os_str()]);
     assert!(
         stderr.contains(&format!(
             "bad.toml:line {}: device.iommu: unknown IOMMU 'nope'",

@@ -6,92 +6,35 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{
-    fill_byte, ns, write_chunk, JobOutcome, Progress, Ran, RunOptions, Serving, World, CHUNK,
-    FLOOD_PAGES, PAGE,
-};
+use super::owner::{Owner, Serving};
+use super::pattern::{fill_byte, write_chunk};
+use super::progress::Progress;
+use super::world::World;
+use super::{ns, JobOutcome, Ran, RunOptions, CHUNK, FLOOD_PAGES, PAGE};
 use crate::invariants::Event;
 use crate::scenario::{Action, JobOp, JobTarget, Trigger};
 
+/// Runs the world's jobs, events and fault handlers on their own threads until every job and
+/// every event is done.
 pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Dispatch) -> Ran {
-    let scenario = world.scenario;
-    let dev_locks: Vec<RwLock<()>> = world.eps.iter().map(|_| RwLock::new(())).collect();
-    let jobs_done = AtomicBool::new(false);
-    let handlers_stop = AtomicBool::new(false);
-    let fired: Mutex<Vec<(usize, u64, u64)>> = Mutex::new(Vec::new());
-    let progress = Progress::new(world, opts.progress);
-    let run_start = Instant::now();
-    let with = |f: &dyn Fn()| tracing::dispatcher::with_default(dispatch, f);
-
+    let run = Shared {
+        world,
+        dev_locks: world.eps.iter().map(|_| RwLock::new(())).collect(),
+        jobs_done: AtomicBool::new(false),
+        handlers_stop: AtomicBool::new(false),
+        fired: Mutex::new(Vec::new()),
+        progress: Progress::new(world, opts.progress),
+        run_start: Instant::now(),
+        dispatch,
+    };
+    let shared = &run;
     let (outcomes, owner_reads) = std::thread::scope(|s| {
         for o in &world.owners {
-            let (stop, phys) = (&handlers_stop, &world.phys);
-            s.spawn(move || {
-                with(&|| {
-                    let mut serving = Serving::new();
-                    let Some(fd) = &o.fault else { return };
-                    loop {
-                        let stopping = stop.load(Relaxed);
-                        let _ = fd.wait_readable(Some(Duration::from_millis(5)));
-                        while o.serve_once(phys, &mut serving) > 0 {}
-                        if stopping {
-                            return;
-                        }
-                    }
-                })
-            });
+            s.spawn(move || shared.traced(|| shared.serve_faults(o)));
         }
-        // Events (and the progress bar).
-        let events = s.spawn(|| {
-            with(&|| {
-                let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
-                loop {
-                    let done = jobs_done.load(Relaxed);
-                    progress.tick();
-                    if pending.is_empty() && done {
-                        break;
-                    }
-                    let now_ms = run_start.elapsed().as_millis() as u64;
-                    let groups = world.groups_answered();
-                    let mut keep = Vec::new();
-                    for &i in &pending {
-                        let e = &scenario.events[i];
-                        let due = match e.trigger {
-                            Trigger::AtMs(ms) => now_ms >= ms,
-                            Trigger::AfterGroups(g) => groups >= g,
-                        };
-                        if due {
-                            let t0 = Instant::now();
-                            progress.message(format!("{:?}", e.action).to_lowercase());
-                            if e.action == Action::Overflow {
-                                flood(world, i);
-                            } else {
-                                world.fire(i, Some(&dev_locks));
-                            }
-                            fired.lock().expect("fired").push((
-                                i,
-                                ns(t0.duration_since(run_start)),
-                                ns(t0.elapsed()),
-                            ));
-                        } else if !(done && matches!(e.trigger, Trigger::AfterGroups(_))) {
-                            keep.push(i);
-                        }
-                    }
-                    pending = keep;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            })
-        });
-        // Jobs.
-        let handles: Vec<_> = (0..scenario.jobs.len())
-            .map(|i| {
-                let (dev_locks, progress) = (&dev_locks, &progress);
-                s.spawn(move || {
-                    tracing::dispatcher::with_default(dispatch, || {
-                        run_job(i, world, dev_locks, progress, run_start)
-                    })
-                })
-            })
+        let events = s.spawn(|| shared.traced(|| shared.fire_events()));
+        let handles: Vec<_> = (0..world.scenario.jobs.len())
+            .map(|i| s.spawn(move || shared.traced(|| shared.run_job(i))))
             .collect();
         let outs: Vec<JobOutcome> = handles
             .into_iter()
@@ -102,14 +45,120 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
                 })
             })
             .collect();
-        jobs_done.store(true, Relaxed);
+        shared.jobs_done.store(true, Relaxed);
         let _ = events.join();
-        progress.finish();
+        shared.progress.finish();
         // Owner jobs read back through the device while the handlers still run.
-        let fired: Vec<usize> = fired.lock().expect("fired").iter().map(|f| f.0).collect();
-        let owner_reads: Vec<Option<Result<Vec<u8>, String>>> = (0..scenario.jobs.len())
+        let owner_reads = shared.read_back_owner_jobs(&outs);
+        shared.handlers_stop.store(true, Relaxed);
+        (outs, owner_reads)
+    });
+    Ran {
+        outcomes,
+        owner_reads,
+        fired: run.fired.into_inner().expect("fired"),
+        steps: None,
+        stuck: Vec::new(),
+    }
+}
+
+/// What the run's threads share.
+struct Shared<'w, 's> {
+    world: &'w World<'s>,
+    /// Per device: DMA chunks hold it for reading, an unbind for writing (see [`World::fire`]).
+    dev_locks: Vec<RwLock<()>>,
+    jobs_done: AtomicBool,
+    handlers_stop: AtomicBool,
+    /// (event index, start ns, duration ns) of every event fired.
+    fired: Mutex<Vec<(usize, u64, u64)>>,
+    progress: Progress,
+    run_start: Instant,
+    dispatch: &'w tracing::Dispatch,
+}
+
+impl Shared<'_, '_> {
+    /// Runs `f` with the run's `tracing` dispatcher (on a thread of the run).
+    fn traced<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::dispatcher::with_default(self.dispatch, f)
+    }
+
+    /// Owner `o`'s fault handler: serves batches until stopped, then drains once more.
+    fn serve_faults(&self, o: &Owner) {
+        let mut serving = Serving::new();
+        let Some(fd) = &o.fault else { return };
+        loop {
+            let stopping = self.handlers_stop.load(Relaxed);
+            let _ = fd.wait_readable(Some(Duration::from_millis(5)));
+            while o.serve_once(&self.world.phys, &mut serving) > 0 {}
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Fires each event when due, every millisecond (and ticks the progress bar), until the
+    /// jobs are done and no event is left; `after_groups` events not due by then are dropped.
+    fn fire_events(&self) {
+        let scenario = self.world.scenario;
+        let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
+        loop {
+            let done = self.jobs_done.load(Relaxed);
+            self.progress.tick();
+            if pending.is_empty() && done {
+                break;
+            }
+            let now_ms = self.run_start.elapsed().as_millis() as u64;
+            let groups = self.world.groups_answered();
+            let mut keep = Vec::new();
+            for &i in &pending {
+                let e = &scenario.events[i];
+                let due = match e.trigger {
+                    Trigger::AtMs(ms) => now_ms >= ms,
+                    Trigger::AfterGroups(g) => groups >= g,
+                };
+                if due {
+                    self.fire(i);
+                } else if !(done && matches!(e.trigger, Trigger::AfterGroups(_))) {
+                    keep.push(i);
+                }
+            }
+            pending = keep;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Fires event `i` and records when it fired and how long it took.
+    fn fire(&self, i: usize) {
+        let e = &self.world.scenario.events[i];
+        let t0 = Instant::now();
+        self.progress
+            .message(format!("{:?}", e.action).to_lowercase());
+        if e.action == Action::Overflow {
+            flood(self.world, i);
+        } else {
+            self.world.fire(i, Some(&self.dev_locks));
+        }
+        self.fired.lock().expect("fired").push((
+            i,
+            ns(t0.duration_since(self.run_start)),
+            ns(t0.elapsed()),
+        ));
+    }
+
+    /// Reads back, through the device, every owner job that succeeded and that no fired
+    /// event affected.
+    fn read_back_owner_jobs(&self, outs: &[JobOutcome]) -> Vec<Option<Result<Vec<u8>, String>>> {
+        let world = self.world;
+        let fired: Vec<usize> = self
+            .fired
+            .lock()
+            .expect("fired")
+            .iter()
+            .map(|f| f.0)
+            .collect();
+        (0..world.scenario.jobs.len())
             .map(|i| {
-                let j = &scenario.jobs[i];
+                let j = &world.scenario.jobs[i];
                 let JobTarget::Owner(_, iova) = j.target else {
                     return None;
                 };
@@ -124,16 +173,18 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
                         .map_err(|e| e.to_string()),
                 )
             })
-            .collect();
-        handlers_stop.store(true, Relaxed);
-        (outs, owner_reads)
-    });
-    Ran {
-        outcomes,
-        owner_reads,
-        fired: fired.into_inner().expect("fired"),
-        steps: None,
-        stuck: Vec::new(),
+            .collect()
+    }
+
+    /// Runs job `i` on this thread.
+    fn run_job(&self, i: usize) -> JobOutcome {
+        run_job(
+            i,
+            self.world,
+            &self.dev_locks,
+            &self.progress,
+            self.run_start,
+        )
     }
 }
 

@@ -1,0 +1,111 @@
+//! The scenario's events on a built world: firing one (unbind, exit, munmap, mprotect, HWPT
+//! replacement, device reset; `overflow` floods are run by each mode), where an `overflow`
+//! floods, and which job failures a fired event explains.
+
+use std::sync::RwLock;
+
+use iommufd::IOMMU_NO_PASID;
+
+use super::world::{to_emu_prot, World};
+use super::{FLOOD_PAGES, FLOOD_THREADS, PAGE};
+use crate::invariants::Event;
+use crate::scenario::{Action, EventSpec, JobTarget};
+
+impl World<'_> {
+    /// Whether the fired events explain a failure of job `i`.
+    pub(super) fn affected(&self, fired: &[usize], i: usize) -> bool {
+        let j = &self.scenario.jobs[i];
+        fired.iter().any(|&k| {
+            let e = &self.scenario.events[k];
+            match (e.action, &j.target) {
+                (Action::ResetDevice, _) => e.device == Some(j.device),
+                (Action::ReplaceHwpt, JobTarget::Owner(o, _)) => e.owner == Some(*o),
+                (Action::Exit, JobTarget::Process(p, _)) => e.process == Some(*p),
+                (Action::Unbind, JobTarget::Process(p, _)) => {
+                    e.process == Some(*p) && e.device == Some(j.device)
+                }
+                (Action::Munmap | Action::Mprotect, JobTarget::Process(p, v)) => {
+                    e.process == Some(*p) && e.vma == Some(*v)
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// Fires event `i`, except `overflow` (each mode floods its own way). With `dev_locks`
+    /// (threads mode) an unbind first waits for the device's DMA chunks in flight, so a chunk
+    /// completed before the unbind is recorded before it.
+    pub(super) fn fire(&self, i: usize, dev_locks: Option<&[RwLock<()>]>) {
+        let e = &self.scenario.events[i];
+        match e.action {
+            Action::Unbind => self.unbind(e, dev_locks),
+            Action::Exit => {
+                if let Some(p) = e.process {
+                    self.mms[p].exit();
+                }
+            }
+            Action::Munmap => {
+                if let (Some(p), Some(v)) = (e.process, e.vma) {
+                    let (a, len) = self.vma(p, v);
+                    let _ = self.mms[p].munmap(a, len);
+                }
+            }
+            Action::Mprotect => {
+                if let (Some(p), Some(v), Some(prot)) = (e.process, e.vma, e.prot) {
+                    let (a, len) = self.vma(p, v);
+                    let _ = self.mms[p].mprotect(a, len, to_emu_prot(prot));
+                }
+            }
+            Action::ReplaceHwpt => {
+                if let Some(o) = e.owner.and_then(|o| self.owners.get(o)) {
+                    if let Ok(h) = o.ictx.hwpt_alloc(o.dev_id, o.ioas, 0, 0, 0, &[]) {
+                        let _ = o.ictx.device_replace(o.dev_id, IOMMU_NO_PASID, h);
+                    }
+                }
+            }
+            Action::ResetDevice => {
+                if let Some(d) = e.device {
+                    self.eps[d].reset();
+                }
+            }
+            Action::Overflow => {}
+        }
+    }
+
+    /// An `unbind` event: the bond is taken (so teardown does not unbind it again) and its
+    /// unbind's return is observed.
+    fn unbind(&self, e: &EventSpec, dev_locks: Option<&[RwLock<()>]>) {
+        let (Some(d), Some(p)) = (e.device, e.process) else {
+            return;
+        };
+        let Some(slot) = self.bonds.get(&(d, p)) else {
+            return;
+        };
+        let _w = dev_locks.map(|l| l[d].write().expect("device lock"));
+        if let Some(b) = slot.lock().expect("bond").take() {
+            b.unbind();
+            self.obs.observe(Event::UnbindReturned {
+                dev: d as u64,
+                pasid: self.pasids[&(d, p)],
+            });
+        }
+    }
+
+    /// The address and size of VMA `v` of process `p`.
+    fn vma(&self, p: usize, v: usize) -> (u64, u64) {
+        (self.vma_addr[p][v], self.scenario.processes[p].vmas[v].size)
+    }
+
+    /// The flood regions of an `overflow` event: (device, PASID, address) per flooding actor.
+    pub(super) fn flood_targets(&self, i: usize) -> Vec<(usize, u32, u64)> {
+        let e = &self.scenario.events[i];
+        let Some(list) = e.iommu.and_then(|io| self.floods.get(&io)) else {
+            return Vec::new();
+        };
+        list.iter()
+            .flat_map(|&(d, pasid, base)| {
+                (0..FLOOD_THREADS).map(move |t| (d, pasid, base + t * FLOOD_PAGES * PAGE))
+            })
+            .collect()
+    }
+}

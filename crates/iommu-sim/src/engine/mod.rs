@@ -1,0 +1,144 @@
+//! Runs a validated [`Scenario`] on the software IOMMU, in one of two modes:
+//!
+//! * **threads** (the default): real concurrency — one thread per DMA job, one firing the
+//!   scenario's events, one fault handler per iommufd owner, each IOMMU's page request queue
+//!   thread and IOPF workers (`threads`);
+//! * **deterministic** (`--seed N`): no thread but the caller's; one scheduler picks the next
+//!   actor (a DMA job's next step, a page request queue's next request, an IOPF queue's next
+//!   group, an owner's next batch) from a seeded RNG, so the same file and seed give the same
+//!   event sequence, summed up in the report's event-log hash (`deterministic`).
+//!
+//! Both build the same world (`world`, its iommufd owners in `owner`), fire the scenario's
+//! events the same way (`events`) and end the same way (`verify`): every job's data is read back
+//! and compared, and everything the run observed — the core's and the emulator's trace points
+//! and the engine's own observations — went through the invariant checker as it happened
+//! ([`crate::observe`]).
+
+mod deterministic;
+mod events;
+mod owner;
+mod pattern;
+mod progress;
+mod threads;
+mod verify;
+mod world;
+
+use std::time::{Duration, Instant};
+
+use crate::invariants::{CheckReport, Violation};
+use crate::observe::Observer;
+use crate::report::{RunReport, StageLatency};
+use crate::scenario::Scenario;
+use world::World;
+
+/// Bytes per page, of memory and of IOVA space.
+const PAGE: u64 = 4096;
+/// Size of one job-level DMA call: events interleave with jobs at this granularity.
+const CHUNK: u64 = 256 << 10;
+/// Pages each flooding actor touches on an `overflow` event.
+const FLOOD_PAGES: u64 = 32;
+/// Flooding actors per device on an `overflow` event.
+const FLOOD_THREADS: u64 = 8;
+
+/// How the scenario's actors are interleaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Real threads, real concurrency.
+    Threads,
+    /// One scheduler driven by a seeded RNG: same file and seed, same event sequence.
+    Deterministic {
+        /// The RNG seed.
+        seed: u64,
+    },
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Divides every job's length (at least one page, two for copies): 1 runs the file as is.
+    pub scale: u64,
+    /// Record a trace span per job.
+    pub trace: bool,
+    /// Threads or deterministic.
+    pub mode: Mode,
+    /// Show a progress bar on stderr once the run has taken a second (terminals only).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            scale: 1,
+            trace: true,
+            mode: Mode::Threads,
+            progress: false,
+        }
+    }
+}
+
+/// What a job produced.
+#[derive(Default)]
+struct JobOutcome {
+    error: Option<String>,
+    last_read: Vec<u8>,
+    bytes: u64,
+    latency: StageLatency,
+    span: Option<(u64, u64)>,
+}
+
+/// What a mode's runner hands back for verification.
+struct Ran {
+    outcomes: Vec<JobOutcome>,
+    /// Per job: owner jobs' data read back through the device (None: not read).
+    owner_reads: Vec<Option<Result<Vec<u8>, String>>>,
+    /// (event index, start ns, duration ns) of every event fired.
+    fired: Vec<(usize, u64, u64)>,
+    /// Scheduler steps (deterministic mode).
+    steps: Option<u64>,
+    /// Actors the deterministic scheduler found waiting for a response nobody would send.
+    stuck: Vec<String>,
+}
+
+/// Runs `scenario` and reports what happened; the report's invariants say whether it was
+/// correct.
+pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
+    let start = Instant::now();
+    let obs = Observer::with_log(matches!(opts.mode, Mode::Deterministic { .. }));
+    let dispatch = obs.dispatch();
+    tracing::dispatcher::with_default(&dispatch, || {
+        let manual = matches!(opts.mode, Mode::Deterministic { .. });
+        let world = World::build(scenario, opts.scale, manual, obs.clone());
+        let ran = match opts.mode {
+            Mode::Threads => threads::run(&world, opts, &dispatch),
+            Mode::Deterministic { seed } => deterministic::run(&world, seed, opts),
+        };
+        let (mut report, late) = verify::verify(&world, &ran, opts);
+        world.teardown();
+        drop(world);
+        let (mut check, hash, _lines) = obs.finish();
+        for v in late {
+            add_violation(&mut check, v);
+        }
+        if let Mode::Deterministic { seed } = opts.mode {
+            report.mode = "deterministic".into();
+            report.seed = Some(seed);
+            report.event_log_hash = Some(hash);
+        }
+        report.invariants = Some(check);
+        report.elapsed_s = start.elapsed().as_secs_f64();
+        report
+    })
+}
+
+/// Adds a violation found after the run to the checker's report.
+fn add_violation(check: &mut CheckReport, v: Violation) {
+    if let Some(c) = check.counts.iter_mut().find(|(i, _)| *i == v.invariant) {
+        c.1 += 1;
+    }
+    check.violations.push(v);
+}
+
+/// Keeps wall-clock durations in nanoseconds.
+fn ns(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}

@@ -1,0 +1,133 @@
+//! An iommufd owner — the VMM side of a passed-through device — and its fault handler: it reads
+//! whole page request groups from the fault fd as `struct iommu_hwpt_pgfault` records, backs
+//! every faulting page through its IOAS and answers each group once with a
+//! `struct iommu_hwpt_page_response` (Linux: `drivers/iommu/iommufd/fault.c` is the other side).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use iommu_core::Device;
+use iommu_core::{IOMMU_READ, IOMMU_WRITE};
+use iommu_emu::{Pfn, PhysMem};
+use iommufd::uapi::{
+    IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_SUCCESS, IOMMU_HWPT_FAULT_ID_VALID,
+};
+use iommufd::{FaultFd, Ictx, FAULT_RECORD_SIZE, IOMMU_NO_PASID};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::PAGE;
+use crate::report::StageLatency;
+
+/// One iommufd owner: its context, device, IOAS, HWPT and fault queue.
+pub(super) struct Owner {
+    pub(super) ictx: Ictx,
+    pub(super) dev_id: u32,
+    pub(super) ioas: u32,
+    pub(super) fault: Option<FaultFd>,
+    frames: Mutex<Vec<Pfn>>,
+    /// Fault records read so far.
+    pub(super) records: AtomicU64,
+    /// How long each batch of the fault handler took.
+    pub(super) batches: Mutex<StageLatency>,
+}
+
+/// An owner's fault handler state: its read buffer and the pages it already backed.
+pub(super) struct Serving {
+    buf: Vec<u8>,
+    backed: BTreeSet<u64>,
+}
+
+impl Serving {
+    pub(super) fn new() -> Self {
+        Serving {
+            buf: vec![0u8; 1024 * FAULT_RECORD_SIZE],
+            backed: BTreeSet::new(),
+        }
+    }
+}
+
+impl Owner {
+    /// Binds `device` to a fresh iommufd context and attaches it (no PASID) to a HWPT on a new
+    /// IOAS; with `fault`, the HWPT reports its faults to a new fault queue.
+    pub(super) fn open(device: &Arc<Device>, fault: bool) -> iommu_core::Result<Self> {
+        let ictx = Ictx::new();
+        let dev_id = ictx.bind_device(device.clone())?;
+        let ioas = ictx.ioas_alloc()?;
+        let (hwpt, fault) = if fault {
+            let (fault_id, fd) = ictx.fault_queue_alloc(0)?;
+            let h = ictx.hwpt_alloc(dev_id, ioas, IOMMU_HWPT_FAULT_ID_VALID, fault_id, 0, &[])?;
+            (h, Some(fd))
+        } else {
+            (ictx.hwpt_alloc(dev_id, ioas, 0, 0, 0, &[])?, None)
+        };
+        ictx.device_attach(dev_id, IOMMU_NO_PASID, hwpt)?;
+        Ok(Owner {
+            ictx,
+            dev_id,
+            ioas,
+            fault,
+            frames: Mutex::new(Vec::new()),
+            records: AtomicU64::new(0),
+            batches: Mutex::new(StageLatency::default()),
+        })
+    }
+
+    /// Backs one page at `iova` with a fresh frame mapped through the IOAS.
+    pub(super) fn back(&self, phys: &PhysMem, iova: u64) -> Result<(), String> {
+        let pfn = phys.alloc_frame().map_err(|e| format!("frame: {e}"))?;
+        match self.ictx.ioas_map(
+            self.ioas,
+            Some(iova),
+            pfn.addr().0,
+            PAGE,
+            IOMMU_READ | IOMMU_WRITE,
+        ) {
+            Ok(_) => {
+                self.frames.lock().expect("frames").push(pfn);
+                Ok(())
+            }
+            Err(e) => {
+                phys.free_frame(pfn);
+                Err(format!("map {iova:#x}: {e}"))
+            }
+        }
+    }
+
+    /// One batch of the fault handler: reads whole groups, backs every page, answers each
+    /// group once. Returns the records handled (0: nothing was queued).
+    pub(super) fn serve_once(&self, phys: &PhysMem, s: &mut Serving) -> usize {
+        let Some(fd) = &self.fault else { return 0 };
+        let t0 = Instant::now();
+        let n: usize = fd.read(&mut s.buf).unwrap_or_default();
+        if n == 0 {
+            return 0;
+        }
+        let mut resp: Vec<u8> = Vec::new();
+        let mut last_cookie = None;
+        for rec in s.buf[..n].chunks_exact(FAULT_RECORD_SIZE) {
+            // The read buffer is a byte vector, not 8-byte aligned: copy each record out.
+            let rec = IommuHwptPgfault::read_from_bytes(rec).expect("a whole fault record");
+            self.records.fetch_add(1, Relaxed);
+            let iova = rec.addr & !(PAGE - 1);
+            if s.backed.insert(iova) && self.back(phys, iova).is_err() {
+                s.backed.remove(&iova);
+            }
+            if last_cookie != Some(rec.cookie) {
+                last_cookie = Some(rec.cookie);
+                let answer = IommuHwptPageResponse {
+                    cookie: rec.cookie,
+                    code: IOMMUFD_PAGE_RESP_SUCCESS,
+                };
+                resp.extend_from_slice(answer.as_bytes());
+            }
+        }
+        let _ = fd.write(&resp);
+        self.batches
+            .lock()
+            .expect("batches")
+            .record(t0.elapsed().as_nanos() as u64);
+        n / FAULT_RECORD_SIZE
+    }
+}
