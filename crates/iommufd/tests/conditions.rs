@@ -6,45 +6,36 @@ mod common;
 
 use common::{Fx, RID};
 use iommu_core::error::Condition;
+use iommu_core::Error;
 use iommufd::uapi::*;
 use zerocopy::IntoBytes;
+
+/// What a caller branches on: the errno and the condition.
+fn kind(e: Error) -> (&'static str, Condition) {
+    (e.errno_name(), e.condition())
+}
 
 #[test]
 fn unknown_id_is_no_such_object() {
     let fx = Fx::new(1);
     let e = fx.ictx.destroy(999).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("ENOENT", Condition::NoSuchObject)
-    );
+    assert_eq!(kind(e), ("ENOENT", Condition::NoSuchObject));
     let e = fx.ictx.hwpt_domain(999).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("ENOENT", Condition::NoSuchObject)
-    );
+    assert_eq!(kind(e), ("ENOENT", Condition::NoSuchObject));
 }
 
 #[test]
 fn id_of_another_type_is_wrong_object_type() {
     let fx = Fx::new(1);
     let e = fx.ictx.hwpt_domain(fx.ioas).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("ENOENT", Condition::WrongObjectType)
-    );
+    assert_eq!(kind(e), ("ENOENT", Condition::WrongObjectType));
     let e = fx.ictx.device(fx.ioas).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("ENOENT", Condition::WrongObjectType)
-    );
+    assert_eq!(kind(e), ("ENOENT", Condition::WrongObjectType));
     let e = fx
         .ictx
         .device_attach(fx.dev_ids[0], RID, fx.dev_ids[0])
         .unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("EINVAL", Condition::WrongObjectType)
-    );
+    assert_eq!(kind(e), ("EINVAL", Condition::WrongObjectType));
 }
 
 #[test]
@@ -54,11 +45,7 @@ fn destroying_a_referenced_object_is_object_in_use() {
     fx.ictx.device_attach(fx.dev_ids[0], RID, hwpt).unwrap();
     for id in [hwpt, fault_id, fx.ioas, fx.dev_ids[0]] {
         let e = fx.ictx.destroy(id).unwrap_err();
-        assert_eq!(
-            (e.errno_name(), e.condition()),
-            ("EBUSY", Condition::ObjectInUse),
-            "object {id}"
-        );
+        assert_eq!(kind(e), ("EBUSY", Condition::ObjectInUse), "object {id}");
     }
 }
 
@@ -68,26 +55,17 @@ fn attaching_twice_is_pasid_in_use_and_detaching_twice_is_not_attached() {
     let hwpt = fx.plain_hwpt(0, 0);
     fx.ictx.device_attach(fx.dev_ids[0], RID, hwpt).unwrap();
     let e = fx.ictx.device_attach(fx.dev_ids[0], RID, hwpt).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("EBUSY", Condition::PasidInUse)
-    );
+    assert_eq!(kind(e), ("EBUSY", Condition::PasidInUse));
     fx.ictx.device_detach(fx.dev_ids[0], RID).unwrap();
     let e = fx.ictx.device_detach(fx.dev_ids[0], RID).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("EINVAL", Condition::NotAttached)
-    );
+    assert_eq!(kind(e), ("EINVAL", Condition::NotAttached));
 }
 
 #[test]
 fn short_command_is_record_too_short() {
     let e =
         copy_struct_from_user::<IommuHwptAlloc>(&[0u8; 23], IOMMU_HWPT_ALLOC_MIN_SIZE).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("EINVAL", Condition::RecordTooShort)
-    );
+    assert_eq!(kind(e), ("EINVAL", Condition::RecordTooShort));
 }
 
 #[test]
@@ -103,10 +81,7 @@ fn non_zero_bytes_past_the_struct_are_unknown_trailing_bytes() {
     );
     cmd[20] = 1;
     let e = fx.ictx.ioctl_fault_queue_alloc(&mut cmd).unwrap_err();
-    assert_eq!(
-        (e.errno_name(), e.condition()),
-        ("E2BIG", Condition::UnknownTrailingBytes)
-    );
+    assert_eq!(kind(e), ("E2BIG", Condition::UnknownTrailingBytes));
 }
 
 #[test]
@@ -123,9 +98,6 @@ fn unknown_flags_and_data_types_are_unsupported_flags() {
         fx.ictx.fault_queue_alloc(1).unwrap_err(),
     ];
     for e in cases {
-        assert_eq!(
-            (e.errno_name(), e.condition()),
-            ("EOPNOTSUPP", Condition::UnsupportedFlags)
-        );
+        assert_eq!(kind(e), ("EOPNOTSUPP", Condition::UnsupportedFlags));
     }
 }

@@ -61,37 +61,32 @@ impl GroupAttach {
     }
 }
 
-/// A fresh core attachment of `hwpt` at `pasid` (the RID attaches the whole group), its
-/// handle naming `dev_id`.
-fn attach_in_core(
-    hwpt: &Hwpt,
-    group: &Arc<Group>,
-    dev: &Device,
-    pasid: u32,
-    dev_id: u32,
-) -> Result<Attachment> {
-    let data = FdHandle { dev_id };
-    if pasid == IOMMU_NO_PASID {
-        attach_group_handle(&hwpt.domain, group, data).map(Into::into)
-    } else {
-        attach_device_pasid(&hwpt.domain, dev, pasid, data).map(Into::into)
-    }
+/// How a handle gets into the core: a fresh attachment, or a replacement of the current one
+/// (DMA moves straight to the new domain).
+#[derive(Clone, Copy)]
+enum Install {
+    Attach,
+    Replace,
 }
 
-/// Moves the attachment at `pasid` to `hwpt` in the core; returns the new handle, naming
-/// `dev_id`.
-fn replace_in_core(
+/// Installs a core handle naming `dev_id` for `hwpt` at `pasid` (the RID covers the whole
+/// group) and returns it.
+fn install_in_core(
+    how: Install,
     hwpt: &Hwpt,
-    group: &Arc<Group>,
-    dev: &Device,
+    (dev, group): (&Device, &Arc<Group>),
     pasid: u32,
     dev_id: u32,
 ) -> Result<Attachment> {
     let data = FdHandle { dev_id };
-    if pasid == IOMMU_NO_PASID {
-        replace_group_handle(&hwpt.domain, group, data).map(|r| r.new.into())
-    } else {
-        replace_device_pasid(&hwpt.domain, dev, pasid, data).map(|r| r.new.into())
+    let domain = &hwpt.domain;
+    match (how, pasid == IOMMU_NO_PASID) {
+        (Install::Attach, true) => attach_group_handle(domain, group, data).map(Into::into),
+        (Install::Attach, false) => attach_device_pasid(domain, dev, pasid, data).map(Into::into),
+        (Install::Replace, true) => replace_group_handle(domain, group, data).map(|r| r.new.into()),
+        (Install::Replace, false) => {
+            replace_device_pasid(domain, dev, pasid, data).map(|r| r.new.into())
+        }
     }
 }
 
@@ -221,7 +216,7 @@ impl Table {
         if fault_capable {
             self.iopf_get(dev_id)?;
         }
-        let handle = match attach_in_core(&hwpt, group, dev, pasid, dev_id) {
+        let handle = match install_in_core(Install::Attach, &hwpt, (dev, group), pasid, dev_id) {
             Ok(h) => h,
             Err(e) => {
                 if fault_capable {
@@ -401,7 +396,7 @@ impl Ictx {
         if new_fault {
             t.iopf_get_all(&devices)?;
         }
-        let handle = match replace_in_core(&hwpt, &group, &dev, pasid, dev_id) {
+        let handle = match install_in_core(Install::Replace, &hwpt, (&dev, &group), pasid, dev_id) {
             Ok(h) => h,
             Err(e) => {
                 if new_fault {

@@ -113,54 +113,65 @@ impl Table {
         Ok(id)
     }
 
-    fn idev(&self, dev_id: u32) -> Result<&IdevObj> {
-        match self.objects.get(&dev_id) {
-            Some(Object::Device(d)) => Ok(d),
-            o => Err(lookup_error(
-                o.is_some(),
-                enoent_v,
-                "no such device object",
-                dev_id,
-            )),
+    /// Object `id` as the type `pick` selects; `ENOENT` with `what` otherwise.
+    fn typed<'a, T>(
+        &'a self,
+        id: u32,
+        what: &'static str,
+        pick: impl FnOnce(&'a Object) -> Option<T>,
+    ) -> Result<T> {
+        let found = self.objects.get(&id);
+        found
+            .and_then(pick)
+            .ok_or_else(|| lookup_error(found.is_some(), enoent_v, what, id))
+    }
+
+    /// [`Table::typed`] for a mutable borrow.
+    fn typed_mut<'a, T>(
+        &'a mut self,
+        id: u32,
+        what: &'static str,
+        pick: impl FnOnce(&'a mut Object) -> Option<T>,
+    ) -> Result<T> {
+        match self.objects.get_mut(&id) {
+            Some(o) => pick(o).ok_or_else(|| lookup_error(true, enoent_v, what, id)),
+            None => Err(lookup_error(false, enoent_v, what, id)),
         }
+    }
+
+    fn idev(&self, dev_id: u32) -> Result<&IdevObj> {
+        self.typed(dev_id, "no such device object", |o| match o {
+            Object::Device(d) => Some(d),
+            _ => None,
+        })
     }
 
     fn idev_mut(&mut self, dev_id: u32) -> Result<&mut IdevObj> {
-        match self.objects.get_mut(&dev_id) {
-            Some(Object::Device(d)) => Ok(d),
-            o => Err(lookup_error(
-                o.is_some(),
-                enoent_v,
-                "no such device object",
-                dev_id,
-            )),
-        }
+        self.typed_mut(dev_id, "no such device object", |o| match o {
+            Object::Device(d) => Some(d),
+            _ => None,
+        })
     }
 
     fn ioas_mut(&mut self, ioas_id: u32) -> Result<&mut IoasObj> {
-        match self.objects.get_mut(&ioas_id) {
-            Some(Object::Ioas(i)) => Ok(i),
-            o => Err(lookup_error(o.is_some(), enoent_v, "no such IOAS", ioas_id)),
-        }
+        self.typed_mut(ioas_id, "no such IOAS", |o| match o {
+            Object::Ioas(i) => Some(i),
+            _ => None,
+        })
     }
 
     fn hwpt(&self, hwpt_id: u32) -> Result<&Arc<Hwpt>> {
-        match self.objects.get(&hwpt_id) {
-            Some(Object::Hwpt(h)) => Ok(h),
-            o => Err(lookup_error(o.is_some(), enoent_v, "no such HWPT", hwpt_id)),
-        }
+        self.typed(hwpt_id, "no such HWPT", |o| match o {
+            Object::Hwpt(h) => Some(h),
+            _ => None,
+        })
     }
 
     fn fault(&self, fault_id: u32) -> Result<Arc<Fault>> {
-        match self.objects.get(&fault_id) {
-            Some(Object::Fault(f)) => Ok(f.clone()),
-            o => Err(lookup_error(
-                o.is_some(),
-                enoent_v,
-                "no such fault object",
-                fault_id,
-            )),
-        }
+        self.typed(fault_id, "no such fault object", |o| match o {
+            Object::Fault(f) => Some(f.clone()),
+            _ => None,
+        })
     }
 
     /// The HWPT a device is to be attached to: `ENOENT` for an unknown ID, `EOPNOTSUPP` for an
