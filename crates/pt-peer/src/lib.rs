@@ -223,52 +223,6 @@ impl X86Peer {
         self.frames.next as usize
     }
 
-    /// Maps the 4 KiB page at `va` to the frame at `pa`.
-    ///
-    /// # Errors
-    /// [`NonCanonical`](PeerError::NonCanonical), [`MisalignedVirt`](PeerError::MisalignedVirt),
-    /// [`MisalignedPhys`](PeerError::MisalignedPhys),
-    /// [`PhysOutOfRange`](PeerError::PhysOutOfRange), [`AlreadyMapped`](PeerError::AlreadyMapped),
-    /// [`SizeConflict`](PeerError::SizeConflict) (inside a 2 MiB leaf), or
-    /// [`OutOfFrames`](PeerError::OutOfFrames) (tables made before that stay, empty).
-    #[inline]
-    pub fn map_4k(&mut self, va: u64, pa: u64) -> Result<(), PeerError> {
-        self.map::<Size4KiB>(va, pa)
-    }
-
-    /// Unmaps the 4 KiB page at `va`; returns the physical address it mapped.
-    ///
-    /// # Errors
-    /// [`NonCanonical`](PeerError::NonCanonical), [`MisalignedVirt`](PeerError::MisalignedVirt),
-    /// [`NotMapped`](PeerError::NotMapped), or [`SizeConflict`](PeerError::SizeConflict) (inside
-    /// a 2 MiB leaf).
-    #[inline]
-    pub fn unmap_4k(&mut self, va: u64) -> Result<u64, PeerError> {
-        self.unmap::<Size4KiB>(va)
-    }
-
-    /// Maps the 2 MiB page at `va` to the 2 MiB frame at `pa` as one leaf (a huge-page entry in
-    /// the level-2 table).
-    ///
-    /// # Errors
-    /// As [`map_4k`](Self::map_4k), with 2 MiB alignment; [`AlreadyMapped`](PeerError::AlreadyMapped)
-    /// also when a 4 KiB table sits in the slot (even an empty one: the `x86_64` mapper never
-    /// frees tables).
-    #[inline]
-    pub fn map_2m(&mut self, va: u64, pa: u64) -> Result<(), PeerError> {
-        self.map::<Size2MiB>(va, pa)
-    }
-
-    /// Unmaps the 2 MiB leaf at `va`; returns the physical address it mapped.
-    ///
-    /// # Errors
-    /// As [`unmap_4k`](Self::unmap_4k), with 2 MiB alignment;
-    /// [`SizeConflict`](PeerError::SizeConflict) if the slot holds a 4 KiB table.
-    #[inline]
-    pub fn unmap_2m(&mut self, va: u64) -> Result<u64, PeerError> {
-        self.unmap::<Size2MiB>(va)
-    }
-
     /// The physical address `va` translates to, or `None` if it is not mapped (or not
     /// canonical).
     #[inline]
@@ -323,6 +277,48 @@ impl X86Peer {
             // mapping that cannot be read back is "not mapped" rather than a panic.
             Err(UnmapError::InvalidFrameAddress(_)) => Err(PeerError::NotMapped { va }),
         }
+    }
+}
+
+/// One page at a time, at either leaf size: the 4 KiB and 2 MiB methods are the same two
+/// operations ([`X86Peer`]'s generic `map`/`unmap`, where the unsafe call and its `SAFETY`
+/// argument live once), named per size because that is how the benchmarks call them.
+///
+/// # Errors
+/// Map: [`NonCanonical`](PeerError::NonCanonical), [`MisalignedVirt`](PeerError::MisalignedVirt)
+/// and [`MisalignedPhys`](PeerError::MisalignedPhys) (to the page size),
+/// [`PhysOutOfRange`](PeerError::PhysOutOfRange), [`AlreadyMapped`](PeerError::AlreadyMapped)
+/// (for a 2 MiB page also when a 4 KiB table sits in the slot, even an empty one: the `x86_64`
+/// mapper never frees tables), [`SizeConflict`](PeerError::SizeConflict) (a 4 KiB page inside a
+/// 2 MiB leaf), or [`OutOfFrames`](PeerError::OutOfFrames) (tables made before that stay, empty).
+///
+/// Unmap: [`NonCanonical`](PeerError::NonCanonical), [`MisalignedVirt`](PeerError::MisalignedVirt),
+/// [`NotMapped`](PeerError::NotMapped), or [`SizeConflict`](PeerError::SizeConflict) (a 4 KiB
+/// page inside a 2 MiB leaf, or a 2 MiB slot holding a 4 KiB table).
+impl X86Peer {
+    /// Maps the 4 KiB page at `va` to the frame at `pa`.
+    #[inline]
+    pub fn map_4k(&mut self, va: u64, pa: u64) -> Result<(), PeerError> {
+        self.map::<Size4KiB>(va, pa)
+    }
+
+    /// Unmaps the 4 KiB page at `va`; returns the physical address it mapped.
+    #[inline]
+    pub fn unmap_4k(&mut self, va: u64) -> Result<u64, PeerError> {
+        self.unmap::<Size4KiB>(va)
+    }
+
+    /// Maps the 2 MiB page at `va` to the 2 MiB frame at `pa` as one leaf (a huge-page entry
+    /// in the level-2 table).
+    #[inline]
+    pub fn map_2m(&mut self, va: u64, pa: u64) -> Result<(), PeerError> {
+        self.map::<Size2MiB>(va, pa)
+    }
+
+    /// Unmaps the 2 MiB leaf at `va`; returns the physical address it mapped.
+    #[inline]
+    pub fn unmap_2m(&mut self, va: u64) -> Result<u64, PeerError> {
+        self.unmap::<Size2MiB>(va)
     }
 }
 
