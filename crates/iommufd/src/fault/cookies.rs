@@ -22,6 +22,7 @@ pub(super) struct CookieMap {
 
 impl CookieMap {
     /// Gives `group` the lowest free cookie; hands the group back when none is left.
+    #[inline]
     pub(super) fn insert(&mut self, group: IopfGroup) -> core::result::Result<u32, IopfGroup> {
         let found = self.free[self.hint..]
             .iter()
@@ -53,11 +54,13 @@ impl CookieMap {
     }
 
     /// The group waiting behind `cookie`.
+    #[inline]
     pub(super) fn get(&self, cookie: u32) -> Option<&IopfGroup> {
         let idx = cookie.checked_sub(1)? as usize;
         self.slots.get(idx)?.as_ref()
     }
 
+    #[inline]
     fn release(&mut self, idx: usize) {
         self.free[idx / 64] |= 1 << (idx % 64);
         self.hint = self.hint.min(idx / 64);
@@ -65,6 +68,7 @@ impl CookieMap {
     }
 
     /// Erases `cookie` and returns its group (H18: erased before the response is sent).
+    #[inline]
     pub(super) fn take(&mut self, cookie: u32) -> Option<IopfGroup> {
         let idx = cookie.checked_sub(1)? as usize;
         let g = self.slots.get_mut(idx)?.take()?;
@@ -104,6 +108,7 @@ pub(super) struct Responses {
 
 impl Responses {
     /// The `dev_id` recorded in the handle `group` was routed through (SPEC §5.5).
+    #[inline]
     pub(super) fn dev_id(&mut self, group: &IopfGroup) -> u32 {
         let att = group.attachment();
         if let Some((a, id)) = &self.dev_id_cache {

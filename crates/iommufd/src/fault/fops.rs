@@ -41,6 +41,7 @@ const WRITE: IoRule = IoRule {
 
 impl IoRule {
     /// `ESPIPE` unless `offset` is 0 and `len` a whole number of records.
+    #[inline]
     fn check(&self, len: usize, offset: u64) -> Result<()> {
         if offset != 0 {
             return Err(espipe_v(self.bad_offset, offset));
@@ -53,6 +54,7 @@ impl IoRule {
 }
 
 /// Writes one record per fault of `group` at the start of `buf`; returns the bytes written.
+#[inline]
 fn write_records(buf: &mut [u8], group: &IopfGroup, dev_id: u32, cookie: u32) -> usize {
     let mut rec = IommuHwptPgfault {
         dev_id,
@@ -76,6 +78,7 @@ fn write_records(buf: &mut [u8], group: &IopfGroup, dev_id: u32, cookie: u32) ->
 
 /// The core response a user-space code stands for: Success or Invalid only, never Failure
 /// (H19).
+#[inline]
 fn response_code(code: u32) -> Result<PageResponseCode> {
     match code {
         IOMMUFD_PAGE_RESP_SUCCESS => Ok(PageResponseCode::Success),
@@ -107,6 +110,7 @@ impl Fault {
 
     /// Moves as many *whole* groups as fit in `budget` records off `deliver` into `batch`
     /// (H20), under the short lock; copying happens after it is dropped (H17).
+    #[inline]
     fn take_whole_groups(&self, budget: usize, batch: &mut Vec<Queued>) {
         let mut d = self.lock.lock();
         let mut used = 0;

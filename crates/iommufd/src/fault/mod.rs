@@ -158,6 +158,7 @@ impl Fault {
     }
 
     /// Producer side: queue `q` and signal on the empty → non-empty transition.
+    #[inline]
     fn enqueue(&self, q: Queued) {
         let mut d = self.lock.lock();
         if d.closed {
@@ -175,6 +176,7 @@ impl Fault {
 
     /// Makes the fd readable. Called with the short lock held, so the eventfd counter and
     /// `signalled` change together and a racing drain cannot leave a stale readable fd.
+    #[inline]
     fn signal(&self, d: &mut MutexGuard<'_, Deliver>) {
         d.signalled = true;
         d.wakeups += 1;
@@ -186,6 +188,7 @@ impl Fault {
     }
 
     /// Clears readiness once `deliver` is empty (short lock held).
+    #[inline]
     fn clear_if_empty(&self, d: &mut MutexGuard<'_, Deliver>) {
         if d.signalled && d.list.is_empty() {
             d.signalled = false;
