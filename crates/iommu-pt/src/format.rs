@@ -6,7 +6,10 @@
 
 use crate::addr::{Access, Perms, Pfn};
 use crate::error::FaultKind;
-use crate::spec::{first_stage as fs, second_stage as ss, ADDR_MASK, BITS_PER_LEVEL, PAGE_SHIFT};
+use crate::spec::{
+    first_stage as fs, second_stage as ss, FirstStageEntry, SecondStageEntry, ADDR_MASK,
+    BITS_PER_LEVEL, PAGE_SHIFT,
+};
 
 /// Bytes covered by one entry of a table at `level` (4 KiB at level 0, 2 MiB at 1, ...).
 #[inline]
@@ -137,29 +140,24 @@ pub trait Format: Send + Sync + 'static {
 
 #[inline]
 fn first_stage_leaf(pa: u64, level: u8, perms: Perms) -> u64 {
-    let mut pte = pa | fs::P;
-    if perms.write {
-        pte |= fs::W;
-    }
-    if perms.user {
-        pte |= fs::US;
-    }
-    if !perms.exec {
-        pte |= fs::XD;
-    }
-    if level > 0 {
-        pte |= fs::PS;
-    }
-    pte
+    FirstStageEntry::ZERO
+        .with_addr(pa)
+        .with_present(true)
+        .with_writable(perms.write)
+        .with_user(perms.user)
+        .with_no_execute(!perms.exec)
+        .with_page_size(level > 0)
+        .bits()
 }
 
 #[inline]
 fn first_stage_perms(pte: u64) -> Perms {
+    let e = FirstStageEntry::from_bits(pte);
     Perms {
         read: true,
-        write: pte & fs::W != 0,
-        exec: pte & fs::XD == 0,
-        user: pte & fs::US != 0,
+        write: e.writable(),
+        exec: !e.no_execute(),
+        user: e.user(),
     }
 }
 
@@ -189,12 +187,12 @@ macro_rules! first_stage_format {
 
             #[inline]
             fn is_present(pte: u64) -> bool {
-                pte & fs::P != 0
+                FirstStageEntry::from_bits(pte).present()
             }
 
             #[inline]
             fn table_entry(pfn: Pfn) -> u64 {
-                pfn.addr().0 | fs::TABLE_FLAGS
+                FirstStageEntry::table(pfn.addr().0).bits()
             }
 
             #[inline]
@@ -215,7 +213,10 @@ macro_rules! first_stage_format {
             /// No-execute at any level forbids execution; the other bits must be set at all.
             #[inline]
             fn combine(all: u64, any: u64) -> u64 {
-                (all & !fs::XD) | (any & fs::XD)
+                let any_xd = FirstStageEntry::from_bits(any).no_execute();
+                FirstStageEntry::from_bits(all)
+                    .with_no_execute(any_xd)
+                    .bits()
             }
         }
     };
@@ -253,38 +254,32 @@ impl Format for SecondStage {
 
     #[inline]
     fn is_present(pte: u64) -> bool {
-        pte & (ss::R | ss::W | ss::X) != 0
+        SecondStageEntry::from_bits(pte).present()
     }
 
     #[inline]
     fn table_entry(pfn: Pfn) -> u64 {
-        pfn.addr().0 | ss::TABLE_FLAGS
+        SecondStageEntry::table(pfn.addr().0).bits()
     }
 
     #[inline]
     fn leaf_entry(pa: u64, level: u8, perms: Perms) -> u64 {
-        let mut pte = pa;
-        if perms.read {
-            pte |= ss::R;
-        }
-        if perms.write {
-            pte |= ss::W;
-        }
-        if perms.exec {
-            pte |= ss::X;
-        }
-        if level > 0 {
-            pte |= ss::PS;
-        }
-        pte
+        SecondStageEntry::ZERO
+            .with_addr(pa)
+            .with_readable(perms.read)
+            .with_writable(perms.write)
+            .with_executable(perms.exec)
+            .with_page_size(level > 0)
+            .bits()
     }
 
     #[inline]
     fn entry_perms(pte: u64) -> Perms {
+        let e = SecondStageEntry::from_bits(pte);
         Perms {
-            read: pte & ss::R != 0,
-            write: pte & ss::W != 0,
-            exec: pte & ss::X != 0,
+            read: e.readable(),
+            write: e.writable(),
+            exec: e.executable(),
             user: false,
         }
     }

@@ -513,7 +513,11 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     Ok(report)
 }
 
-#[allow(dead_code)] // Also compiled into tests/vmm_example.rs, which has its own entry point.
+#[allow(
+    dead_code,
+    reason = "also compiled into tests/vmm_example.rs, which has its own entry point; not `expect`: \
+              the example build uses it"
+)]
 fn main() {
     let mib: u64 = match std::env::args().nth(1).map(|a| a.parse()) {
         None => 4,

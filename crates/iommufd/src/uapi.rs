@@ -9,7 +9,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use iommu_core::error::{e2big_v, einval_v};
+use iommu_core::error::{e2big_v, einval_v, Condition};
 use iommu_core::Result;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -193,16 +193,17 @@ const _: () = {
 /// `user` is the whole user buffer, whose length is the `size` user space declared. Shorter
 /// than `min_size` ⇒ `EINVAL`; longer than `T` with any non-zero byte beyond `T` ⇒ `E2BIG`;
 /// shorter than `T` (but at least `min_size`) ⇒ the missing tail reads as zero, so old user
-/// space keeps working.
+/// space keeps working. The errors name [`Condition::RecordTooShort`] and
+/// [`Condition::UnknownTrailingBytes`].
 pub fn copy_struct_from_user<T: FromBytes + IntoBytes + Default>(
     user: &[u8],
     min_size: usize,
 ) -> Result<T> {
     if user.len() < min_size {
-        return Err(einval_v(
-            "command size below the minimum",
-            user.len() as u64,
-        ));
+        return Err(
+            einval_v("command size below the minimum", user.len() as u64)
+                .because(Condition::RecordTooShort),
+        );
     }
     let mut out = T::default();
     let ksize = size_of::<T>();
@@ -211,7 +212,8 @@ pub fn copy_struct_from_user<T: FromBytes + IntoBytes + Default>(
             return Err(e2big_v(
                 "non-zero bytes beyond the known struct",
                 (ksize + pos) as u64,
-            ));
+            )
+            .because(Condition::UnknownTrailingBytes));
         }
     }
     let n = user.len().min(ksize);

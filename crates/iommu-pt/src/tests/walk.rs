@@ -1,0 +1,150 @@
+//! The walker: accessed/dirty bits and the fault kind and level of each denied access.
+
+use super::*;
+
+#[test]
+fn read_walk_sets_accessed_on_every_level_and_not_dirty() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = Fs4::new(&mem).unwrap();
+    pt.map(0x40_0000, PhysAddr(0x9000), K4, Perms::READ_WRITE)
+        .unwrap();
+    assert!(path(&pt, 0x40_0000).iter().all(|pte| pte & fs::A == 0));
+
+    let t = pt.walk(0x40_0010, Access::READ).unwrap();
+
+    assert_eq!(
+        t,
+        Translation {
+            pa: PhysAddr(0x9010),
+            size: PageSize::Size4K,
+            perms: Perms::READ_WRITE
+        }
+    );
+    let entries = path(&pt, 0x40_0000);
+    assert_eq!(entries.len(), 4);
+    assert!(entries.iter().all(|pte| pte & fs::A != 0));
+    assert!(entries.iter().all(|pte| pte & fs::D == 0));
+}
+
+#[test]
+fn write_walk_sets_dirty_on_the_leaf_only() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
+    pt.map(M2, PhysAddr(G1), M2, Perms::READ_WRITE).unwrap();
+
+    pt.walk(M2 + 0x10, Access::WRITE).unwrap();
+
+    let entries = path(&pt, M2);
+    assert_eq!(entries.len(), 3, "2 MiB leaf at level 1");
+    assert!(entries.iter().all(|pte| pte & ss::A != 0));
+    assert_eq!(entries.iter().filter(|&&pte| pte & ss::D != 0).count(), 1);
+    assert!(entries[2] & ss::D != 0);
+}
+
+#[test]
+fn denied_access_sets_no_accessed_or_dirty_bit_on_the_leaf() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = Fs4::new(&mem).unwrap();
+    pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
+
+    let fault = pt.walk(0x10, Access::WRITE).unwrap_err();
+
+    assert_eq!(
+        fault,
+        WalkFault {
+            kind: FaultKind::NotWritable,
+            level: 0,
+            va: 0x10
+        }
+    );
+    let leaf = *path(&pt, 0).last().unwrap();
+    assert_eq!(leaf & (fs::A | fs::D), 0);
+}
+
+#[test]
+fn user_access_to_supervisor_page_faults() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = Fs4::new(&mem).unwrap();
+    pt.map(0, PhysAddr(M2), M2, Perms::READ_WRITE).unwrap();
+
+    let fault = pt.walk(0, Access::READ.user()).unwrap_err();
+
+    assert_eq!(
+        fault,
+        WalkFault {
+            kind: FaultKind::SupervisorOnly,
+            level: 1,
+            va: 0
+        }
+    );
+}
+
+#[test]
+fn fetch_from_no_execute_page_faults_and_executable_user_page_translates() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = Fs4::new(&mem).unwrap();
+    pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
+    pt.map(
+        K4,
+        PhysAddr(0xa000),
+        K4,
+        Perms::READ.with_exec().with_user(),
+    )
+    .unwrap();
+
+    let nx = pt.walk(0, Access::EXEC).unwrap_err();
+    let ok = pt.walk(K4, Access::EXEC.user()).unwrap();
+
+    assert_eq!(nx.kind, FaultKind::NotExecutable);
+    assert_eq!(ok.pa, PhysAddr(0xa000));
+}
+
+#[test]
+fn second_stage_read_of_write_only_page_faults() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
+    let write_only = Perms {
+        read: false,
+        write: true,
+        exec: false,
+        user: false,
+    };
+    pt.map(0, PhysAddr(0x9000), K4, write_only).unwrap();
+
+    let read = pt.walk(0, Access::READ).unwrap_err();
+    let write = pt.walk(0, Access::WRITE.user()).unwrap();
+
+    assert_eq!(read.kind, FaultKind::NotReadable);
+    assert_eq!(write.pa, PhysAddr(0x9000));
+}
+
+#[test]
+fn not_present_fault_reports_the_level_where_the_walk_stopped() {
+    let mem = ArenaTableMem::new(8);
+    let mut pt = Fs4::new(&mem).unwrap();
+    pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
+
+    let empty_root = pt.walk(1 << 40, Access::READ).unwrap_err();
+    let empty_pd = pt.walk(G1 / 2, Access::READ).unwrap_err();
+    let empty_pt = pt.walk(K4, Access::READ).unwrap_err();
+    let non_canonical = pt.walk(1 << 47, Access::READ).unwrap_err();
+
+    assert_eq!(
+        (empty_root.kind, empty_root.level),
+        (FaultKind::NotPresent, 3)
+    );
+    assert_eq!((empty_pd.kind, empty_pd.level), (FaultKind::NotPresent, 1));
+    assert_eq!((empty_pt.kind, empty_pt.level), (FaultKind::NotPresent, 0));
+    assert_eq!(non_canonical.kind, FaultKind::NonCanonical);
+}
+
+#[test]
+fn walk_through_a_corrupt_entry_reports_bad_table() {
+    let mem = ArenaTableMem::new(8);
+    let pt = Fs4::new(&mem).unwrap();
+    mem.table(pt.root()).unwrap().store(0, 0x5000 | fs::P);
+
+    let fault = pt.walk(0, Access::READ).unwrap_err();
+
+    assert_eq!((fault.kind, fault.level), (FaultKind::BadTable, 2));
+}

@@ -1,0 +1,213 @@
+//! HW page tables (Linux `hw_pagetable.c`): paging HWPTs on an IOAS, nested HWPTs on a
+//! nest-parent paging HWPT, either optionally delivering faults to a fault object.
+
+use alloc::sync::Arc;
+
+use iommu_core::error::{einval_v, eopnotsupp, eopnotsupp_v, Condition};
+use iommu_core::{Domain, DomainRequest, Result};
+
+use super::{lookup_error, Ictx, Object, Table};
+use crate::fault::Fault;
+use crate::uapi::{
+    copy_struct_from_user, copy_struct_to_user, IommuHwptAlloc, IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+    IOMMU_HWPT_ALLOC_MIN_SIZE, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_ALLOC_PASID,
+    IOMMU_HWPT_DATA_NONE, IOMMU_HWPT_FAULT_ID_VALID,
+};
+
+pub(super) enum HwptKind {
+    Paging { ioas_id: u32, nest_parent: bool },
+    Nested { _parent: Arc<Hwpt> },
+}
+
+/// A HWPT (`iommufd_hw_pagetable`): one domain, its fault queue, and what it hangs on.
+///
+/// Shared by the table, every group attachment using it and nested children: destroy refuses
+/// (`EBUSY`) while the table's is not the only reference.
+pub(super) struct Hwpt {
+    pub(super) domain: Arc<Domain>,
+    pub(super) kind: HwptKind,
+    pub(super) fault: Option<Arc<Fault>>,
+    pub(super) pasid_compat: bool,
+}
+
+/// Every flag `IOMMU_HWPT_ALLOC` knows.
+const VALID_FLAGS: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT
+    | IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+    | IOMMU_HWPT_FAULT_ID_VALID
+    | IOMMU_HWPT_ALLOC_PASID;
+
+/// The checks that need no object: unknown flags, and driver data without a type or a type
+/// without data.
+fn check_alloc_args(flags: u32, data_type: u32, data: &[u8]) -> Result<()> {
+    if flags & !VALID_FLAGS != 0 {
+        return Err(eopnotsupp_v("unknown HWPT alloc flags", flags.into())
+            .because(Condition::UnsupportedFlags));
+    }
+    if (data_type == IOMMU_HWPT_DATA_NONE) != data.is_empty() {
+        return Err(einval_v(
+            "data_type NONE needs no data; other types need data",
+            data_type.into(),
+        )
+        .because(Condition::UnsupportedFlags));
+    }
+    Ok(())
+}
+
+/// A paging HWPT on IOAS `ioas_id`: what its flags and data may be.
+fn paging_kind(ioas_id: u32, flags: u32, data_type: u32) -> Result<HwptKind> {
+    let unsupported = |e: iommu_core::Error| Err(e.because(Condition::UnsupportedFlags));
+    if flags & IOMMU_HWPT_FAULT_ID_VALID != 0 && flags & IOMMU_HWPT_ALLOC_NEST_PARENT != 0 {
+        // 6.15 "Disallow allocating nested parent domain with fault ID".
+        return unsupported(eopnotsupp("a nest parent HWPT cannot have a fault queue"));
+    }
+    if flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 {
+        return unsupported(eopnotsupp("dirty tracking is not supported"));
+    }
+    if data_type != IOMMU_HWPT_DATA_NONE {
+        return unsupported(eopnotsupp_v(
+            "driver data for paging HWPTs is not supported",
+            data_type.into(),
+        ));
+    }
+    Ok(HwptKind::Paging {
+        ioas_id,
+        nest_parent: flags & IOMMU_HWPT_ALLOC_NEST_PARENT != 0,
+    })
+}
+
+/// A nested HWPT on `parent` (HWPT `pt_id`): only `FAULT_ID_VALID | ALLOC_PASID`, and only on
+/// a nest parent.
+fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
+    if flags & !(IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID) != 0 {
+        return Err(eopnotsupp_v(
+            "nested HWPT flags: FAULT_ID_VALID, ALLOC_PASID only",
+            flags.into(),
+        )
+        .because(Condition::UnsupportedFlags));
+    }
+    if !matches!(
+        parent.kind,
+        HwptKind::Paging {
+            nest_parent: true,
+            ..
+        }
+    ) {
+        return Err(lookup_error(
+            true,
+            einval_v,
+            "parent is not a NEST_PARENT paging HWPT",
+            pt_id,
+        ));
+    }
+    Ok(HwptKind::Nested {
+        _parent: parent.clone(),
+    })
+}
+
+impl Table {
+    /// What `pt_id` makes the new HWPT: paging on an IOAS or nested on a paging HWPT.
+    fn hwpt_kind(&self, pt_id: u32, flags: u32, data_type: u32) -> Result<HwptKind> {
+        match self.objects.get(&pt_id) {
+            Some(Object::Ioas(_)) => paging_kind(pt_id, flags, data_type),
+            Some(Object::Hwpt(p)) => nested_kind(p, pt_id, flags),
+            o => Err(lookup_error(
+                o.is_some(),
+                einval_v,
+                "pt_id is not an IOAS or paging HWPT",
+                pt_id,
+            )),
+        }
+    }
+
+    /// Gives the new HWPT an ID; a paging one gets every IOAS mapping first.
+    fn install_hwpt(&mut self, hwpt: Hwpt) -> Result<u32> {
+        let id = self.alloc_id()?;
+        if let HwptKind::Paging { ioas_id, .. } = hwpt.kind {
+            self.ioas_mut(ioas_id)?.add_hwpt(id, &hwpt.domain)?;
+        }
+        self.objects.insert(id, Object::Hwpt(Arc::new(hwpt)));
+        Ok(id)
+    }
+}
+
+impl Ictx {
+    /// `IOMMU_HWPT_ALLOC`: allocates a HWPT for device `dev_id`; returns its ID.
+    ///
+    /// * `pt_id` an IOAS: a paging HWPT (flags `NEST_PARENT`, `FAULT_ID_VALID`, `ALLOC_PASID`);
+    ///   every current and future IOAS mapping is pushed into it. Paging HWPTs may be fault
+    ///   capable \[6.13\].
+    /// * `pt_id` a paging HWPT allocated with `NEST_PARENT`: a nested HWPT described by the
+    ///   driver data (`data_type`, `data`), flags `FAULT_ID_VALID` and `ALLOC_PASID` only.
+    /// * `FAULT_ID_VALID`: faults on the HWPT are delivered to fault object `fault_id`.
+    ///
+    /// Errors, in Linux's order: unknown flags ⇒ `EOPNOTSUPP`; `data_type` NONE with data, or a
+    /// type without data ⇒ `EINVAL`; unknown `dev_id` ⇒ `ENOENT`; unknown `pt_id` or one that
+    /// is neither an IOAS nor a paging HWPT ⇒ `EINVAL`; paging with `NEST_PARENT |
+    /// FAULT_ID_VALID`, with `DIRTY_TRACKING`, or with driver data ⇒ `EOPNOTSUPP`; nested
+    /// with other flags ⇒ `EOPNOTSUPP`, on a parent without `NEST_PARENT` ⇒ `EINVAL`; unknown
+    /// `fault_id` ⇒ `ENOENT`; then the driver's errors. No side effects on error.
+    pub fn hwpt_alloc(
+        &self,
+        dev_id: u32,
+        pt_id: u32,
+        flags: u32,
+        fault_id: u32,
+        data_type: u32,
+        data: &[u8],
+    ) -> Result<u32> {
+        check_alloc_args(flags, data_type, data)?;
+        let mut t = self.table.lock();
+        let dev = t.idev(dev_id)?.dev.clone();
+        let kind = t.hwpt_kind(pt_id, flags, data_type)?;
+        // Linux looks the fault object up after allocating the domain; doing it first keeps
+        // "rejected calls have no side effects" without changing which errno wins, except
+        // against a failing driver.
+        let fault = if flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
+            Some(t.fault(fault_id)?)
+        } else {
+            None
+        };
+        let req = match &kind {
+            HwptKind::Nested { _parent: parent } => DomainRequest::Nested {
+                parent: &parent.domain,
+                data_type,
+                data,
+            },
+            HwptKind::Paging { .. } => DomainRequest::Paging { dma_api: false },
+        };
+        let domain = Domain::alloc(&dev, req, fault.as_ref().map(Fault::handler))?;
+        t.install_hwpt(Hwpt {
+            domain,
+            kind,
+            fault,
+            pasid_compat: flags & IOMMU_HWPT_ALLOC_PASID != 0,
+        })
+    }
+
+    /// `IOMMU_HWPT_ALLOC` from its uAPI struct: `cmd` is the user's `iommu_hwpt_alloc` (its
+    /// length is the declared size, at least 24 so pre-fault-queue user space works), `data`
+    /// the bytes at `data_uptr`. Writes `out_hwpt_id` back. `EINVAL` below 24 bytes or when
+    /// `data_len` differs from `data.len()`; `E2BIG` for non-zero bytes beyond the struct;
+    /// `EOPNOTSUPP` for a non-zero `__reserved`; then as [`Ictx::hwpt_alloc`].
+    pub fn ioctl_hwpt_alloc(&self, cmd: &mut [u8], data: &[u8]) -> Result<u32> {
+        let mut c: IommuHwptAlloc = copy_struct_from_user(cmd, IOMMU_HWPT_ALLOC_MIN_SIZE)?;
+        if c.__reserved != 0 {
+            return Err(eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags));
+        }
+        if c.data_len as usize != data.len() {
+            return Err(einval_v(
+                "data_len does not match the data",
+                c.data_len.into(),
+            ));
+        }
+        let id = self.hwpt_alloc(c.dev_id, c.pt_id, c.flags, c.fault_id, c.data_type, data)?;
+        c.out_hwpt_id = id;
+        copy_struct_to_user(cmd, &c);
+        Ok(id)
+    }
+
+    /// The domain of HWPT `hwpt_id` (`ENOENT` if there is no such HWPT).
+    pub fn hwpt_domain(&self, hwpt_id: u32) -> Result<Arc<Domain>> {
+        Ok(self.table.lock().hwpt(hwpt_id)?.domain.clone())
+    }
+}
