@@ -4,11 +4,11 @@
 
 mod common;
 
-use common::Fx;
+use common::{iommu_cfg, Fx};
 use iommu_core::{
     attach_device_pasid, replace_device_pasid, DefaultDomainKind, Domain, DomainRequest,
 };
-use iommu_emu::{DmaError, EmuIommuConfig, EndpointConfig, FaultReason};
+use iommu_emu::{DmaError, EndpointConfig, FaultReason};
 use iommu_pt::{Perms, PhysAddr};
 
 const IOVA: u64 = 0x10_0000;
@@ -78,10 +78,7 @@ fn rid_dma_through_the_default_domain_and_unmap_invalidates_every_cache() {
 fn identity_domain_passes_physical_addresses_through() {
     let fx = Fx::with(
         64,
-        EmuIommuConfig {
-            default_domain: DefaultDomainKind::Identity,
-            ..EmuIommuConfig::default()
-        },
+        iommu_cfg(|c| c.default_domain = DefaultDomainKind::Identity),
     );
     let ep = fx.endpoint("dev0", EndpointConfig::default());
     let f = fx.phys.alloc_frame().unwrap();
