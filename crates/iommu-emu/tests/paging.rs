@@ -5,6 +5,7 @@
 mod common;
 
 use common::{iommu_cfg, Fx};
+use iommu_core::error::Condition;
 use iommu_core::{
     attach_device_pasid, replace_device_pasid, DefaultDomainKind, Domain, DomainRequest,
 };
@@ -158,6 +159,7 @@ fn another_iommus_domain_is_refused() {
         .map(&foreign, IOVA, f.addr(), 4096, Perms::READ)
         .unwrap_err();
     assert_eq!(err.errno_name(), "EINVAL");
+    assert_eq!(err.condition(), Condition::ForeignDomain);
     assert_eq!(fx.iommu.domain_did(&foreign), None);
     assert!(fx
         .iommu

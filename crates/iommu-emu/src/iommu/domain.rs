@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Weak};
 
-use iommu_core::error::{einval, enomem, enospc, Error};
+use iommu_core::error::{einval, enomem, enospc, Condition, Error};
 use iommu_core::{Domain, DomainRequest, DriverDomain, Result};
 use iommu_pt::{PageTable, Perms, Pfn, PhysAddr, SecondStage};
 use parking_lot::Mutex;
@@ -90,12 +90,12 @@ impl EmuIommu {
     /// the same type but other caches: using it here would leave stale IOTLB entries there).
     pub(super) fn own<'d>(&self, domain: &'d Domain) -> Result<&'d Arc<DomainInner>> {
         if !std::ptr::addr_eq(Arc::as_ptr(domain.owner()), self as *const EmuIommu) {
-            return Err(einval("domain belongs to another IOMMU"));
+            return Err(einval("domain belongs to another IOMMU").because(Condition::ForeignDomain));
         }
         domain
             .driver_data::<EmuDomain>()
             .map(|d| &d.0)
-            .ok_or(einval("domain belongs to another driver"))
+            .ok_or(einval("domain belongs to another driver").because(Condition::ForeignDomain))
     }
 
     fn paging_inner<'d>(
@@ -131,7 +131,7 @@ impl EmuIommu {
     pub fn unmap(&self, domain: &Domain, iova: u64, len: u64) -> Result<u64> {
         let did = self
             .domain_did(domain)
-            .ok_or(einval("domain belongs to another driver"))?;
+            .ok_or(einval("domain belongs to another driver").because(Condition::ForeignDomain))?;
         let pt = self.paging_inner(domain)?;
         let mut pt = pt.lock();
         let u = pt.unmap(iova, len).map_err(pt_error)?;
@@ -234,9 +234,9 @@ impl EmuIommu {
 
 /// A nested domain translates through its parent's second stage (which must be ours).
 fn nested_backing(parent: &Domain) -> Result<(Pfn, Backing)> {
-    let p = parent
-        .driver_data::<EmuDomain>()
-        .ok_or(einval("nested parent belongs to another driver"))?;
+    let p = parent.driver_data::<EmuDomain>().ok_or(
+        einval("nested parent belongs to another driver").because(Condition::ForeignDomain),
+    )?;
     if !matches!(p.0.backing, Backing::Paging(_)) {
         return Err(einval("nested parent is not a paging domain"));
     }

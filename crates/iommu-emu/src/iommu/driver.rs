@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
-use iommu_core::error::{einval, einval_v, enodev};
+use iommu_core::error::{einval, einval_v, enodev, Condition};
 use iommu_core::{
     Capabilities, Device, Domain, DomainKind, DomainRequest, DriverDomain, IommuDriver,
     PageRequest, PageResponse, Result,
@@ -108,7 +108,8 @@ impl IommuDriver for EmuIommu {
             .and_then(Option::as_mut)
             .ok_or(enodev("device not probed"))?;
         if pasid >= ctx.max_pasids {
-            return Err(einval_v("PASID beyond the device's range", pasid.into()));
+            return Err(einval_v("PASID beyond the device's range", pasid.into())
+                .because(Condition::PasidOutOfRange));
         }
         // A replace swaps the entry in one step under the lock: DMA never sees it blocked.
         ctx.pasids.insert(pasid, entry);
