@@ -3,7 +3,7 @@
 //! # DMA engine
 //! `dma_read`/`dma_write`/`dma_fill`/`dma_copy` take any range; it is split at page boundaries.
 //! The engine makes *passes* over the pages still to do, each inside a DMA window of the IOMMU
-//! (see `iommu.rs`): a page whose translation succeeds (device TLB hit with ATS, else the IOMMU's
+//! (see `iommu/mod.rs`): a page whose translation succeeds (device TLB hit with ATS, else the IOMMU's
 //! IOTLB or walk) is copied at once; pages that miss are collected into ONE page request group —
 //! several page requests sharing a PRG index, the last flagged LAST_PAGE — capped by the
 //! configured group size and by the PRI credits (the outstanding page request allocation). The

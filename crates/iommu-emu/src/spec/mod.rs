@@ -1,11 +1,10 @@
 //! Hardware records the emulator models, in their VT-d encodings, apart from the logic that
 //! uses them (the OpenVMM `spec` module pattern).
 //!
-//! * [`pasid`] — the scalable-mode PASID-table entry (VT-d §9.6): what a RID or PASID
+//! * [`pasid`] — the scalable-mode PASID-table entry: what a RID or PASID
 //!   context points DMA at. Linux: `intel/pasid.h`.
-//! * [`prq`] — the page request descriptor written to the page request queue (VT-d §7.5.1.1)
-//!   and the page group response descriptor that answers it (VT-d §6.5.2.12). Linux:
-//!   `intel/prq.c`.
+//! * [`prq`] — the page request descriptor written to the page request queue (256 bits since
+//!   VT-d 3.0) and the page group response descriptor that answers it. Linux: `intel/prq.c`.
 //!
 //! Each record is a `#[repr(transparent)]` newtype over `[u64; N]`, the words in the order the
 //! hardware lays them out, with `const fn` accessors per field and a size assertion. Plain

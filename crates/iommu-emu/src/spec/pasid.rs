@@ -1,6 +1,6 @@
 //! The scalable-mode PASID-table entry: [`PasidEntry`].
 //!
-//! Layout per the VT-d specification (§9.6, scalable-mode PASID-table entry), as Linux's
+//! Layout per the VT-d specification (scalable-mode PASID-table entry), as Linux's
 //! `intel/pasid.h` `pasid_set_*` helpers write it. In scalable mode DMA without a PASID is
 //! translated through the entry of `RID_PASID`, so the emulator uses this one record for both
 //! the RID context and every PASID context.

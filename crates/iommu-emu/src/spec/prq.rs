@@ -1,8 +1,8 @@
 //! The page request queue's records: [`PageRequestDesc`] (what the IOMMU writes for each page
 //! request it receives) and [`PageGroupResponse`] (what software sends back for a group).
 //!
-//! Layouts follow the VT-d specification (page request descriptor, §7.5.1.1; page group
-//! response descriptor, §6.5.2.12), as Linux's `intel/prq.c` reads and writes them.
+//! Layouts follow the VT-d specification (3.0 and later: the 256-bit page request descriptor,
+//! the 128-bit page group response descriptor), as Linux's `intel/prq.c` reads and writes them.
 
 use iommu_core::{
     PageRequest, PageResponse, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
@@ -164,6 +164,7 @@ impl PageRequestDesc {
 /// |------|-------|-------|
 /// | 0    | 3:0   | type, low bits (9) |
 /// | 0    | 4     | PASID present |
+/// | 0    | 5     | private data present (not modelled: 0) |
 /// | 0    | 11:9  | type, high bits (0) |
 /// | 0    | 15:12 | response code (0 Success, 1 Invalid Request, 15 Response Failure) |
 /// | 0    | 31:16 | requester ID |

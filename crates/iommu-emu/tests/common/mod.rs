@@ -1,6 +1,6 @@
 //! Shared fixtures: physical memory, one EmuIommu with an IOPF queue, endpoints in their own
 //! groups, and fault handlers that hand groups to the test.
-#![allow(
+#![expect(
     dead_code,
     reason = "each test binary uses its own subset of the fixtures"
 )]
