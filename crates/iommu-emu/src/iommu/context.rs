@@ -25,10 +25,12 @@ pub(super) enum Tr {
 /// A RID context or PASID-table entry: the encoded entry, plus what software keeps beside it.
 #[derive(Clone)]
 pub(super) struct CtxEntry {
-    /// The entry as hardware would read it. A blocking domain is kept as a not-present entry
-    /// (VT-d tears the entry down instead; keeping it lets a fault say `Blocked` rather than
-    /// `NoContext`).
-    pub pe: PasidEntry,
+    /// The words of the entry as hardware would read it that hold the modelled fields (the
+    /// other five words of the 64-byte entry are always 0, so they are not stored: an SVA
+    /// binding's idle footprint stays that of the decoded entry). A blocking domain is kept as
+    /// a not-present entry (VT-d tears the entry down instead; keeping it lets a fault say
+    /// `Blocked` rather than `NoContext`).
+    pub words: [u64; PasidEntry::MODELLED_WORDS],
     /// The domain takes page requests (its faults are recoverable). In VT-d this is the
     /// driver's choice (PRI enabled and an IOPF queue), not a PASID-entry bit.
     pub fault_capable: bool,
@@ -37,21 +39,28 @@ pub(super) struct CtxEntry {
 }
 
 impl CtxEntry {
+    /// The PASID-table entry.
+    #[inline]
+    pub fn pe(&self) -> PasidEntry {
+        PasidEntry::from_modelled(self.words)
+    }
+
     /// The domain ID the entry tags cached translations with.
     #[inline]
     pub fn did(&self) -> u16 {
-        self.pe.did()
+        self.pe().did()
     }
 
     /// How DMA through this entry is translated. A nested entry walks its second stage with
     /// an identity first stage (the stage-1 table is accepted but not walked yet).
     #[inline]
     pub fn tr(&self) -> Tr {
-        match self.pe.pgtt() {
-            _ if !self.pe.present() => Tr::Blocked,
+        let pe = self.pe();
+        match pe.pgtt() {
+            _ if !pe.present() => Tr::Blocked,
             Some(Pgtt::PassThrough) => Tr::Identity,
-            Some(Pgtt::FirstStage) => Tr::FirstStage(Pfn(self.pe.fsptptr())),
-            Some(Pgtt::SecondStage | Pgtt::Nested) => Tr::SecondStage(Pfn(self.pe.ssptptr())),
+            Some(Pgtt::FirstStage) => Tr::FirstStage(Pfn(pe.fsptptr())),
+            Some(Pgtt::SecondStage | Pgtt::Nested) => Tr::SecondStage(Pfn(pe.ssptptr())),
             // Never written by the emulator; a reserved type blocks, as hardware faults it.
             None => Tr::Blocked,
         }

@@ -163,7 +163,7 @@ impl EmuIommu {
             }
         };
         Ok(CtxEntry {
-            pe,
+            words: pe.modelled(),
             fault_capable: domain.is_fault_capable(),
             _domain: inner.clone(),
         })

@@ -61,6 +61,19 @@ pub struct PasidEntry(pub [u64; 8]);
 const _: () = assert!(core::mem::size_of::<PasidEntry>() == 64);
 
 impl PasidEntry {
+    /// Words 0 to 2 hold every field the emulator models; words 3 to 7 stay 0.
+    pub const MODELLED_WORDS: usize = 3;
+
+    /// The entry whose first [`PasidEntry::MODELLED_WORDS`] words are `w` (the rest 0).
+    pub const fn from_modelled(w: [u64; Self::MODELLED_WORDS]) -> PasidEntry {
+        PasidEntry([w[0], w[1], w[2], 0, 0, 0, 0, 0])
+    }
+
+    /// The words that hold the modelled fields (what a context table needs to keep).
+    pub const fn modelled(&self) -> [u64; Self::MODELLED_WORDS] {
+        [self.0[0], self.0[1], self.0[2]]
+    }
+
     /// AW encoding of a 48-bit (4-level) second stage.
     pub const AW_48: u64 = 2;
     /// FSPM encoding of a 4-level first stage.
@@ -181,6 +194,7 @@ mod tests {
         assert_eq!(e.pgtt(), Some(Pgtt::FirstStage));
         assert_eq!((e.fsptptr(), e.fspm(), e.did()), (0x1234, 0, 7));
         assert!(!e.fpd());
+        assert_eq!(PasidEntry::from_modelled(e.modelled()), e);
     }
 
     #[test]
