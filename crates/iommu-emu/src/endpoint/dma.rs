@@ -48,6 +48,7 @@ pub(super) struct Machine {
 
 impl Machine {
     /// `Ok(None)`: an empty range (nothing to do).
+    #[inline]
     pub(super) fn new(
         ep: &Endpoint,
         pasid: Option<u32>,
@@ -87,6 +88,7 @@ impl Machine {
 
     /// One step: take the outstanding group's response, or send the group of faulted pages,
     /// or make one pass. `Ok(true)`: the job is complete; `Ok(false)`: step again.
+    #[inline]
     pub(super) fn step(
         &mut self,
         ep: &Endpoint,
@@ -198,6 +200,7 @@ impl Machine {
     /// Sends as many pages of `faulted` as the free credits allow (at least one) as one page
     /// request group. Every page of `faulted` is retried once the group is answered; pages
     /// left out of the group simply fault again into the next group.
+    #[inline]
     fn send_group(&mut self, ep: &Endpoint) -> Result<bool, DmaError> {
         let deadline = if self.block {
             let timeout = ep.sh.cfg.response_timeout;
@@ -224,6 +227,7 @@ impl Machine {
     }
 
     /// The group of `faulted` was answered: fail, or queue its pages for retry.
+    #[inline]
     fn answered(&mut self, ep: &Endpoint, g: Group) -> Result<bool, DmaError> {
         self.deadline = None;
         let first_iova = self.faulted[0] << PAGE_SHIFT;
@@ -335,6 +339,7 @@ impl Endpoint {
         r
     }
 
+    #[inline]
     pub(super) fn count_job(&self, r: &Result<(), DmaError>) {
         match r {
             Ok(()) => self.sh.counters.dma_ok.fetch_add(1, Relaxed),

@@ -80,6 +80,7 @@ impl Endpoint {
     /// `deadline` it waits for other groups to be answered (failing with
     /// [`DmaError::PriStalled`] at the deadline); without one it returns `Ok(None)` when no
     /// index or credit is free.
+    #[inline]
     pub(super) fn alloc_group(
         &self,
         pasid: Option<u32>,
@@ -136,6 +137,7 @@ impl Endpoint {
     /// the IOMMU's page request queue. On `AutoSuccess` the group is already answered and
     /// released. The context may have gone between the fault and the request (detach): then
     /// nothing is written and the DMA fails as an unrecoverable `NoContext` fault.
+    #[inline]
     pub(super) fn send_group(
         &self,
         pasid: Option<u32>,
@@ -201,6 +203,7 @@ impl Endpoint {
 
     /// Frees a PRG index and its credits (unless a reset already reclaimed them). `auto`: the
     /// IOMMU answered the group itself (traced as a response).
+    #[inline]
     fn release(&self, o: Outstanding, auto: bool) {
         let sh = &*self.sh;
         let mut st = sh.pri.lock();
@@ -214,6 +217,7 @@ impl Endpoint {
     }
 
     /// Frees the slot of an answered group and returns its outcome (with the PRI lock held).
+    #[inline]
     fn take_outcome(&self, st: &mut PriState, o: Outstanding) -> Option<PageResponseCode> {
         let code = st.slots[o.grpid as usize]
             .as_ref()
@@ -260,6 +264,7 @@ impl Endpoint {
     }
 
     /// Takes the response to `o` if it has arrived (`Err(Reset)` after a reset).
+    #[inline]
     pub(super) fn try_take(&self, o: Outstanding) -> Option<Result<Group, DmaError>> {
         let mut st = self.sh.pri.lock();
         if st.epoch != o.epoch {
@@ -297,6 +302,7 @@ impl Endpoint {
 
 impl EpShared {
     /// Frees PRG index `i` and gives its `pages` credits back, waking whoever waits for them.
+    #[inline]
     pub(super) fn free_slot(&self, st: &mut PriState, i: usize, pages: u32) {
         st.slots[i] = None;
         st.credits += pages;

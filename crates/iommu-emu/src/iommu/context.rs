@@ -56,8 +56,10 @@ impl CtxEntry {
     #[inline]
     pub fn tr(&self) -> Tr {
         let pe = self.pe();
+        if !pe.present() {
+            return Tr::Blocked;
+        }
         match pe.pgtt() {
-            _ if !pe.present() => Tr::Blocked,
             Some(Pgtt::PassThrough) => Tr::Identity,
             Some(Pgtt::FirstStage) => Tr::FirstStage(Pfn(pe.fsptptr())),
             Some(Pgtt::SecondStage | Pgtt::Nested) => Tr::SecondStage(Pfn(pe.ssptptr())),

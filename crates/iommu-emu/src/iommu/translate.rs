@@ -90,9 +90,9 @@ impl DmaWindow<'_> {
         }
     }
 
+    #[inline(always)]
     /// The context entry DMA of (`sid`, `pasid`) goes through: the RID entry, or the PASID
     /// table's entry (within the device's PASID range).
-    #[inline]
     fn context_entry(
         &self,
         sid: u32,
@@ -117,9 +117,9 @@ impl DmaWindow<'_> {
         .ok_or(fault(FaultReason::NoContext, iova, false))
     }
 
+    #[inline(always)]
     /// Caches a successful walk in the IOTLB (inside the window: no stale fill) and returns
     /// the page-aligned address and permissions.
-    #[inline]
     fn fill(
         &self,
         sid: u32,
@@ -199,6 +199,7 @@ fn fault(reason: FaultReason, iova: u64, recoverable: bool) -> TranslationFault 
 
 /// The fault a failed walk reports: not-present and permission faults can be fixed by a page
 /// request when the context takes them.
+#[inline]
 fn walk_fault(kind: FaultKind, iova: u64, fault_capable: bool) -> TranslationFault {
     let (reason, fixable) = match kind {
         FaultKind::NotPresent => (FaultReason::NotPresent, true),

@@ -17,6 +17,7 @@ pub mod pasid;
 pub mod prq;
 
 /// A mask of the low `bits` bits.
+#[inline]
 const fn mask(bits: u32) -> u64 {
     if bits >= 64 {
         u64::MAX
@@ -26,21 +27,25 @@ const fn mask(bits: u32) -> u64 {
 }
 
 /// Field `[shift, shift + bits)` of `word`.
+#[inline]
 const fn get(word: u64, shift: u32, bits: u32) -> u64 {
     (word >> shift) & mask(bits)
 }
 
 /// `word` with field `[shift, shift + bits)` set to `value` (truncated to the field).
+#[inline]
 const fn set(word: u64, shift: u32, bits: u32, value: u64) -> u64 {
     (word & !(mask(bits) << shift)) | ((value & mask(bits)) << shift)
 }
 
 /// Bit `bit` of `word`.
+#[inline]
 const fn flag(word: u64, bit: u32) -> bool {
     word & (1 << bit) != 0
 }
 
 /// `word` with bit `bit` set to `on`.
+#[inline]
 const fn set_flag(word: u64, bit: u32, on: bool) -> u64 {
     set(word, bit, 1, on as u64)
 }

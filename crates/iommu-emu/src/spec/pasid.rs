@@ -21,6 +21,7 @@ pub enum Pgtt {
 }
 
 impl Pgtt {
+    #[inline]
     const fn bits(self) -> u64 {
         match self {
             Pgtt::FirstStage => 1,
@@ -30,6 +31,7 @@ impl Pgtt {
         }
     }
 
+    #[inline]
     const fn from_bits(b: u64) -> Option<Pgtt> {
         match b {
             1 => Some(Pgtt::FirstStage),
@@ -65,11 +67,13 @@ impl PasidEntry {
     pub const MODELLED_WORDS: usize = 3;
 
     /// The entry whose first [`PasidEntry::MODELLED_WORDS`] words are `w` (the rest 0).
+    #[inline]
     pub const fn from_modelled(w: [u64; Self::MODELLED_WORDS]) -> PasidEntry {
         PasidEntry([w[0], w[1], w[2], 0, 0, 0, 0, 0])
     }
 
     /// The words that hold the modelled fields (what a context table needs to keep).
+    #[inline]
     pub const fn modelled(&self) -> [u64; Self::MODELLED_WORDS] {
         [self.0[0], self.0[1], self.0[2]]
     }
@@ -93,6 +97,7 @@ impl PasidEntry {
 
     /// A present entry of type `pgtt` for domain `did`; the table pointers are added with
     /// [`PasidEntry::with_ssptptr`] / [`PasidEntry::with_fsptptr`].
+    #[inline]
     pub const fn new(did: u16, pgtt: Pgtt) -> PasidEntry {
         let mut w = [0u64; 8];
         w[0] = set_flag(w[0], Self::P, true);
@@ -102,6 +107,7 @@ impl PasidEntry {
     }
 
     /// A not-present entry that still names domain `did`.
+    #[inline]
     pub const fn not_present(did: u16) -> PasidEntry {
         let mut w = [0u64; 8];
         w[1] = set(w[1], 0, Self::DID_BITS, did as u64);
@@ -109,6 +115,7 @@ impl PasidEntry {
     }
 
     /// This entry with a 4-level second-stage table rooted at frame `pfn`.
+    #[inline]
     pub const fn with_ssptptr(mut self, pfn: u64) -> PasidEntry {
         self.0[0] = set(self.0[0], Self::PTR_SHIFT, Self::PTR_BITS, pfn);
         self.0[0] = set(self.0[0], Self::AW_SHIFT, Self::AW_BITS, Self::AW_48);
@@ -116,6 +123,7 @@ impl PasidEntry {
     }
 
     /// This entry with a 4-level first-stage table rooted at frame `pfn`.
+    #[inline]
     pub const fn with_fsptptr(mut self, pfn: u64) -> PasidEntry {
         self.0[2] = set(self.0[2], Self::PTR_SHIFT, Self::PTR_BITS, pfn);
         self.0[2] = set(
@@ -128,40 +136,49 @@ impl PasidEntry {
     }
 
     /// This entry with fault processing disabled (`on`) or enabled.
+    #[inline]
     pub const fn with_fpd(mut self, on: bool) -> PasidEntry {
         self.0[0] = set_flag(self.0[0], Self::FPD, on);
         self
     }
 
     /// Present bit.
+    #[inline]
     pub const fn present(&self) -> bool {
         flag(self.0[0], Self::P)
     }
     /// Fault processing disable.
+    #[inline]
     pub const fn fpd(&self) -> bool {
         flag(self.0[0], Self::FPD)
     }
     /// Second-stage address width encoding.
+    #[inline]
     pub const fn aw(&self) -> u64 {
         get(self.0[0], Self::AW_SHIFT, Self::AW_BITS)
     }
     /// Translation type; `None` for a reserved encoding.
+    #[inline]
     pub const fn pgtt(&self) -> Option<Pgtt> {
         Pgtt::from_bits(get(self.0[0], Self::PGTT_SHIFT, Self::PGTT_BITS))
     }
     /// Second-stage root frame.
+    #[inline]
     pub const fn ssptptr(&self) -> u64 {
         get(self.0[0], Self::PTR_SHIFT, Self::PTR_BITS)
     }
     /// Domain ID.
+    #[inline]
     pub const fn did(&self) -> u16 {
         get(self.0[1], 0, Self::DID_BITS) as u16
     }
     /// First-stage paging mode encoding.
+    #[inline]
     pub const fn fspm(&self) -> u64 {
         get(self.0[2], Self::FSPM_SHIFT, Self::FSPM_BITS)
     }
     /// First-stage root frame.
+    #[inline]
     pub const fn fsptptr(&self) -> u64 {
         get(self.0[2], Self::PTR_SHIFT, Self::PTR_BITS)
     }

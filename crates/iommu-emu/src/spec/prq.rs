@@ -13,6 +13,7 @@ use iommu_core::{
 use super::{flag, get, set, set_flag};
 
 /// `b` if `on`, else 0.
+#[inline]
 const fn bit(on: bool, b: u32) -> u32 {
     if on {
         b
@@ -64,46 +65,57 @@ impl PageRequestDesc {
     const ADDR_BITS: u32 = 52;
 
     /// Descriptor type (word 0, bits 7:0).
+    #[inline]
     pub const fn desc_type(&self) -> u64 {
         get(self.0[0], 0, Self::TYPE_BITS)
     }
     /// Whether the request carries a PASID.
+    #[inline]
     pub const fn pasid_present(&self) -> bool {
         flag(self.0[0], Self::PASID_PRESENT)
     }
     /// Requester ID.
+    #[inline]
     pub const fn rid(&self) -> u16 {
         get(self.0[0], Self::RID_SHIFT, Self::RID_BITS) as u16
     }
     /// PASID (meaningful when present).
+    #[inline]
     pub const fn pasid(&self) -> u32 {
         get(self.0[0], Self::PASID_SHIFT, Self::PASID_BITS) as u32
     }
     /// Execute access requested.
+    #[inline]
     pub const fn exe_req(&self) -> bool {
         flag(self.0[0], Self::EXE_REQ)
     }
     /// Privileged-mode access requested.
+    #[inline]
     pub const fn pm_req(&self) -> bool {
         flag(self.0[0], Self::PM_REQ)
     }
     /// Read access requested.
+    #[inline]
     pub const fn rd_req(&self) -> bool {
         flag(self.0[1], Self::RD_REQ)
     }
     /// Write access requested.
+    #[inline]
     pub const fn wr_req(&self) -> bool {
         flag(self.0[1], Self::WR_REQ)
     }
     /// Last page in the group: the group needs a response.
+    #[inline]
     pub const fn lpig(&self) -> bool {
         flag(self.0[1], Self::LPIG)
     }
     /// Page request group index (9 bits).
+    #[inline]
     pub const fn prg_index(&self) -> u32 {
         get(self.0[1], Self::PRG_SHIFT, Self::PRG_BITS) as u32
     }
     /// Page-aligned address of the request.
+    #[inline]
     pub const fn addr(&self) -> u64 {
         get(self.0[1], Self::ADDR_SHIFT, Self::ADDR_BITS) << Self::ADDR_SHIFT
     }
@@ -111,6 +123,7 @@ impl PageRequestDesc {
     /// The descriptor the IOMMU writes for `req` from requester `rid`. The core's request maps
     /// one to one onto the descriptor's fields: a PASID of at most 20 bits, a 9-bit PRG index,
     /// a page-aligned address, no other flags (what a PCIe page request message can carry).
+    #[inline]
     pub const fn encode(rid: u16, req: &PageRequest) -> PageRequestDesc {
         let perm = req.perm;
         let mut w0 = Self::TYPE;
@@ -143,6 +156,7 @@ impl PageRequestDesc {
 
     /// The core's page request this descriptor reports (what the driver's queue handler
     /// builds before `report_device_fault`).
+    #[inline]
     pub const fn decode(&self) -> PageRequest {
         PageRequest {
             flags: bit(self.pasid_present(), IOMMU_FAULT_PAGE_REQUEST_PASID_VALID)
@@ -202,36 +216,44 @@ impl PageGroupResponse {
     const PRG_BITS: u32 = 9;
 
     /// Descriptor type (word 0, bits 11:9 and 3:0).
+    #[inline]
     pub const fn desc_type(&self) -> u64 {
         get(self.0[0], 0, Self::TYPE_LO_BITS)
             | get(self.0[0], Self::TYPE_HI_SHIFT, Self::TYPE_HI_BITS) << Self::TYPE_LO_BITS
     }
     /// Whether the response carries a PASID.
+    #[inline]
     pub const fn pasid_present(&self) -> bool {
         flag(self.0[0], Self::PASID_PRESENT)
     }
     /// The raw response code.
+    #[inline]
     pub const fn code_bits(&self) -> u64 {
         get(self.0[0], Self::CODE_SHIFT, Self::CODE_BITS)
     }
     /// Requester ID.
+    #[inline]
     pub const fn rid(&self) -> u16 {
         get(self.0[0], Self::RID_SHIFT, Self::RID_BITS) as u16
     }
     /// PASID.
+    #[inline]
     pub const fn pasid(&self) -> u32 {
         get(self.0[0], Self::PASID_SHIFT, Self::PASID_BITS) as u32
     }
     /// Last page in group.
+    #[inline]
     pub const fn lpig(&self) -> bool {
         flag(self.0[1], Self::LPIG)
     }
     /// Page request group index.
+    #[inline]
     pub const fn prg_index(&self) -> u32 {
         get(self.0[1], Self::PRG_SHIFT, Self::PRG_BITS) as u32
     }
 
     /// The response code; a value the hardware does not define reads as Response Failure.
+    #[inline]
     pub const fn code(&self) -> PageResponseCode {
         match self.code_bits() {
             Self::CODE_SUCCESS => PageResponseCode::Success,
@@ -242,6 +264,7 @@ impl PageGroupResponse {
 
     /// The descriptor answering the group whose last request is `req` (from requester `rid`)
     /// with `resp`. Its PRG index and PASID come from the request, so they fit the fields.
+    #[inline]
     pub const fn new(rid: u32, req: &PageRequest, resp: PageResponse) -> PageGroupResponse {
         let code = match resp.code {
             PageResponseCode::Success => Self::CODE_SUCCESS,
