@@ -39,6 +39,38 @@ pub(super) struct PriState {
     pub stopped: HashSet<u32>,
 }
 
+/// The page requests of one group: one per page, sharing the PRG index `grpid`, the last
+/// flagged LAST_PAGE (PCIe Page Request messages).
+fn page_requests(pasid: Option<u32>, pages: &[u64], write: bool, grpid: u32) -> Vec<PageRequest> {
+    let n = pages.len();
+    let perm = if write {
+        IOMMU_FAULT_PERM_WRITE
+    } else {
+        IOMMU_FAULT_PERM_READ
+    };
+    let flags = if pasid.is_some() {
+        IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
+    } else {
+        0
+    };
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, vpn)| PageRequest {
+            flags: flags
+                | if i + 1 == n {
+                    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
+                } else {
+                    0
+                },
+            pasid: pasid.unwrap_or(0),
+            grpid,
+            perm,
+            addr: vpn << PAGE_SHIFT,
+        })
+        .collect()
+}
+
 /// How a group was answered.
 pub(super) enum Group {
     Answered(PageResponseCode),
@@ -147,32 +179,7 @@ impl Endpoint {
     ) -> Result<Pushed, DmaError> {
         let sh = &*self.sh;
         let n = pages.len();
-        let perm = if write {
-            IOMMU_FAULT_PERM_WRITE
-        } else {
-            IOMMU_FAULT_PERM_READ
-        };
-        let flags = if pasid.is_some() {
-            IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
-        } else {
-            0
-        };
-        let reqs: Vec<PageRequest> = pages
-            .iter()
-            .enumerate()
-            .map(|(i, vpn)| PageRequest {
-                flags: flags
-                    | if i + 1 == n {
-                        IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
-                    } else {
-                        0
-                    },
-                pasid: pasid.unwrap_or(0),
-                grpid: o.grpid,
-                perm,
-                addr: vpn << PAGE_SHIFT,
-            })
-            .collect();
+        let reqs = page_requests(pasid, pages, write, o.grpid);
         let pushed = {
             let win = sh.iommu.dma_window();
             win.page_request(sh.sid, &sh.dev, pasid, &reqs)
