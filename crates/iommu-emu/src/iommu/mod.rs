@@ -95,7 +95,7 @@ pub struct EmuIommu {
     prq: Arc<Prq>,
     prq_thread: Mutex<Option<JoinHandle<()>>>,
     /// Each requester's source ID and where its page responses go (see `response.rs`).
-    endpoints: RwLock<HashMap<DeviceId, Requester>>,
+    requesters: RwLock<HashMap<DeviceId, Requester>>,
     fault_log: Mutex<VecDeque<FaultRecord>>,
     counters: Counters,
 }
@@ -148,7 +148,7 @@ impl EmuIommu {
             dids: Mutex::new((1..=u16::MAX).collect()),
             prq: prq.clone(),
             prq_thread: Mutex::new(None),
-            endpoints: RwLock::new(HashMap::new()),
+            requesters: RwLock::new(HashMap::new()),
             fault_log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });

@@ -44,7 +44,7 @@ impl EmuIommu {
         if let Some(Some(ctx)) = self.hw.write().devices.get_mut(sid as usize) {
             ctx.atc = Some(atc);
         }
-        self.endpoints
+        self.requesters
             .write()
             .insert(dev.id(), Requester { sid, sink });
         self.prq.add_device(dev);
@@ -53,7 +53,7 @@ impl EmuIommu {
     /// Routes a page response to the requester `dev`, as the descriptor hardware would carry.
     pub(super) fn deliver_response(&self, dev: &Device, req: &PageRequest, resp: PageResponse) {
         let Some((sid, sink)) = self
-            .endpoints
+            .requesters
             .read()
             .get(&dev.id())
             .and_then(|r| Some((r.sid, r.sink.upgrade()?)))
@@ -65,6 +65,6 @@ impl EmuIommu {
 
     /// Forgets the requester `id` (its device was released).
     pub(super) fn disconnect_requester(&self, id: DeviceId) {
-        self.endpoints.write().remove(&id);
+        self.requesters.write().remove(&id);
     }
 }
