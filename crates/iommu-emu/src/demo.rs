@@ -95,9 +95,72 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
     let phys = Arc::new(PhysMem::new(frames));
     // Back the emulated RAM before timing: the host's first-touch faults are not the emulator's.
     phys.prefault();
-    let e = |e: iommu_core::Error| e.to_string();
-    let iommu = EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).map_err(e)?;
-    let queue = IopfQueue::new("dmar0", cfg.iopf_workers).map_err(e)?;
+    let (iommu, queue) = iommu_and_queue(&phys, cfg)?;
+    let eps = add_endpoints(&iommu, &queue, cfg)?;
+    let mm = Mm::new(&phys).map_err(errno)?;
+    let regions: Vec<u64> = (0..cfg.devices)
+        .map(|_| mm.mmap(bytes, Prot::READ_WRITE))
+        .collect::<iommu_core::Result<_>>()
+        .map_err(errno)?;
+    let space = mm.as_address_space();
+    let bonds = eps
+        .iter()
+        .map(|ep| sva_bind_device(ep.device(), &space))
+        .collect::<iommu_core::Result<Vec<_>>>()
+        .map_err(errno)?;
+    let pasid = bonds[0].pasid();
+    if bonds.iter().any(|b| b.pasid() != pasid) {
+        return Err("devices got different PASIDs for one mm".into());
+    }
+    let patterns: Vec<Vec<u8>> = (0..cfg.devices)
+        .map(|d| (0..bytes).map(|o| pattern(d, o)).collect())
+        .collect();
+
+    let start = Instant::now();
+    let failures = dma_write_all(&eps, &regions, &patterns, pasid);
+    let dma_elapsed = start.elapsed();
+
+    let start = Instant::now();
+    let mismatched = count_mismatches(&mm, &regions, &patterns, bytes)?;
+    let verify_elapsed = start.elapsed();
+
+    let mut report = DemoReport {
+        pasid,
+        pages_faulted: mm.stats().faults,
+        pages_expected: pages,
+        dma_failures: failures,
+        mismatched_bytes: mismatched,
+        dma_elapsed,
+        verify_elapsed,
+        ..DemoReport::default()
+    };
+    add_endpoint_counts(&mut report, &eps);
+    drop(bonds);
+    queue.shutdown();
+    Ok(report)
+}
+
+/// A setup error as the demo reports it.
+fn errno(e: iommu_core::Error) -> String {
+    e.to_string()
+}
+
+/// The IOMMU and the IOPF queue its page requests are handled on.
+fn iommu_and_queue(
+    phys: &Arc<PhysMem>,
+    cfg: &DemoConfig,
+) -> Result<(Arc<EmuIommu>, Arc<IopfQueue>), String> {
+    let iommu = EmuIommu::new("dmar0", phys, EmuIommuConfig::default()).map_err(errno)?;
+    let queue = IopfQueue::new("dmar0", cfg.iopf_workers).map_err(errno)?;
+    Ok((iommu, queue))
+}
+
+/// One endpoint per device, each in its own group, each on the IOPF queue.
+fn add_endpoints(
+    iommu: &Arc<EmuIommu>,
+    queue: &Arc<IopfQueue>,
+    cfg: &DemoConfig,
+) -> Result<Vec<Endpoint>, String> {
     let mut eps: Vec<Endpoint> = Vec::new();
     for d in 0..cfg.devices {
         let group = Group::new(iommu.driver(), format!("group{d}"));
@@ -108,37 +171,23 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
                 1 << 20,
                 cfg.endpoint.clone(),
             )
-            .map_err(e)?;
-        iopf_queue_add_device(&queue, ep.device()).map_err(e)?;
+            .map_err(errno)?;
+        iopf_queue_add_device(queue, ep.device()).map_err(errno)?;
         eps.push(ep);
     }
-    let mm = Mm::new(&phys).map_err(e)?;
-    let regions: Vec<u64> = (0..cfg.devices)
-        .map(|_| mm.mmap(bytes, Prot::READ_WRITE))
-        .collect::<iommu_core::Result<_>>()
-        .map_err(e)?;
-    let space = mm.as_address_space();
-    let bonds = eps
-        .iter()
-        .map(|ep| sva_bind_device(ep.device(), &space))
-        .collect::<iommu_core::Result<Vec<_>>>()
-        .map_err(e)?;
-    let pasid = bonds[0].pasid();
-    if bonds.iter().any(|b| b.pasid() != pasid) {
-        return Err("devices got different PASIDs for one mm".into());
-    }
-    let patterns: Vec<Vec<u8>> = (0..cfg.devices)
-        .map(|d| (0..bytes).map(|o| pattern(d, o)).collect())
-        .collect();
+    Ok(eps)
+}
 
-    let start = Instant::now();
+/// Every device writes its pattern over its region, one thread each, in parallel; returns how
+/// many DMAs failed.
+fn dma_write_all(eps: &[Endpoint], regions: &[u64], patterns: &[Vec<u8>], pasid: u32) -> u64 {
     // The DMA threads trace under the caller's dispatcher.
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-    let failures: u64 = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = eps
             .iter()
-            .zip(&regions)
-            .zip(&patterns)
+            .zip(regions)
+            .zip(patterns)
             .map(|((ep, &va), data)| {
                 let dispatch = &dispatch;
                 s.spawn(move || {
@@ -152,17 +201,24 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
             .into_iter()
             .map(|h| u64::from(h.join().unwrap_or(true)))
             .sum()
-    });
-    let dma_elapsed = start.elapsed();
+    })
+}
 
-    let start = Instant::now();
+/// The CPU reads every region back through the mm; returns the bytes that differ from the
+/// device's pattern.
+fn count_mismatches(
+    mm: &Mm,
+    regions: &[u64],
+    patterns: &[Vec<u8>],
+    bytes: u64,
+) -> Result<u64, String> {
     let mut mismatched = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     for (d, &va) in regions.iter().enumerate() {
         let mut off = 0u64;
         while off < bytes {
             let n = (bytes - off).min(buf.len() as u64) as usize;
-            mm.read(va + off, &mut buf[..n]).map_err(e)?;
+            mm.read(va + off, &mut buf[..n]).map_err(errno)?;
             mismatched += buf[..n]
                 .iter()
                 .zip(&patterns[d][off as usize..off as usize + n])
@@ -171,19 +227,12 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
             off += n as u64;
         }
     }
-    let verify_elapsed = start.elapsed();
+    Ok(mismatched)
+}
 
-    let mut report = DemoReport {
-        pasid,
-        pages_faulted: mm.stats().faults,
-        pages_expected: pages,
-        dma_failures: failures,
-        mismatched_bytes: mismatched,
-        dma_elapsed,
-        verify_elapsed,
-        ..DemoReport::default()
-    };
-    for ep in &eps {
+/// Adds each endpoint's PRI counters, and the IOPF core's response counts, to the report.
+fn add_endpoint_counts(report: &mut DemoReport, eps: &[Endpoint]) {
+    for ep in eps {
         let st = ep.stats();
         report.groups_sent += st.groups_sent;
         report.page_requests += st.page_requests;
@@ -196,7 +245,4 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
             report.responses[2] += f.failure;
         }
     }
-    drop(bonds);
-    queue.shutdown();
-    Ok(report)
 }

@@ -14,6 +14,8 @@
 //! * [`Endpoint`] — a PCIe function: PASID, an ATS device TLB, PRI with credits and 9-bit PRG
 //!   indices, PASID stop, reset, and a DMA engine that batches the pages of a job that miss
 //!   into one page request group, blocking or polled step by step ([`DmaJob`]) ([`endpoint`]).
+//! * [`spec`] — the hardware records the emulator keeps in their VT-d encodings: PASID-table
+//!   entries, page request and page group response descriptors.
 //! * [`demo`] — the end-to-end SVA demand-paging flow behind the `sva_demand_paging` example.
 //!
 //! The path of a page request (DESIGN §3): `Endpoint::dma_write` → `EmuIommu` translation
@@ -51,6 +53,7 @@ pub mod iommu;
 pub mod mm;
 pub mod phys;
 mod prq;
+pub mod spec;
 mod tlb;
 pub mod trace;
 

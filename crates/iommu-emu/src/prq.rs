@@ -1,6 +1,7 @@
 //! The page request queue (VT-d PRQ, AMD PPR log) and its queue thread.
 //!
-//! Endpoints write page requests into a bounded ring; one thread per IOMMU (`prq/<name>`, the
+//! Endpoints write page requests into a bounded ring of VT-d page request descriptors
+//! ([`PageRequestDesc`]: encoded on the way in, decoded for the report); one thread per IOMMU (`prq/<name>`, the
 //! driver's threaded IRQ handler) drains it and reports each request with
 //! [`iommu_core::report_device_fault`].
 //!
@@ -40,9 +41,12 @@ use std::time::{Duration, Instant};
 use iommu_core::{iopf_discard_partial, report_device_fault, Device, PageRequest};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::spec::prq::PageRequestDesc;
+
+/// One slot of the ring: the requester and the descriptor the hardware wrote for it.
 struct Entry {
     dev: Arc<Device>,
-    req: PageRequest,
+    desc: PageRequestDesc,
 }
 
 struct State {
@@ -147,11 +151,12 @@ impl Prq {
         d.push(Arc::downgrade(dev));
     }
 
-    /// Writes one page request group (its requests in order, the last flagged LAST_PAGE).
+    /// Writes one page request group (its requests in order, the last flagged LAST_PAGE) of
+    /// requester `rid` (its source ID), each as a VT-d page request descriptor.
     ///
     /// Emits the `group_sent` trace event under the queue lock when the group was written or
     /// answered by the hardware, so it precedes any response to the group.
-    pub fn push_group(&self, dev: &Arc<Device>, reqs: &[PageRequest]) -> Pushed {
+    pub fn push_group(&self, rid: u32, dev: &Arc<Device>, reqs: &[PageRequest]) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
         let mut wrote = false;
@@ -169,9 +174,12 @@ impl Prq {
                 }
                 continue;
             }
+            let desc = PageRequestDesc::encode(rid as u16, req);
+            // The descriptor carries every field of a request the endpoint can make.
+            debug_assert_eq!(desc.decode(), *req);
             st.ring.push_back(Entry {
                 dev: dev.clone(),
-                req: *req,
+                desc,
             });
             st.enqueued += 1;
             wrote = true;
@@ -271,7 +279,7 @@ impl Prq {
         drop(st);
         for e in batch.drain(..) {
             // An error means the core already answered the request (SPEC §4.2 "bad").
-            let _ = report_device_fault(&e.dev, e.req);
+            let _ = report_device_fault(&e.dev, e.desc.decode());
         }
         if overflow {
             // Everything queued before the overflow has been reported: drop the partial
@@ -351,12 +359,12 @@ mod tests {
     fn overflow_auto_answers_last_drops_partials_and_stays_set_until_cleared() {
         let prq = Prq::new(3, false);
         let dev = Device::new_unmanaged("d", 0).unwrap();
-        assert_eq!(prq.push_group(&dev, &group(1, 2)), Pushed::Queued);
+        assert_eq!(prq.push_group(0, &dev, &group(1, 2)), Pushed::Queued);
         // One slot left: the partial fits, the LAST overflows and is answered by hardware.
-        assert_eq!(prq.push_group(&dev, &group(2, 2)), Pushed::AutoSuccess);
+        assert_eq!(prq.push_group(0, &dev, &group(2, 2)), Pushed::AutoSuccess);
         assert!(prq.overflowed());
         // While the flag is set nothing is written, even a group that would fit.
-        assert_eq!(prq.push_group(&dev, &group(3, 1)), Pushed::AutoSuccess);
+        assert_eq!(prq.push_group(0, &dev, &group(3, 1)), Pushed::AutoSuccess);
         let c = &prq.counters;
         assert_eq!(c.requests.load(Relaxed), 3);
         assert_eq!(c.overflows.load(Relaxed), 1);
@@ -376,7 +384,7 @@ mod tests {
         }
         assert!(!prq.overflowed());
         assert_eq!(c.discards.load(Relaxed), 1);
-        assert_eq!(prq.push_group(&dev, &group(4, 1)), Pushed::Queued);
+        assert_eq!(prq.push_group(0, &dev, &group(4, 1)), Pushed::Queued);
         prq.shutdown();
         t.join().unwrap();
     }

@@ -13,7 +13,7 @@
 //! Correctness against stale entries does not rest on this structure alone: the emulator fills
 //! caches only while holding its DMA window (the read side of the IOMMU's hardware lock) and
 //! invalidates while holding the write side, so a fill can never land after the invalidation
-//! that should have removed it (see `iommu.rs`).
+//! that should have removed it (see `iommu/mod.rs`).
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::{wait_for, Fx};
+use common::{ep_cfg, wait_for, Fx};
 use iommu_core::sva_bind_device;
 use iommu_emu::{DmaError, Endpoint, EndpointConfig, Mm, Prot};
 
@@ -17,13 +17,7 @@ const MARKER: u8 = 0xee;
 fn devices(fx: &Fx) -> Vec<Endpoint> {
     vec![
         fx.endpoint("ats", EndpointConfig::default()),
-        fx.endpoint(
-            "no-ats",
-            EndpointConfig {
-                ats: false,
-                ..EndpointConfig::default()
-            },
-        ),
+        fx.endpoint("no-ats", ep_cfg(|c| c.ats = false)),
     ]
 }
 

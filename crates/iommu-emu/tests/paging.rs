@@ -4,11 +4,12 @@
 
 mod common;
 
-use common::Fx;
+use common::{iommu_cfg, Fx};
+use iommu_core::error::Condition;
 use iommu_core::{
     attach_device_pasid, replace_device_pasid, DefaultDomainKind, Domain, DomainRequest,
 };
-use iommu_emu::{DmaError, EmuIommuConfig, EndpointConfig, FaultReason};
+use iommu_emu::{DmaError, EndpointConfig, FaultReason};
 use iommu_pt::{Perms, PhysAddr};
 
 const IOVA: u64 = 0x10_0000;
@@ -78,10 +79,7 @@ fn rid_dma_through_the_default_domain_and_unmap_invalidates_every_cache() {
 fn identity_domain_passes_physical_addresses_through() {
     let fx = Fx::with(
         64,
-        EmuIommuConfig {
-            default_domain: DefaultDomainKind::Identity,
-            ..EmuIommuConfig::default()
-        },
+        iommu_cfg(|c| c.default_domain = DefaultDomainKind::Identity),
     );
     let ep = fx.endpoint("dev0", EndpointConfig::default());
     let f = fx.phys.alloc_frame().unwrap();
@@ -161,6 +159,7 @@ fn another_iommus_domain_is_refused() {
         .map(&foreign, IOVA, f.addr(), 4096, Perms::READ)
         .unwrap_err();
     assert_eq!(err.errno_name(), "EINVAL");
+    assert_eq!(err.condition(), Condition::ForeignDomain);
     assert_eq!(fx.iommu.domain_did(&foreign), None);
     assert!(fx
         .iommu

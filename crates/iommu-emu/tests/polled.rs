@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{forwarding_pasid, Fx, GUARD};
+use common::{ep_cfg, manual, manual_with, Fx, GUARD};
 use crossbeam_channel::Receiver;
 use iommu_core::{
-    attach_device_pasid, detach_device_pasid, iopf_stats, sva_bind_device, Domain, DomainRequest,
-    IopfGroup, IopfHandler, PageResponseCode,
+    attach_device_pasid, detach_device_pasid, iopf_stats, Domain, DomainRequest, IopfGroup,
+    IopfHandler, PageResponseCode,
 };
 use iommu_emu::{
-    DmaError, DmaJob, DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig,
-    FaultReason, Mm, Prot,
+    DmaError, DmaJob, DmaKind, DmaPoll, EmuIommu, Endpoint, EndpointConfig, FaultReason, Prot,
 };
 use iommu_pt::Perms;
 use tracing::field::{Field, Visit};
@@ -25,13 +24,6 @@ use tracing::{Event, Metadata, Subscriber};
 
 const PASID: u32 = 5;
 const VA: u64 = 0x4000_0000;
-
-fn manual() -> EmuIommuConfig {
-    EmuIommuConfig {
-        prq_thread: false,
-        ..EmuIommuConfig::default()
-    }
-}
 
 /// Maps every page a group asks for with a fresh frame, then answers `code`.
 fn answer(iommu: &EmuIommu, domain: &Domain, g: IopfGroup, code: PageResponseCode) {
@@ -136,6 +128,14 @@ impl Subscriber for Collector {
     fn exit(&self, _: &Id) {}
 }
 
+/// Runs `f` with a fresh collector subscribed to this thread's events (see [`init`]).
+fn traced<R>(f: impl FnOnce(&Collector) -> R) -> R {
+    init();
+    let collector = Collector::default();
+    let dispatch = tracing::Dispatch::new(collector.clone());
+    tracing::dispatcher::with_default(&dispatch, || f(&collector))
+}
+
 impl Collector {
     fn events(&self) -> Vec<Ev> {
         self.0.lock().unwrap().clone()
@@ -232,8 +232,7 @@ fn poll_until_waiting(ep: &Endpoint, job: &mut DmaJob) {
 fn manual_prq_keeps_requests_queued_until_prq_step() {
     init();
     let fx = Fx::with(1024, manual());
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     let mut job = ep.start_dma(Some(PASID), VA, 3 * 4096, DmaKind::Fill(0x5a));
     assert_eq!(ep.poll_dma(&mut job), DmaPoll::Pending, "one pass");
     assert!(!job.is_waiting());
@@ -276,10 +275,7 @@ fn manual_prq_keeps_requests_queued_until_prq_step() {
 fn manual_prq_blocking_sva_dma_completes_when_the_queue_is_stepped() {
     init();
     let fx = Fx::with(1024, manual());
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(16 * 4096, Prot::READ_WRITE).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, mm, buf, bond) = fx.sva_endpoint(16 * 4096, Prot::READ_WRITE);
     let p = Some(bond.pasid());
     std::thread::scope(|s| {
         let dma = s.spawn(|| ep.dma_write(p, buf, &[0x11; 8 * 4096]));
@@ -321,21 +317,8 @@ fn manual_prq_blocking_sva_dma_completes_when_the_queue_is_stepped() {
 #[test]
 fn manual_prq_overflow_is_handled_by_prq_step() {
     init();
-    let fx = Fx::with(
-        1024,
-        EmuIommuConfig {
-            prq_depth: 4,
-            ..manual()
-        },
-    );
-    let ep = fx.endpoint(
-        "dev0",
-        EndpointConfig {
-            max_group_pages: 3,
-            ..EndpointConfig::default()
-        },
-    );
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let fx = Fx::with(1024, manual_with(|c| c.prq_depth = 4));
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, ep_cfg(|c| c.max_group_pages = 3));
     let mut a = ep.start_dma(Some(PASID), VA, 3 * 4096, DmaKind::Fill(1));
     let mut b = ep.start_dma(Some(PASID), VA + (1 << 20), 3 * 4096, DmaKind::Fill(2));
     poll_until_waiting(&ep, &mut a);
@@ -377,8 +360,7 @@ fn manual_prq_overflow_is_handled_by_prq_step() {
 fn manual_prq_drain_reports_inline_on_detach() {
     init();
     let fx = Fx::with(1024, manual());
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     let mut job = ep.start_dma(Some(PASID), VA, 2 * 4096, DmaKind::Read);
     poll_until_waiting(&ep, &mut job);
     assert_eq!(fx.iommu.prq_len(), 2);
@@ -402,26 +384,15 @@ fn manual_prq_drain_reports_inline_on_detach() {
 /// One deterministic scenario: two jobs on one endpoint, credits and group size small
 /// enough that they compete, the queue stepped a few requests at a time.
 fn scenario() -> (Results, Vec<String>, Vec<Ev>, Vec<u8>) {
-    init();
-    let collector = Collector::default();
-    let dispatch = tracing::Dispatch::new(collector.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
-        let fx = Fx::with(
-            1024,
-            EmuIommuConfig {
-                prq_depth: 6,
-                ..manual()
-            },
+    traced(|collector| {
+        let fx = Fx::with(1024, manual_with(|c| c.prq_depth = 6));
+        let (ep, domain, _h, rx) = fx.pri_endpoint(
+            PASID,
+            ep_cfg(|c| {
+                c.max_group_pages = 4;
+                c.pri_credits = 6;
+            }),
         );
-        let ep = fx.endpoint(
-            "dev0",
-            EndpointConfig {
-                max_group_pages: 4,
-                pri_credits: 6,
-                ..EndpointConfig::default()
-            },
-        );
-        let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
         let data: Vec<u8> = (0..5 * 4096 + 100).map(|i| (i % 251) as u8).collect();
         let mut jobs = [
             ep.start_dma(Some(PASID), VA + 10, 10 * 4096, DmaKind::Fill(7)),
@@ -479,13 +450,9 @@ fn polled_jobs_complete_and_replay_identically() {
 
 #[test]
 fn reset_while_a_polled_job_waits_fails_it_and_the_late_answer_is_stray() {
-    init();
-    let collector = Collector::default();
-    let dispatch = tracing::Dispatch::new(collector.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
+    traced(|collector| {
         let fx = Fx::with(1024, manual());
-        let ep = fx.endpoint("dev0", EndpointConfig::default());
-        let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+        let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
         let mut job = ep.start_dma(Some(PASID), VA, 4096, DmaKind::Write(vec![3; 4096]));
         poll_until_waiting(&ep, &mut job);
         ep.reset();
@@ -521,8 +488,7 @@ fn reset_while_a_polled_job_waits_fails_it_and_the_late_answer_is_stray() {
 fn polled_job_answered_invalid_fails_with_page_request_invalid() {
     init();
     let fx = Fx::with(1024, manual());
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     let mut job = ep.start_dma(Some(PASID), VA + 0x1008, 8, DmaKind::Read);
     poll_until_waiting(&ep, &mut job);
     fx.iommu.prq_step(10);
@@ -571,19 +537,9 @@ fn polled_validation_errors_surface_on_first_poll() {
 
 #[test]
 fn dropped_polled_job_abandons_its_group_and_the_answer_is_stray() {
-    init();
-    let collector = Collector::default();
-    let dispatch = tracing::Dispatch::new(collector.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
+    traced(|collector| {
         let fx = Fx::with(1024, manual());
-        let ep = fx.endpoint(
-            "dev0",
-            EndpointConfig {
-                pri_credits: 2,
-                ..EndpointConfig::default()
-            },
-        );
-        let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+        let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, ep_cfg(|c| c.pri_credits = 2));
         let mut job = ep.start_dma(Some(PASID), VA, 2 * 4096, DmaKind::Fill(9));
         poll_until_waiting(&ep, &mut job);
         drop(job);
@@ -637,19 +593,9 @@ fn dropped_polled_job_abandons_its_group_and_the_answer_is_stray() {
 
 #[test]
 fn overflow_auto_answer_is_traced_after_its_group() {
-    init();
-    let collector = Collector::default();
-    let dispatch = tracing::Dispatch::new(collector.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
-        let fx = Fx::with(
-            1024,
-            EmuIommuConfig {
-                prq_depth: 1,
-                ..manual()
-            },
-        );
-        let ep = fx.endpoint("dev0", EndpointConfig::default());
-        let (_domain, _h, _rx) = forwarding_pasid(&ep, PASID);
+    traced(|collector| {
+        let fx = Fx::with(1024, manual_with(|c| c.prq_depth = 1));
+        let (ep, _domain, _h, _rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
         let mut job = ep.start_dma(None, VA, 2 * 4096, DmaKind::Read);
         // No RID context: an unrecoverable fault, no event.
         assert!(matches!(
@@ -695,10 +641,7 @@ impl IopfHandler for Inline {
 
 #[test]
 fn queue_thread_runs_under_the_creators_dispatcher() {
-    init();
-    let collector = Collector::default();
-    let dispatch = tracing::Dispatch::new(collector.clone());
-    tracing::dispatcher::with_default(&dispatch, || {
+    traced(|collector| {
         let fx = Fx::new();
         let ep = fx.endpoint("dev0", EndpointConfig::default());
         let h = Arc::new(Inline {

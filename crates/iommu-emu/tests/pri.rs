@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{forwarding_pasid, wait_for, Fx, GUARD};
+use common::{ep_cfg, forwarding_pasid, iommu_cfg, wait_for, Fx, GUARD};
 use iommu_core::{
     attach_device_pasid, Domain, DomainRequest, IopfGroup, IopfHandler, PageResponseCode,
     IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
 };
-use iommu_emu::{DmaError, EmuIommu, EmuIommuConfig, EndpointConfig, FaultReason};
+use iommu_emu::{DmaError, EmuIommu, EndpointConfig, FaultReason};
 use iommu_pt::Perms;
 
 const PASID: u32 = 5;
@@ -36,14 +36,7 @@ fn resolve(iommu: &EmuIommu, domain: &Domain, g: IopfGroup) {
 #[test]
 fn missing_pages_of_one_job_form_one_group_capped_by_credits() {
     let fx = Fx::new();
-    let ep = fx.endpoint(
-        "dev0",
-        EndpointConfig {
-            pri_credits: 3,
-            ..EndpointConfig::default()
-        },
-    );
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, ep_cfg(|c| c.pri_credits = 3));
     std::thread::scope(|s| {
         let dma = s.spawn(|| ep.dma_fill(Some(PASID), VA, 5 * 4096, 0x33));
         let g = rx.recv_timeout(GUARD).unwrap();
@@ -81,8 +74,7 @@ fn missing_pages_of_one_job_form_one_group_capped_by_credits() {
 #[test]
 fn response_failure_disables_pri_until_reset() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     std::thread::scope(|s| {
         let dma = s.spawn(|| ep.dma_write(Some(PASID), VA, b"x"));
         rx.recv_timeout(GUARD)
@@ -118,8 +110,7 @@ fn response_failure_disables_pri_until_reset() {
 #[test]
 fn reset_with_requests_in_flight_fails_waiting_dma_and_counts_late_answers_as_stray() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     let held = std::thread::scope(|s| {
         let dmas: Vec<_> = (0..3u64)
             .map(|i| {
@@ -152,8 +143,7 @@ fn reset_with_requests_in_flight_fails_waiting_dma_and_counts_late_answers_as_st
 #[test]
 fn pasid_stop_waits_for_outstanding_groups_and_refuses_new_dma() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (domain, _h, rx) = forwarding_pasid(&ep, PASID);
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
     std::thread::scope(|s| {
         let dma = s.spawn(|| ep.dma_write(Some(PASID), VA, b"z"));
         let g = rx.recv_timeout(GUARD).unwrap();
@@ -177,20 +167,8 @@ fn pasid_stop_waits_for_outstanding_groups_and_refuses_new_dma() {
 #[test]
 fn dma_without_pri_or_without_ats_is_an_unrecoverable_logged_fault() {
     let fx = Fx::new();
-    let no_pri = fx.endpoint(
-        "nopri",
-        EndpointConfig {
-            pri: false,
-            ..EndpointConfig::default()
-        },
-    );
-    let no_ats = fx.endpoint(
-        "noats",
-        EndpointConfig {
-            ats: false,
-            ..EndpointConfig::default()
-        },
-    );
+    let no_pri = fx.endpoint("nopri", ep_cfg(|c| c.pri = false));
+    let no_ats = fx.endpoint("noats", ep_cfg(|c| c.ats = false));
     let (_d1, _h1, rx1) = forwarding_pasid(&no_pri, PASID);
     let (_d2, _h2, rx2) = forwarding_pasid(&no_ats, PASID);
     let e1 = no_pri.dma_read(Some(PASID), VA, &mut [0; 4]).unwrap_err();
@@ -240,22 +218,15 @@ impl IopfHandler for Gate {
     }
 }
 
-#[test]
-fn prq_overflow_answers_every_group_exactly_once_and_every_dma_completes() {
-    let fx = Fx::with(
-        8192,
-        EmuIommuConfig {
-            prq_depth: 4,
-            ..EmuIommuConfig::default()
-        },
-    );
-    let cfg = EndpointConfig {
-        max_group_pages: 3,
-        ..EndpointConfig::default()
-    };
-    let eps: Vec<_> = (0..4)
-        .map(|i| fx.endpoint(&format!("d{i}"), cfg.clone()))
-        .collect();
+/// A fault-capable paging domain allocated on `dev` whose handler is a fresh [`Gate`]: a send
+/// on the returned sender releases the first group; every group arrives on the receiver.
+fn gated_domain(
+    dev: &Arc<iommu_core::Device>,
+) -> (
+    Arc<Domain>,
+    crossbeam_channel::Sender<()>,
+    crossbeam_channel::Receiver<IopfGroup>,
+) {
     let (release_tx, release_rx) = crossbeam_channel::bounded(1);
     let (out_tx, out_rx) = crossbeam_channel::unbounded();
     let gate = Arc::new(Gate {
@@ -263,13 +234,19 @@ fn prq_overflow_answers_every_group_exactly_once_and_every_dma_completes() {
         out: out_tx,
         first: std::sync::Mutex::new(true),
     });
+    let domain = Domain::alloc(dev, DomainRequest::Paging { dma_api: false }, Some(gate)).unwrap();
+    (domain, release_tx, out_rx)
+}
+
+#[test]
+fn prq_overflow_answers_every_group_exactly_once_and_every_dma_completes() {
+    let fx = Fx::with(8192, iommu_cfg(|c| c.prq_depth = 4));
+    let cfg = ep_cfg(|c| c.max_group_pages = 3);
+    let eps: Vec<_> = (0..4)
+        .map(|i| fx.endpoint(&format!("d{i}"), cfg.clone()))
+        .collect();
     // One fault-capable paging domain shared by every device's PASID.
-    let domain = Domain::alloc(
-        eps[0].device(),
-        DomainRequest::Paging { dma_api: false },
-        Some(gate),
-    )
-    .unwrap();
+    let (domain, release_tx, out_rx) = gated_domain(eps[0].device());
     let _handles: Vec<_> = eps
         .iter()
         .map(|e| attach_device_pasid(&domain, e.device(), PASID, ()).unwrap())
@@ -344,19 +321,7 @@ fn detach_returns_only_after_every_queued_request_reached_the_handler() {
     // group 2 was reported too.
     let fx = Fx::new();
     let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let (release_tx, release_rx) = crossbeam_channel::bounded(1);
-    let (out_tx, out_rx) = crossbeam_channel::unbounded();
-    let gate = Arc::new(Gate {
-        release: release_rx,
-        out: out_tx,
-        first: std::sync::Mutex::new(true),
-    });
-    let domain = Domain::alloc(
-        ep.device(),
-        DomainRequest::Paging { dma_api: false },
-        Some(gate),
-    )
-    .unwrap();
+    let (domain, release_tx, out_rx) = gated_domain(ep.device());
     let _h = attach_device_pasid(&domain, ep.device(), PASID, ()).unwrap();
     std::thread::scope(|s| {
         let d1 = s.spawn(|| ep.dma_write(Some(PASID), VA, b"1"));
@@ -394,11 +359,10 @@ fn detach_returns_only_after_every_queued_request_reached_the_handler() {
 fn an_iommu_without_ats_and_pri_gives_untranslated_dma_only() {
     let fx = Fx::with(
         256,
-        EmuIommuConfig {
-            ats: false,
-            pri: false,
-            ..EmuIommuConfig::default()
-        },
+        iommu_cfg(|c| {
+            c.ats = false;
+            c.pri = false;
+        }),
     );
     let group = iommu_core::Group::new(fx.iommu.driver(), "g");
     let ep = fx

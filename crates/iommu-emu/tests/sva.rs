@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{wait_for, Fx};
+use common::{ep_cfg, wait_for, Fx};
 use iommu_core::{iopf_stats, sva_bind_device, Group, IopfQueue};
 use iommu_emu::demo::{run_sva_demand_paging, DemoConfig};
 use iommu_emu::{DmaError, EmuIommu, EmuIommuConfig, EndpointConfig, FaultReason, Mm, Prot};
@@ -16,10 +16,7 @@ use iommu_emu::{DmaError, EmuIommu, EmuIommuConfig, EndpointConfig, FaultReason,
 fn demo_flow_on_one_mib_faults_every_page_in_through_devices() {
     let cfg = DemoConfig {
         bytes_per_device: 1 << 20,
-        endpoint: EndpointConfig {
-            max_group_pages: 32,
-            ..EndpointConfig::default()
-        },
+        endpoint: ep_cfg(|c| c.max_group_pages = 32),
         ..DemoConfig::default()
     };
     let r = run_sva_demand_paging(&cfg).unwrap();
@@ -33,10 +30,7 @@ fn demo_flow_on_one_mib_faults_every_page_in_through_devices() {
 #[test]
 fn dma_write_to_read_only_vma_is_answered_invalid_and_writes_nothing() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let ro = mm.mmap(4 * 4096, Prot::READ).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, _mm, ro, bond) = fx.sva_endpoint(4 * 4096, Prot::READ);
     let p = Some(bond.pasid());
 
     let err = ep.dma_write(p, ro, &[0xee; 4 * 4096]).unwrap_err();
@@ -53,10 +47,7 @@ fn dma_write_to_read_only_vma_is_answered_invalid_and_writes_nothing() {
 #[test]
 fn dma_outside_any_vma_is_answered_invalid() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(4096, Prot::READ_WRITE).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, _mm, buf, bond) = fx.sva_endpoint(4096, Prot::READ_WRITE);
     let p = Some(bond.pasid());
     // One page past the VMA: the group of both pages is answered Invalid (sticky error).
     let err = ep.dma_write(p, buf, &[7; 8192]).unwrap_err();
@@ -70,10 +61,7 @@ fn dma_outside_any_vma_is_answered_invalid() {
 #[test]
 fn mprotect_to_read_only_stops_device_writes_through_cached_translations() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(4096, Prot::READ_WRITE).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, mm, buf, bond) = fx.sva_endpoint(4096, Prot::READ_WRITE);
     let p = Some(bond.pasid());
     ep.dma_write(p, buf, b"before").unwrap();
     assert!(
@@ -141,10 +129,7 @@ fn two_devices_on_one_mm_share_one_pasid_and_one_domain_per_iommu() {
 #[test]
 fn dma_after_unbind_fails_without_a_context() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(4096, Prot::READ_WRITE).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, _mm, buf, bond) = fx.sva_endpoint(4096, Prot::READ_WRITE);
     let pasid = bond.pasid();
     ep.dma_write(Some(pasid), buf, b"x").unwrap();
     drop(bond);
@@ -163,10 +148,7 @@ fn dma_after_unbind_fails_without_a_context() {
 #[test]
 fn unbind_while_faults_are_in_flight_answers_every_group_once() {
     let fx = Fx::with(16384, EmuIommuConfig::default());
-    let cfg = EndpointConfig {
-        max_group_pages: 4,
-        ..EndpointConfig::default()
-    };
+    let cfg = ep_cfg(|c| c.max_group_pages = 4);
     let eps = [fx.endpoint("a", cfg.clone()), fx.endpoint("b", cfg)];
     let mm = Mm::new(&fx.phys).unwrap();
     let region = mm.mmap(8 << 20, Prot::READ_WRITE).unwrap();
@@ -234,10 +216,7 @@ fn unbind_while_faults_are_in_flight_answers_every_group_once() {
 #[test]
 fn device_faults_fail_after_the_mm_exits() {
     let fx = Fx::new();
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(2 * 4096, Prot::READ_WRITE).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let (ep, mm, buf, bond) = fx.sva_endpoint(2 * 4096, Prot::READ_WRITE);
     let p = Some(bond.pasid());
     ep.dma_write(p, buf, b"alive").unwrap();
     let in_use = fx.phys.frames_in_use();
@@ -253,10 +232,8 @@ fn device_faults_fail_after_the_mm_exits() {
 #[test]
 fn running_out_of_physical_memory_answers_invalid_and_never_panics() {
     let fx = Fx::with(64, EmuIommuConfig::default());
-    let ep = fx.endpoint("dev0", EndpointConfig::default());
-    let mm = Mm::new(&fx.phys).unwrap();
-    let buf = mm.mmap(1 << 20, Prot::READ_WRITE).unwrap(); // 256 pages > 64 frames
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    // 256 pages > 64 frames
+    let (ep, mm, buf, bond) = fx.sva_endpoint(1 << 20, Prot::READ_WRITE);
     let err = ep
         .dma_fill(Some(bond.pasid()), buf, 1 << 20, 1)
         .unwrap_err();

@@ -1,16 +1,19 @@
 //! Shared fixtures: physical memory, one EmuIommu with an IOPF queue, endpoints in their own
 //! groups, and fault handlers that hand groups to the test.
-#![allow(dead_code)]
+#![expect(
+    dead_code,
+    reason = "each test binary uses its own subset of the fixtures"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use iommu_core::{
-    attach_device_pasid, iopf_queue_add_device, AttachHandle, Domain, DomainRequest, Group,
-    IopfGroup, IopfHandler, IopfQueue,
+    attach_device_pasid, iopf_queue_add_device, sva_bind_device, AttachHandle, Domain,
+    DomainRequest, Group, IopfGroup, IopfHandler, IopfQueue, SvaBond,
 };
-use iommu_emu::{EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig, PhysMem};
+use iommu_emu::{EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig, Mm, PhysMem, Prot};
 
 pub const GUARD: Duration = Duration::from_secs(20);
 
@@ -39,6 +42,62 @@ impl Fx {
         iopf_queue_add_device(&self.queue, ep.device()).unwrap();
         ep
     }
+
+    /// Function `dev0` with `pasid` attached to a fault-capable paging domain whose groups
+    /// arrive on the returned channel (see [`forwarding_pasid`]).
+    pub fn pri_endpoint(&self, pasid: u32, cfg: EndpointConfig) -> PriEndpoint {
+        let ep = self.endpoint("dev0", cfg);
+        let (domain, h, rx) = forwarding_pasid(&ep, pasid);
+        (ep, domain, h, rx)
+    }
+
+    /// Function `dev0` bound through SVA to a fresh mm holding one `len`-byte mapping with
+    /// `prot` (never touched): the endpoint, the mm, the mapping's address and the bond.
+    pub fn sva_endpoint(&self, len: u64, prot: Prot) -> (Endpoint, Arc<Mm>, u64, SvaBond) {
+        let ep = self.endpoint("dev0", EndpointConfig::default());
+        let mm = Mm::new(&self.phys).unwrap();
+        let buf = mm.mmap(len, prot).unwrap();
+        let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+        (ep, mm, buf, bond)
+    }
+}
+
+/// What [`Fx::pri_endpoint`] returns: the function, its domain, the attach handle (keep it
+/// alive) and the channel its page request groups arrive on.
+pub type PriEndpoint = (
+    Endpoint,
+    Arc<Domain>,
+    Arc<AttachHandle<()>>,
+    Receiver<IopfGroup>,
+);
+
+/// The default endpoint configuration, changed by `f`.
+pub fn ep_cfg(f: impl FnOnce(&mut EndpointConfig)) -> EndpointConfig {
+    let mut cfg = EndpointConfig::default();
+    f(&mut cfg);
+    cfg
+}
+
+/// An IOMMU without a queue thread (a deterministic scheduler steps its page request queue).
+pub fn manual() -> EmuIommuConfig {
+    manual_with(|_| {})
+}
+
+/// [`manual`], changed by `f`.
+pub fn manual_with(f: impl FnOnce(&mut EmuIommuConfig)) -> EmuIommuConfig {
+    let mut cfg = EmuIommuConfig {
+        prq_thread: false,
+        ..EmuIommuConfig::default()
+    };
+    f(&mut cfg);
+    cfg
+}
+
+/// The default IOMMU configuration, changed by `f`.
+pub fn iommu_cfg(f: impl FnOnce(&mut EmuIommuConfig)) -> EmuIommuConfig {
+    let mut cfg = EmuIommuConfig::default();
+    f(&mut cfg);
+    cfg
 }
 
 /// A fault handler that hands every complete group to the test through a channel (an

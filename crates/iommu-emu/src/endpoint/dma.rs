@@ -1,0 +1,416 @@
+//! The DMA engine: one job's state machine ([`Machine`]), its passes inside DMA windows, and
+//! the blocking calls (`dma_read`, `dma_write`, `dma_fill`, `dma_copy`) that step it to the end.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use iommu_core::PageResponseCode;
+use iommu_pt::{Access, Pfn};
+
+use super::pri::{Group, Outstanding};
+use super::{DmaError, Endpoint, MAX_AUTO_ROUNDS, MAX_ROUNDS_WITHOUT_PROGRESS};
+use crate::iommu::{DmaWindow, FaultRecord, TranslationFault};
+use crate::phys::{fill_frame, read_frame, write_frame, Frame, PAGE_SHIFT, PAGE_SIZE};
+use crate::prq::Pushed;
+use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag};
+
+/// Pages processed per DMA window before the engine lets writers (invalidations) in.
+const PASS_PAGES: usize = 512;
+
+/// The DMA engine: the state of one job, stepped by the blocking calls (which build it
+/// `block`ing: it waits for credits and responses itself, with the response timeout) and by
+/// [`Endpoint::poll_dma`] (which returns `Pending` where the blocking machine would wait).
+pub(super) struct Machine {
+    pasid: Option<u32>,
+    iova: u64,
+    end: u64,
+    last: u64,
+    write: bool,
+    block: bool,
+    /// Next page never tried.
+    cursor: u64,
+    /// Pages to try again (answered, or left out of a pass).
+    retry: Vec<u64>,
+    /// Pages that faulted in the last pass: the next group.
+    faulted: Vec<u64>,
+    group_cap: usize,
+    stale_rounds: u32,
+    /// Groups in a row answered by the IOMMU itself (queue overflow).
+    auto_rounds: u32,
+    /// Blocking: when the current run of overflow answers began.
+    auto_since: Option<Instant>,
+    /// Blocking: deadline of the current group (credits and response).
+    deadline: Option<Instant>,
+    pub outstanding: Option<Outstanding>,
+    /// Polled: the last attempt to send the group found no PRG index or credit.
+    pub credit_wait: bool,
+}
+
+impl Machine {
+    /// `Ok(None)`: an empty range (nothing to do).
+    #[inline]
+    pub(super) fn new(
+        ep: &Endpoint,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        write: bool,
+        block: bool,
+    ) -> Result<Option<Machine>, DmaError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let end = iova
+            .checked_add(len)
+            .ok_or(DmaError::InvalidRange { iova, len })?;
+        let cfg = &ep.sh.cfg;
+        let group_cap = cfg.max_group_pages.min(cfg.pri_credits) as usize;
+        Ok(Some(Machine {
+            pasid,
+            iova,
+            end,
+            last: (end - 1) >> PAGE_SHIFT,
+            write,
+            block,
+            cursor: iova >> PAGE_SHIFT,
+            retry: Vec::new(),
+            // Grows on the first fault: a resident DMA allocates nothing.
+            faulted: Vec::new(),
+            group_cap,
+            stale_rounds: 0,
+            auto_rounds: 0,
+            auto_since: None,
+            deadline: None,
+            outstanding: None,
+            credit_wait: false,
+        }))
+    }
+
+    /// One step: take the outstanding group's response, or send the group of faulted pages,
+    /// or make one pass. `Ok(true)`: the job is complete; `Ok(false)`: step again.
+    #[inline]
+    pub(super) fn step(
+        &mut self,
+        ep: &Endpoint,
+        op: &mut impl FnMut(&Frame, usize, usize, usize),
+    ) -> Result<bool, DmaError> {
+        if let Some(o) = self.outstanding {
+            let r = if self.block {
+                let deadline = self.deadline.unwrap_or_else(Instant::now);
+                ep.wait_response(o, deadline)
+            } else {
+                match ep.try_take(o) {
+                    Some(r) => r,
+                    None => return Ok(false),
+                }
+            };
+            self.outstanding = None;
+            return self.answered(ep, r?);
+        }
+        if !self.faulted.is_empty() {
+            return self.send_group(ep);
+        }
+        ep.check_pasid(self.pasid)?;
+        let progressed = self.pass(ep, op)?;
+        if self.faulted.is_empty() {
+            return Ok(self.retry.is_empty() && self.cursor > self.last);
+        }
+        // Rounds answered by the IOMMU on overflow are not the handler's verdict: they are
+        // bounded separately (time when blocking, MAX_AUTO_ROUNDS when polled), not counted
+        // as rounds without progress.
+        if progressed || self.auto_rounds > 0 {
+            self.stale_rounds = 0;
+        } else {
+            self.stale_rounds += 1;
+            if self.stale_rounds > MAX_ROUNDS_WITHOUT_PROGRESS {
+                return Err(DmaError::RetryLimit {
+                    iova: self.faulted[0] << PAGE_SHIFT,
+                });
+            }
+        }
+        Ok(false)
+    }
+
+    /// One pass over up to `PASS_PAGES` pages inside a DMA window: copies the pages that
+    /// translate, collects those that fault (recoverably) into `faulted`, up to the group cap.
+    /// Returns whether a page completed.
+    #[inline]
+    fn pass(
+        &mut self,
+        ep: &Endpoint,
+        op: &mut impl FnMut(&Frame, usize, usize, usize),
+    ) -> Result<bool, DmaError> {
+        let sh = &*ep.sh;
+        let access = if self.write {
+            Access::WRITE.user()
+        } else {
+            Access::READ.user()
+        };
+        let (iova, end) = (self.iova, self.end);
+        let mut progressed = false;
+        let win = sh.iommu.dma_window();
+        let mut budget = PASS_PAGES;
+        let mut todo = std::mem::take(&mut self.retry).into_iter();
+        loop {
+            if budget == 0 || self.faulted.len() >= self.group_cap {
+                break;
+            }
+            let vpn = match todo.next() {
+                Some(v) => v,
+                None if self.cursor <= self.last => {
+                    self.cursor += 1;
+                    self.cursor - 1
+                }
+                None => break,
+            };
+            budget -= 1;
+            match ep.translate_page(&win, self.pasid, vpn, access) {
+                Ok(pa) => {
+                    let frame = sh
+                        .iommu
+                        .phys()
+                        .frame(Pfn(pa >> PAGE_SHIFT))
+                        .ok_or(DmaError::BadAddress { pa })?;
+                    let page = vpn << PAGE_SHIFT;
+                    let lo = page.max(iova);
+                    let hi = (page + PAGE_SIZE).min(end);
+                    op(
+                        frame,
+                        (lo - page) as usize,
+                        (lo - iova) as usize,
+                        (hi - lo) as usize,
+                    );
+                    progressed = true;
+                }
+                Err(f) if f.recoverable && sh.cfg.ats => self.faulted.push(vpn),
+                Err(f) => {
+                    // Untranslated request (no ATS) or unfixable fault: nothing for PRI.
+                    let f = TranslationFault {
+                        recoverable: false,
+                        ..f
+                    };
+                    return Err(ep.unrecoverable(self.pasid, self.write, f));
+                }
+            }
+        }
+        self.retry.extend(todo);
+        Ok(progressed)
+    }
+
+    /// Sends as many pages of `faulted` as the free credits allow (at least one) as one page
+    /// request group. Every page of `faulted` is retried once the group is answered; pages
+    /// left out of the group simply fault again into the next group.
+    #[inline]
+    fn send_group(&mut self, ep: &Endpoint) -> Result<bool, DmaError> {
+        let deadline = if self.block {
+            let timeout = ep.sh.cfg.response_timeout;
+            Some(
+                *self
+                    .deadline
+                    .get_or_insert_with(|| Instant::now() + timeout),
+            )
+        } else {
+            None
+        };
+        let Some(o) = ep.alloc_group(self.pasid, &self.faulted, self.write, deadline)? else {
+            self.credit_wait = true;
+            return Ok(false);
+        };
+        self.credit_wait = false;
+        match ep.send_group(self.pasid, &self.faulted[..o.pages as usize], self.write, o)? {
+            Pushed::Queued => {
+                self.outstanding = Some(o);
+                Ok(false)
+            }
+            Pushed::AutoSuccess => self.answered(ep, Group::Auto),
+        }
+    }
+
+    /// The group of `faulted` was answered: fail, or queue its pages for retry.
+    #[inline]
+    fn answered(&mut self, ep: &Endpoint, g: Group) -> Result<bool, DmaError> {
+        self.deadline = None;
+        let first_iova = self.faulted[0] << PAGE_SHIFT;
+        match g {
+            Group::Answered(PageResponseCode::Success) => {
+                self.auto_rounds = 0;
+                self.auto_since = None;
+            }
+            Group::Auto => {
+                self.auto_rounds = self.auto_rounds.saturating_add(1);
+                if self.block {
+                    let since = *self.auto_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > ep.sh.cfg.response_timeout {
+                        return Err(DmaError::PriStalled);
+                    }
+                    std::thread::yield_now();
+                } else if self.auto_rounds > MAX_AUTO_ROUNDS {
+                    return Err(DmaError::PriStalled);
+                }
+            }
+            Group::Answered(PageResponseCode::Invalid) => {
+                return Err(DmaError::PageRequestInvalid { iova: first_iova })
+            }
+            Group::Answered(PageResponseCode::Failure) => {
+                return Err(DmaError::ResponseFailure { iova: first_iova })
+            }
+        }
+        // Answered pages are retried first; pages left out of the group (credit cap) too.
+        self.retry.append(&mut self.faulted);
+        Ok(false)
+    }
+}
+
+impl Endpoint {
+    /// Reads `buf.len()` bytes at `iova` (with `pasid`, or on the RID) into `buf`. On error
+    /// `buf` may be partly filled.
+    pub fn dma_read(&self, pasid: Option<u32>, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let len = buf.len() as u64;
+        self.run(pasid, iova, len, false, |frame, off, done, n| {
+            read_frame(frame, off, &mut buf[done..done + n]);
+        })
+    }
+
+    /// Writes `data` at `iova`. On error a subset of the pages may have been written.
+    pub fn dma_write(&self, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.run(
+            pasid,
+            iova,
+            data.len() as u64,
+            true,
+            |frame, off, done, n| {
+                write_frame(frame, off, &data[done..done + n]);
+            },
+        )
+    }
+
+    /// Sets `len` bytes at `iova` to `byte`.
+    pub fn dma_fill(
+        &self,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        byte: u8,
+    ) -> Result<(), DmaError> {
+        self.run(pasid, iova, len, true, |frame, off, _, n| {
+            fill_frame(frame, off, n, byte);
+        })
+    }
+
+    /// Copies `len` bytes from `src` to `dst` in the same address space, in chunks of up to
+    /// 64 KiB (read the chunk, then write it).
+    pub fn dma_copy(
+        &self,
+        pasid: Option<u32>,
+        src: u64,
+        dst: u64,
+        len: u64,
+    ) -> Result<(), DmaError> {
+        for a in [src, dst] {
+            if a.checked_add(len).is_none() {
+                return Err(DmaError::InvalidRange { iova: a, len });
+            }
+        }
+        const CHUNK: u64 = 64 << 10;
+        let mut buf = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            let b = &mut buf[..n as usize];
+            self.dma_read(pasid, src + done, b)?;
+            self.dma_write(pasid, dst + done, b)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The engine: runs `op(frame, offset_in_frame, offset_in_job, len)` once for every page
+    /// chunk of `[iova, iova + len)`.
+    fn run(
+        &self,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        write: bool,
+        op: impl FnMut(&Frame, usize, usize, usize),
+    ) -> Result<(), DmaError> {
+        let r = self.run_inner(pasid, iova, len, write, op);
+        self.count_job(&r);
+        r
+    }
+
+    #[inline]
+    pub(super) fn count_job(&self, r: &Result<(), DmaError>) {
+        match r {
+            Ok(()) => self.sh.counters.dma_ok.fetch_add(1, Relaxed),
+            Err(_) => self.sh.counters.dma_failed.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// The blocking driver of the [`Machine`]: steps it until it is done; the machine itself
+    /// waits (for credits and responses) because it was built blocking.
+    fn run_inner(
+        &self,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        write: bool,
+        mut op: impl FnMut(&Frame, usize, usize, usize),
+    ) -> Result<(), DmaError> {
+        let Some(mut m) = Machine::new(self, pasid, iova, len, write, true)? else {
+            return Ok(());
+        };
+        while !m.step(self, &mut op)? {}
+        Ok(())
+    }
+    /// Device TLB, then the IOMMU (an ATS translation request, or an untranslated access).
+    #[inline]
+    fn translate_page(
+        &self,
+        win: &DmaWindow<'_>,
+        pasid: Option<u32>,
+        vpn: u64,
+        access: Access,
+    ) -> Result<u64, TranslationFault> {
+        let sh = &*self.sh;
+        let k = pkey(pasid);
+        if sh.cfg.ats {
+            if let Some(e) = sh.atc.lookup(0, k, vpn) {
+                if perms_allow(e.perms, access) {
+                    sh.counters.atc_hits.fetch_add(1, Relaxed);
+                    return Ok(e.pa);
+                }
+            }
+        }
+        let (pa, perms) = win.translate_sid(sh.sid, pasid, vpn << PAGE_SHIFT, access)?;
+        if sh.cfg.ats {
+            sh.atc.insert(Entry {
+                vpn,
+                tag: Tag {
+                    sid: 0,
+                    pkey: k,
+                    did: 0,
+                },
+                pa,
+                perms: perm_bits(perms),
+            });
+        }
+        Ok(pa)
+    }
+
+    pub(super) fn unrecoverable(
+        &self,
+        pasid: Option<u32>,
+        write: bool,
+        f: TranslationFault,
+    ) -> DmaError {
+        self.sh.iommu.log_fault(FaultRecord {
+            device: self.sh.dev.id(),
+            pasid,
+            iova: f.iova,
+            write,
+            reason: f.reason,
+        });
+        DmaError::Fault(f)
+    }
+}

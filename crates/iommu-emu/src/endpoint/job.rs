@@ -1,0 +1,220 @@
+//! Polled DMA: a [`DmaJob`] stepped by [`Endpoint::poll_dma`] on the caller's thread, never
+//! blocking (for a deterministic scheduler). See "Polled DMA" in the module documentation.
+
+use std::fmt;
+
+use super::dma::Machine;
+use super::{DmaError, Endpoint};
+use crate::phys::{fill_frame, read_frame, write_frame};
+
+#[cfg(doc)]
+use super::{EndpointStats, MAX_AUTO_ROUNDS};
+
+/// What a step-driven DMA job ([`Endpoint::start_dma`]) does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DmaKind {
+    /// Read the range into the job's buffer ([`DmaJob::data`]).
+    Read,
+    /// Write these bytes (their length must be the job's length).
+    Write(Vec<u8>),
+    /// Set every byte of the range to this value.
+    Fill(u8),
+}
+
+/// The result of [`Endpoint::poll_dma`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaPoll {
+    /// The job has finished, with this result.
+    Ready(Result<(), DmaError>),
+    /// The job needs more steps.
+    Pending,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobOp {
+    Read,
+    Write,
+    Fill(u8),
+}
+
+enum JobState {
+    Run(Machine),
+    /// Finished (or failed validation); not yet reported by a poll nor counted.
+    Finish(Result<(), DmaError>),
+    /// Reported and counted.
+    Done(Result<(), DmaError>),
+}
+
+/// A DMA job driven step by step by [`Endpoint::poll_dma`], without threads or blocking (for a
+/// deterministic scheduler). It holds the job's parameters, its data buffer and the engine
+/// state: the cursor over the range, the pages to retry, the faulted pages of the next group,
+/// the outstanding group (PRG index, pages, reset epoch) and the round counters.
+///
+/// Dropping a job that waits for a page response abandons its group (counted in
+/// [`EndpointStats::abandoned`]): the PRG index stays allocated until the response arrives,
+/// which is then counted as stray, never applied to another group.
+pub struct DmaJob {
+    ep: Endpoint,
+    pasid: Option<u32>,
+    iova: u64,
+    len: u64,
+    op: JobOp,
+    buf: Vec<u8>,
+    state: JobState,
+}
+
+impl DmaJob {
+    /// The read buffer (a read job; complete once the job is `Ready(Ok)`), or the data written
+    /// (a write job). Empty for a fill job.
+    pub fn data(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The buffer of [`DmaJob::data`], by value.
+    pub fn into_data(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Whether the job waits for a page response or for PRI credits (PRG index or outstanding
+    /// page request allocation): polling it again makes no progress until the page request
+    /// queue, a fault handler or another job runs.
+    pub fn is_waiting(&self) -> bool {
+        match &self.state {
+            JobState::Run(m) => m.outstanding.is_some() || m.credit_wait,
+            _ => false,
+        }
+    }
+
+    /// The PASID of the job.
+    pub fn pasid(&self) -> Option<u32> {
+        self.pasid
+    }
+
+    /// The first address of the job's range.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The job's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the job's length is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for DmaJob {
+    fn drop(&mut self) {
+        if let JobState::Run(Machine {
+            outstanding: Some(o),
+            ..
+        }) = self.state
+        {
+            self.ep.abandon(o);
+        }
+    }
+}
+
+impl fmt::Debug for DmaJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaJob")
+            .field("endpoint", &self.ep.sh.name)
+            .field("pasid", &self.pasid)
+            .field("iova", &self.iova)
+            .field("len", &self.len)
+            .field("op", &self.op)
+            .field("waiting", &self.is_waiting())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Starts a step-driven DMA job of `len` bytes at `iova` (with `pasid`, or on the RID):
+    /// nothing happens until [`Endpoint::poll_dma`]. For [`DmaKind::Write`], `len` must equal
+    /// the data's length. Validation errors (a wrapping range, a length mismatch, a read buffer
+    /// that cannot be allocated: [`DmaError::InvalidRange`]) surface on the first poll.
+    pub fn start_dma(&self, pasid: Option<u32>, iova: u64, len: u64, kind: DmaKind) -> DmaJob {
+        let (op, buf) = match kind {
+            DmaKind::Read => (JobOp::Read, Vec::new()),
+            DmaKind::Write(data) => (JobOp::Write, data),
+            DmaKind::Fill(b) => (JobOp::Fill(b), Vec::new()),
+        };
+        let mut job = DmaJob {
+            ep: self.clone(),
+            pasid,
+            iova,
+            len,
+            op,
+            buf,
+            state: JobState::Finish(Ok(())),
+        };
+        job.state = match Self::validate(&mut job) {
+            Ok(Some(m)) => JobState::Run(m),
+            Ok(None) => JobState::Finish(Ok(())),
+            Err(e) => JobState::Finish(Err(e)),
+        };
+        job
+    }
+
+    fn validate(job: &mut DmaJob) -> Result<Option<Machine>, DmaError> {
+        let (iova, len) = (job.iova, job.len);
+        let bad = DmaError::InvalidRange { iova, len };
+        let m = Machine::new(&job.ep, job.pasid, iova, len, job.op != JobOp::Read, false)?;
+        match job.op {
+            JobOp::Write if job.buf.len() as u64 != len => return Err(bad),
+            JobOp::Read => {
+                let n = usize::try_from(len).map_err(|_| bad)?;
+                job.buf.try_reserve_exact(n).map_err(|_| bad)?;
+                job.buf.resize(n, 0);
+            }
+            _ => {}
+        }
+        Ok(m)
+    }
+
+    /// Drives `job` one step without ever blocking: makes at most one pass (up to
+    /// `PASS_PAGES` = 512 pages) over the job's pages, or sends one page request group, or
+    /// takes one page response. `Pending` while more steps are needed — including while the
+    /// job waits for a response or for PRI credits ([`DmaJob::is_waiting`]); then something
+    /// else (the page request queue, a fault handler) must run before the job can progress.
+    /// Once `Ready`, later polls return the same result again (counted once in the stats).
+    ///
+    /// The job is driven on the endpoint that started it (`self` is only the handle the call
+    /// is made through). Errors and counters are those of the blocking calls, except that a
+    /// polled job has no wall-clock deadline: it never fails with
+    /// [`DmaError::ResponseTimeout`], and its IOMMU-answered (overflow) rounds are bounded by
+    /// [`MAX_AUTO_ROUNDS`] instead of the response timeout.
+    pub fn poll_dma(&self, job: &mut DmaJob) -> DmaPoll {
+        let DmaJob {
+            ep, op, buf, state, ..
+        } = job;
+        let r = match state {
+            JobState::Done(r) => return DmaPoll::Ready(*r),
+            JobState::Finish(r) => *r,
+            JobState::Run(m) => {
+                let stepped = match *op {
+                    JobOp::Read => m.step(ep, &mut |frame, off, done, n| {
+                        read_frame(frame, off, &mut buf[done..done + n]);
+                    }),
+                    JobOp::Write => m.step(ep, &mut |frame, off, done, n| {
+                        write_frame(frame, off, &buf[done..done + n]);
+                    }),
+                    JobOp::Fill(b) => m.step(ep, &mut |frame, off, _, n| {
+                        fill_frame(frame, off, n, b);
+                    }),
+                };
+                match stepped {
+                    Ok(false) => return DmaPoll::Pending,
+                    Ok(true) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        ep.count_job(&r);
+        *state = JobState::Done(r);
+        DmaPoll::Ready(r)
+    }
+}

@@ -1,0 +1,357 @@
+//! PRI (PCIe r6 §10.4): PRG indices and credits, sending a group, taking its response,
+//! abandoning it; and the response side the IOMMU calls. One lock (`EpShared::pri`) guards
+//! the whole state machine, and every trace event is emitted under it.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use iommu_core::{
+    Device, PageRequest, PageResponse, PageResponseCode, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE,
+};
+
+use super::{DmaError, Endpoint, EpShared, PRG_INDICES};
+use crate::iommu::{FaultReason, TranslationFault};
+use crate::phys::PAGE_SHIFT;
+use crate::prq::Pushed;
+
+/// How long a DMA waiting for a page response yields before it parks.
+const YIELD_WAIT: Duration = Duration::from_micros(200);
+
+/// One allocated PRG index: the group sent with it.
+pub(super) struct PrgSlot {
+    pub pasid: Option<u32>,
+    pub pages: u32,
+    pub outcome: Option<PageResponseCode>,
+    /// Its job was dropped: the response, when it comes, is stray and frees the slot.
+    pub abandoned: bool,
+}
+
+/// The function's PRI state (under `EpShared::pri`).
+pub(super) struct PriState {
+    pub enabled: bool,
+    /// Bumped by reset: waiters from an older epoch fail with `Reset`.
+    pub epoch: u64,
+    pub credits: u32,
+    pub slots: Vec<Option<PrgSlot>>,
+    pub next_index: usize,
+    pub stopped: HashSet<u32>,
+}
+
+/// The page requests of one group: one per page, sharing the PRG index `grpid`, the last
+/// flagged LAST_PAGE (PCIe Page Request messages).
+fn page_requests(pasid: Option<u32>, pages: &[u64], write: bool, grpid: u32) -> Vec<PageRequest> {
+    let n = pages.len();
+    let perm = if write {
+        IOMMU_FAULT_PERM_WRITE
+    } else {
+        IOMMU_FAULT_PERM_READ
+    };
+    let flags = if pasid.is_some() {
+        IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
+    } else {
+        0
+    };
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, vpn)| PageRequest {
+            flags: flags
+                | if i + 1 == n {
+                    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
+                } else {
+                    0
+                },
+            pasid: pasid.unwrap_or(0),
+            grpid,
+            perm,
+            addr: vpn << PAGE_SHIFT,
+        })
+        .collect()
+}
+
+/// How a group was answered.
+pub(super) enum Group {
+    Answered(PageResponseCode),
+    Auto,
+}
+
+/// A page request group a job sent and has not consumed the answer of.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Outstanding {
+    pub grpid: u32,
+    pub pages: u32,
+    /// The reset epoch it was allocated in.
+    pub epoch: u64,
+}
+
+fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: bool, auto: bool) {
+    tracing::trace!(
+        target: crate::trace::TARGET,
+        kind = crate::trace::kind::RESPONSE,
+        dev = dev.id().0,
+        grpid = u64::from(grpid),
+        code = code as u64,
+        applied,
+        auto,
+    );
+}
+
+pub(super) fn trace_abandoned(dev: &Device, grpid: u32) {
+    tracing::trace!(
+        target: crate::trace::TARGET,
+        kind = crate::trace::kind::ABANDONED,
+        dev = dev.id().0,
+        grpid = u64::from(grpid),
+    );
+}
+
+impl Endpoint {
+    /// Allocates a PRG index and credits for a group of (up to) the pages of `faulted`. With a
+    /// `deadline` it waits for other groups to be answered (failing with
+    /// [`DmaError::PriStalled`] at the deadline); without one it returns `Ok(None)` when no
+    /// index or credit is free.
+    #[inline]
+    pub(super) fn alloc_group(
+        &self,
+        pasid: Option<u32>,
+        faulted: &[u64],
+        write: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Outstanding>, DmaError> {
+        let sh = &*self.sh;
+        let mut st = sh.pri.lock();
+        loop {
+            if !st.enabled {
+                drop(st);
+                let f = TranslationFault {
+                    reason: FaultReason::PriUnavailable,
+                    iova: faulted[0] << PAGE_SHIFT,
+                    recoverable: false,
+                };
+                return Err(self.unrecoverable(pasid, write, f));
+            }
+            if let Some(p) = pasid {
+                if st.stopped.contains(&p) {
+                    return Err(DmaError::PasidStopped { pasid: p });
+                }
+            }
+            let free = (0..PRG_INDICES)
+                .map(|i| (st.next_index + i) % PRG_INDICES)
+                .find(|&i| st.slots[i].is_none());
+            if let (Some(i), true) = (free, st.credits > 0) {
+                let n = (st.credits as usize).min(faulted.len());
+                st.credits -= n as u32;
+                st.next_index = (i + 1) % PRG_INDICES;
+                st.slots[i] = Some(PrgSlot {
+                    pasid,
+                    pages: n as u32,
+                    outcome: None,
+                    abandoned: false,
+                });
+                return Ok(Some(Outstanding {
+                    grpid: i as u32,
+                    pages: n as u32,
+                    epoch: st.epoch,
+                }));
+            }
+            let Some(deadline) = deadline else {
+                return Ok(None);
+            };
+            if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+                return Err(DmaError::PriStalled);
+            }
+        }
+    }
+
+    /// Writes the group `o` (the pages of `pages`, allocated by [`Endpoint::alloc_group`]) into
+    /// the IOMMU's page request queue. On `AutoSuccess` the group is already answered and
+    /// released. The context may have gone between the fault and the request (detach): then
+    /// nothing is written and the DMA fails as an unrecoverable `NoContext` fault.
+    #[inline]
+    pub(super) fn send_group(
+        &self,
+        pasid: Option<u32>,
+        pages: &[u64],
+        write: bool,
+        o: Outstanding,
+    ) -> Result<Pushed, DmaError> {
+        let sh = &*self.sh;
+        let n = pages.len();
+        let reqs = page_requests(pasid, pages, write, o.grpid);
+        let pushed = {
+            let win = sh.iommu.dma_window();
+            win.page_request(sh.sid, &sh.dev, pasid, &reqs)
+        };
+        if pushed.is_some() {
+            sh.counters.groups_sent.fetch_add(1, Relaxed);
+            sh.counters.page_requests.fetch_add(n as u64, Relaxed);
+        }
+        match pushed {
+            Some(Pushed::Queued) => Ok(Pushed::Queued),
+            Some(Pushed::AutoSuccess) => {
+                sh.counters.answered.fetch_add(1, Relaxed);
+                sh.counters.auto_success.fetch_add(1, Relaxed);
+                self.release(o, true);
+                Ok(Pushed::AutoSuccess)
+            }
+            None => {
+                self.release(o, false);
+                let f = TranslationFault {
+                    reason: FaultReason::NoContext,
+                    iova: pages[0] << PAGE_SHIFT,
+                    recoverable: false,
+                };
+                Err(self.unrecoverable(pasid, write, f))
+            }
+        }
+    }
+
+    /// Frees a PRG index and its credits (unless a reset already reclaimed them). `auto`: the
+    /// IOMMU answered the group itself (traced as a response).
+    #[inline]
+    fn release(&self, o: Outstanding, auto: bool) {
+        let sh = &*self.sh;
+        let mut st = sh.pri.lock();
+        let applied = st.epoch == o.epoch;
+        if applied {
+            sh.free_slot(&mut st, o.grpid as usize, o.pages);
+        }
+        if auto {
+            trace_response(&sh.dev, o.grpid, PageResponseCode::Success, applied, true);
+        }
+    }
+
+    /// Frees the slot of an answered group and returns its outcome (with the PRI lock held).
+    #[inline]
+    fn take_outcome(&self, st: &mut PriState, o: Outstanding) -> Option<PageResponseCode> {
+        let code = st.slots[o.grpid as usize]
+            .as_ref()
+            .and_then(|s| s.outcome)?;
+        self.sh.free_slot(st, o.grpid as usize, o.pages);
+        Some(code)
+    }
+
+    /// Waits (yield, then park, until `deadline`) for the response to `o`.
+    pub(super) fn wait_response(
+        &self,
+        o: Outstanding,
+        deadline: Instant,
+    ) -> Result<Group, DmaError> {
+        let sh = &*self.sh;
+        // Yield-poll before parking (see "Waiting" in the module documentation).
+        let mut seen = u64::MAX;
+        let start = Instant::now();
+        while start.elapsed() < YIELD_WAIT {
+            let now = sh.responses.load(Relaxed);
+            if now != seen {
+                seen = now;
+                if let Some(r) = self.try_take(o) {
+                    return r;
+                }
+            }
+            std::thread::yield_now();
+        }
+        let mut st = sh.pri.lock();
+        loop {
+            if st.epoch != o.epoch {
+                return Err(DmaError::Reset);
+            }
+            if let Some(code) = self.take_outcome(&mut st, o) {
+                return Ok(Group::Answered(code));
+            }
+            if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+                sh.free_slot(&mut st, o.grpid as usize, o.pages);
+                sh.counters.abandoned.fetch_add(1, Relaxed);
+                trace_abandoned(&sh.dev, o.grpid);
+                return Err(DmaError::ResponseTimeout { grpid: o.grpid });
+            }
+        }
+    }
+
+    /// Takes the response to `o` if it has arrived (`Err(Reset)` after a reset).
+    #[inline]
+    pub(super) fn try_take(&self, o: Outstanding) -> Option<Result<Group, DmaError>> {
+        let mut st = self.sh.pri.lock();
+        if st.epoch != o.epoch {
+            return Some(Err(DmaError::Reset));
+        }
+        let code = self.take_outcome(&mut st, o)?;
+        Some(Ok(Group::Answered(code)))
+    }
+
+    /// Gives up the outstanding group `o` of a dropped [`DmaJob`]. An answered group is freed;
+    /// an unanswered one stays allocated, marked abandoned, until its response (counted as
+    /// stray, never applied to a new group) or a reset frees it.
+    pub(super) fn abandon(&self, o: Outstanding) {
+        let sh = &*self.sh;
+        let mut st = sh.pri.lock();
+        if st.epoch != o.epoch {
+            return; // a reset reclaimed (and counted) it
+        }
+        let i = o.grpid as usize;
+        let answered = match st.slots[i].as_mut() {
+            None => return,
+            Some(s) if s.outcome.is_some() => true,
+            Some(s) => {
+                s.abandoned = true;
+                false
+            }
+        };
+        if answered {
+            sh.free_slot(&mut st, i, o.pages);
+        }
+        sh.counters.abandoned.fetch_add(1, Relaxed);
+        trace_abandoned(&sh.dev, o.grpid);
+    }
+}
+
+impl EpShared {
+    /// Frees PRG index `i` and gives its `pages` credits back, waking whoever waits for them.
+    #[inline]
+    pub(super) fn free_slot(&self, st: &mut PriState, i: usize, pages: u32) {
+        st.slots[i] = None;
+        st.credits += pages;
+        self.pri_cv.notify_all();
+    }
+
+    /// A page response arrived for this function (routed by the IOMMU).
+    pub(super) fn on_page_response(&self, resp: PageResponse) {
+        let c = &self.counters;
+        let mut st = self.pri.lock();
+        let pasid_ok = |s: &PrgSlot| s.pasid.is_none_or(|p| p == resp.pasid);
+        let i = resp.grpid as usize;
+        let applied = match st.slots.get_mut(i).and_then(Option::as_mut) {
+            Some(slot) if slot.abandoned && pasid_ok(slot) => {
+                // The late answer to a dropped job's group: frees the slot, applies nothing.
+                let pages = slot.pages;
+                self.free_slot(&mut st, i, pages);
+                c.stray.fetch_add(1, Relaxed);
+                false
+            }
+            Some(slot) if slot.outcome.is_none() && pasid_ok(slot) => {
+                slot.outcome = Some(resp.code);
+                c.answered.fetch_add(1, Relaxed);
+                match resp.code {
+                    PageResponseCode::Success => c.success.fetch_add(1, Relaxed),
+                    PageResponseCode::Invalid => c.invalid.fetch_add(1, Relaxed),
+                    PageResponseCode::Failure => {
+                        // Response Failure disables the function's PRI (SPEC §4.8).
+                        st.enabled = false;
+                        c.failure.fetch_add(1, Relaxed)
+                    }
+                };
+                self.responses.fetch_add(1, Relaxed);
+                self.pri_cv.notify_all();
+                true
+            }
+            _ => {
+                c.stray.fetch_add(1, Relaxed);
+                false
+            }
+        };
+        // Under the PRI lock: the events of one device come in the order the state changed.
+        trace_response(&self.dev, resp.grpid, resp.code, applied, false);
+    }
+}
