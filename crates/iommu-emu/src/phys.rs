@@ -11,7 +11,7 @@
 //!   the same time (a racing access sees each 64-bit word before or after a store, never torn
 //!   inside a word — the same guarantee a coherent machine gives for aligned 8-byte accesses).
 //!
-//! Measured against the alternative, a lock per frame (`cargo bench -p iommu-emu --bench
+//! Measured against the alternative, a lock per frame (`cargo bench -p iommu-bench --bench
 //! fault_path -- phys/`, figures in BENCHMARKS.md): an uncontended 4 KiB write costs about 20 ns
 //! more with atomic words than with a `Mutex<[u8; 4096]>` (SIMD memcpy; `Relaxed` atomic stores
 //! are plain 8-byte moves but are not vectorised). We keep atomic words anyway: the difference is

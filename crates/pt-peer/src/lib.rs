@@ -1,6 +1,6 @@
 //! `pt-peer`: the `x86_64` crate's page-table mapper ([`OffsetPageTable`]) over frames in a heap
 //! buffer, behind a safe API. It is the in-process peer that `iommu-pt` is benchmarked against
-//! (`cargo bench -p iommu-pt --bench pt`, `iommu-sim bench`), kept in one crate so that the only
+//! (`cargo bench -p iommu-bench --bench pt`, `iommu-sim bench`), kept in one crate so that the only
 //! unsafe code of that comparison lives here.
 //!
 //! # Why unsafe is needed
