@@ -175,7 +175,7 @@ pub fn read_frame(frame: &Frame, off: usize, buf: &mut [u8]) {
     let mut i = 0;
     let len = buf.len();
     // Leading bytes up to a word boundary.
-    while i < len && (off + i) % 8 != 0 {
+    while i < len && !(off + i).is_multiple_of(8) {
         buf[i] = byte_at(frame, off + i);
         i += 1;
     }
@@ -219,7 +219,7 @@ fn merge_word(frame: &Frame, idx: usize, first: usize, bytes: &[u8]) {
 pub fn write_frame(frame: &Frame, off: usize, data: &[u8]) {
     let len = data.len();
     let mut i = 0;
-    if off % 8 != 0 {
+    if !off.is_multiple_of(8) {
         let n = (8 - off % 8).min(len);
         merge_word(frame, off / 8, off % 8, &data[..n]);
         i = n;
@@ -245,7 +245,7 @@ pub fn write_frame(frame: &Frame, off: usize, data: &[u8]) {
 pub fn fill_frame(frame: &Frame, off: usize, len: usize, byte: u8) {
     let word = u64::from_le_bytes([byte; 8]);
     let mut i = 0;
-    if off % 8 != 0 {
+    if !off.is_multiple_of(8) {
         let n = (8 - off % 8).min(len);
         merge_word(frame, off / 8, off % 8, &[byte; 8][..n]);
         i = n;

@@ -46,7 +46,7 @@ impl IoRule {
         if offset != 0 {
             return Err(espipe_v(self.bad_offset, offset));
         }
-        if len % self.record != 0 {
+        if !len.is_multiple_of(self.record) {
             return Err(espipe_v(self.bad_size, len as u64));
         }
         Ok(())

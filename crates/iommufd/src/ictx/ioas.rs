@@ -74,7 +74,9 @@ impl IoasObj {
 
     /// Checks that `[iova, iova + len)` is aligned, inside the aperture and free.
     fn check_fixed_iova(&self, iova: u64, len: u64) -> Result<u64> {
-        if iova % PAGE_SIZE != 0 || iova.checked_add(len).is_none_or(|e| e > IOAS_APERTURE_END) {
+        if !iova.is_multiple_of(PAGE_SIZE)
+            || iova.checked_add(len).is_none_or(|e| e > IOAS_APERTURE_END)
+        {
             return Err(einval_v("IOVA not aligned or outside the aperture", iova));
         }
         let end = iova + len;
@@ -142,7 +144,7 @@ impl Ictx {
     ) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
-        if len == 0 || len % PAGE_SIZE != 0 || pa % PAGE_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) {
             return Err(einval_v("length/address not 4 KiB aligned", len));
         }
         if prot == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
