@@ -34,6 +34,29 @@ fn ids_start_at_one_and_the_lowest_free_is_reused() {
 }
 
 #[test]
+fn ids_freed_at_the_top_fold_back_and_many_objects_keep_the_lowest_free_rule() {
+    let ictx = Ictx::new();
+    const N: u32 = 20_000;
+    for want in 1..=N {
+        assert_eq!(ictx.ioas_alloc().unwrap(), want);
+    }
+    // Free the top two and one in the middle: the middle one comes back first, then the top
+    // ones in order (no gap left behind by the freed top).
+    ictx.destroy(N).unwrap();
+    ictx.destroy(N - 1).unwrap();
+    ictx.destroy(7).unwrap();
+    assert_eq!(ictx.ioas_alloc().unwrap(), 7);
+    assert_eq!(ictx.ioas_alloc().unwrap(), N - 1);
+    assert_eq!(ictx.ioas_alloc().unwrap(), N);
+    // Everything destroyed: numbering starts again at 1.
+    for id in (1..=N).rev() {
+        ictx.destroy(id).unwrap();
+    }
+    assert_eq!(ictx.object_type(1).unwrap_err().errno_name(), "ENOENT");
+    assert_eq!(ictx.ioas_alloc().unwrap(), 1);
+}
+
+#[test]
 fn destroy_errors_enoent_unknown_and_ebusy_while_referenced() {
     let fx = Fx::new(1);
     let (fault_id, fd, hwpt) = fx.fault_hwpt(0, 0);

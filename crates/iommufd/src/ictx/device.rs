@@ -295,17 +295,14 @@ impl Ictx {
     /// (`ENODEV` without a group, `EPERM` if someone else owns or uses the group, ...).
     pub fn bind_device(&self, dev: Arc<Device>) -> Result<u32> {
         let mut t = self.table.lock();
-        if t.objects
-            .values()
-            .any(|o| matches!(o, Object::Device(d) if d.dev.id() == dev.id()))
-        {
+        if t.bound.contains_key(&dev.id()) {
             return Err(ebusy_v("device already bound", dev.id().0));
         }
         let group = dev.group()?;
         let id = t.alloc_id()?;
         device_claim_dma_owner(&dev, self.owner)?;
         t.igroups.entry(group.id()).or_default().bound += 1;
-        t.objects.insert(
+        t.insert_object(
             id,
             Object::Device(IdevObj {
                 dev,
@@ -334,7 +331,7 @@ impl Ictx {
             t.detach(dev_id, p)?;
         }
         device_release_dma_owner(&t.idev(dev_id)?.dev)?;
-        t.objects.remove(&dev_id);
+        t.remove_object(dev_id);
         let ig = t.igroups.get_mut(&gid).expect("bound device has an igroup");
         ig.bound -= 1;
         if ig.bound == 0 {

@@ -23,7 +23,7 @@ impl Ictx {
         let mut t = self.table.lock();
         let id = t.alloc_id()?;
         let fault = Fault::new()?;
-        t.objects.insert(id, Object::Fault(fault.clone()));
+        t.insert_object(id, Object::Fault(fault.clone()));
         Ok((id, FaultFd::new(fault)))
     }
 

@@ -125,7 +125,7 @@ impl Table {
         if let HwptKind::Paging { ioas_id, .. } = hwpt.kind {
             self.ioas_mut(ioas_id)?.add_hwpt(id, &hwpt.domain)?;
         }
-        self.objects.insert(id, Object::Hwpt(Arc::new(hwpt)));
+        self.insert_object(id, Object::Hwpt(Arc::new(hwpt)));
         Ok(id)
     }
 }

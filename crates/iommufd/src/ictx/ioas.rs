@@ -112,7 +112,7 @@ impl Ictx {
     pub fn ioas_alloc(&self) -> Result<u32> {
         let mut t = self.table.lock();
         let id = t.alloc_id()?;
-        t.objects.insert(id, Object::Ioas(IoasObj::default()));
+        t.insert_object(id, Object::Ioas(IoasObj::default()));
         Ok(id)
     }
 

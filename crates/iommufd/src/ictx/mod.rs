@@ -16,14 +16,14 @@ mod fault_queue;
 mod hw_pagetable;
 mod ioas;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::Relaxed};
 
 use iommu_core::error::{ebusy_v, einval_v, enoent_v, enospc, eopnotsupp_v, Condition};
 use iommu_core::sync::Mutex;
-use iommu_core::{device_release_dma_owner, DmaOwner, Error, GroupId, Result};
+use iommu_core::{device_release_dma_owner, DeviceId, DmaOwner, Error, GroupId, Result};
 
 use crate::fault::Fault;
 use device::{IGroup, IdevObj};
@@ -58,13 +58,63 @@ enum Object {
 struct Table {
     objects: BTreeMap<u32, Object>,
     igroups: BTreeMap<GroupId, IGroup>,
+    ids: IdSpace,
+    /// Bound devices by core identity, so a second bind is refused without a table scan.
+    bound: BTreeMap<DeviceId, u32>,
+}
+
+/// The largest object ID: Linux allocates IDs from an XArray limited to 31 bits
+/// (`xa_limit_31b`), starting at 1.
+const MAX_OBJECT_ID: u32 = i32::MAX as u32;
+
+/// Object IDs as Linux hands them out: the lowest free one, in O(log n) per call (a scan of the
+/// table made allocating n objects quadratic).
+///
+/// `high` is the largest ID in use (0 when none); `free` holds every unused ID below it.
+#[derive(Default)]
+struct IdSpace {
+    high: u32,
+    free: BTreeSet<u32>,
+}
+
+impl IdSpace {
+    /// The ID the next object gets, without taking it: a call may still fail after choosing
+    /// it, and a rejected call changes nothing.
+    fn peek(&self) -> Result<u32> {
+        match self.free.first() {
+            Some(&id) => Ok(id),
+            None if self.high < MAX_OBJECT_ID => Ok(self.high + 1),
+            None => Err(enospc("object IDs exhausted")),
+        }
+    }
+
+    /// Marks `id` (from [`IdSpace::peek`]) used.
+    fn take(&mut self, id: u32) {
+        if !self.free.remove(&id) {
+            debug_assert_eq!(id, self.high + 1, "IDs are taken as peek chose them");
+            self.high = self.high.max(id);
+        }
+    }
+
+    /// Returns `id` to the space; trailing free IDs fold back into `high`.
+    fn put(&mut self, id: u32) {
+        if id != self.high {
+            self.free.insert(id);
+            return;
+        }
+        self.high -= 1;
+        while self.high > 0 && self.free.remove(&self.high) {
+            self.high -= 1;
+        }
+    }
 }
 
 static NEXT_ICTX: StdAtomicU64 = StdAtomicU64::new(1);
 
 /// An iommufd context (one open `/dev/iommu`): the object table and every object in it.
 ///
-/// Object IDs are `u32`, start at 1, and the lowest free one is reused. Every call validates
+/// Object IDs are `u32` below 2^31, start at 1, and the lowest free one is reused (as Linux's
+/// XArray allocation), in O(log n). Every call validates
 /// fully before changing anything: a rejected call has no side effects. Dropping the context
 /// detaches every device (answering their pending faults Invalid), releases DMA ownership and
 /// answers every group any fault queue still holds (SPEC H23).
@@ -102,15 +152,28 @@ fn lookup_error(
 }
 
 impl Table {
+    /// The ID the next object will get (see [`IdSpace::peek`]).
     fn alloc_id(&self) -> Result<u32> {
-        let mut id = 1u32;
-        for &k in self.objects.keys() {
-            if k != id {
-                break;
-            }
-            id = id.checked_add(1).ok_or(enospc("object IDs exhausted"))?;
+        self.ids.peek()
+    }
+
+    /// Installs `obj` under `id` (from [`Table::alloc_id`]).
+    fn insert_object(&mut self, id: u32, obj: Object) {
+        self.ids.take(id);
+        if let Object::Device(d) = &obj {
+            self.bound.insert(d.dev.id(), id);
         }
-        Ok(id)
+        self.objects.insert(id, obj);
+    }
+
+    /// Removes object `id`, freeing its ID.
+    fn remove_object(&mut self, id: u32) -> Option<Object> {
+        let obj = self.objects.remove(&id)?;
+        self.ids.put(id);
+        if let Object::Device(d) = &obj {
+            self.bound.remove(&d.dev.id());
+        }
+        Some(obj)
     }
 
     /// Object `id` as the type `pick` selects; `ENOENT` with `what` otherwise.
@@ -248,7 +311,7 @@ impl Ictx {
     pub fn destroy(&self, id: u32) -> Result<()> {
         let mut t = self.table.lock();
         t.destroy_blocker(id)?;
-        match t.objects.remove(&id) {
+        match t.remove_object(id) {
             Some(Object::Hwpt(h)) => {
                 if let HwptKind::Paging { ioas_id, .. } = h.kind {
                     if let Ok(ioas) = t.ioas_mut(ioas_id) {
@@ -286,5 +349,7 @@ impl Drop for Ictx {
             }
         }
         t.objects.clear();
+        t.ids = IdSpace::default();
+        t.bound.clear();
     }
 }
