@@ -176,6 +176,14 @@ impl IopfQueue {
         })
     }
 
+    /// Whether [`IopfQueue::shutdown`] ran: the queue takes no more work.
+    pub fn is_shut_down(&self) -> bool {
+        match &self.manual {
+            Some(m) => !m.lock().1,
+            None => self.tx.lock().is_none(),
+        }
+    }
+
     /// Stops accepting work, lets the workers finish what is queued, and joins them (Linux
     /// `iopf_queue_free`). Idempotent; also done on drop.
     pub fn shutdown(&self) {
@@ -209,8 +217,13 @@ impl core::fmt::Debug for IopfQueue {
 }
 
 /// Enables fault reporting for `dev` with its handlers' work run on `queue` (Linux
-/// `iopf_queue_add_device`). Errors as [`crate::iopf_enable`].
+/// `iopf_queue_add_device`). Errors as [`crate::iopf_enable`], and `EINVAL` for a queue that
+/// was shut down (in Linux that queue is freed memory; here it would take no work, so every
+/// group would be handled inline behind the caller's back).
 pub fn iopf_queue_add_device(queue: &Arc<IopfQueue>, dev: &Device) -> Result<()> {
+    if queue.is_shut_down() {
+        return Err(einval("IOPF queue is shut down"));
+    }
     crate::iopf::publish_fault_param(dev, FaultParam::new(Some(queue.clone())))
 }
 

@@ -54,3 +54,22 @@ fn manual_queue_shutdown_runs_what_is_queued_and_then_refuses_work() {
     assert_eq!((r.grpid, r.code), (2, PageResponseCode::Success));
     assert_eq!(queue.pending(), 0);
 }
+
+#[test]
+fn a_shut_down_queue_takes_no_new_device() {
+    let fx = common::Fixture::new(&[1 << 16, 1 << 16]);
+    for queue in [
+        iommu_core::IopfQueue::new_manual("manual"),
+        iommu_core::IopfQueue::new("threads", 1).unwrap(),
+    ] {
+        assert!(!queue.is_shut_down());
+        queue.shutdown();
+        assert!(queue.is_shut_down());
+        let err = iommu_core::iopf_queue_add_device(&queue, fx.dev(1)).unwrap_err();
+        assert_eq!(err.errno_name(), "EINVAL");
+        // Nothing was enabled: the device can still get a live queue.
+        let live = iommu_core::IopfQueue::new_manual("live");
+        iommu_core::iopf_queue_add_device(&live, fx.dev(1)).unwrap();
+        iommu_core::iopf_disable(fx.dev(1)).unwrap();
+    }
+}
