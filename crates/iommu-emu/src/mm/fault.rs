@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use iommu_core::error::{efault, efault_v, enomem_v, eperm_v};
 use iommu_core::{Result, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE};
-use iommu_pt::{walk, Access, FirstStage4, Pfn};
+use iommu_pt::{walk, Access, FirstStage4, Pfn, PhysAddr};
 
 use super::{page_down, Mm, MmInner, USER_TOP};
-use crate::phys::{read_frame, write_frame, Frame, PhysMem, PAGE_SHIFT, PAGE_SIZE};
+use crate::phys::{PhysMem, PAGE_SHIFT, PAGE_SIZE};
 
 impl MmInner {
     /// Makes `addr`'s page present for `perm`; returns its frame.
@@ -55,9 +55,7 @@ impl Mm {
             addr,
             buf.len(),
             IOMMU_FAULT_PERM_READ,
-            |frame, off, done, n| {
-                read_frame(frame, off, &mut buf[done..done + n]);
-            },
+            |pa, done, n| self.phys.read(pa, &mut buf[done..done + n]),
         )
     }
 
@@ -68,9 +66,7 @@ impl Mm {
             addr,
             data.len(),
             IOMMU_FAULT_PERM_WRITE,
-            |frame, off, done, n| {
-                write_frame(frame, off, &data[done..done + n]);
-            },
+            |pa, done, n| self.phys.write(pa, &data[done..done + n]),
         )
     }
 
@@ -79,7 +75,7 @@ impl Mm {
         addr: u64,
         len: usize,
         perm: u32,
-        mut f: impl FnMut(&Frame, usize, usize, usize),
+        mut f: impl FnMut(PhysAddr, usize, usize) -> Result<()>,
     ) -> Result<()> {
         addr.checked_add(len as u64)
             .filter(|&e| e <= USER_TOP)
@@ -108,11 +104,7 @@ impl Mm {
                     pfn
                 }
             };
-            let frame = self
-                .phys
-                .frame(pfn)
-                .ok_or(efault_v("frame outside memory", pfn.0))?;
-            f(frame, off, done, n);
+            f(PhysAddr(pfn.addr().0 + off as u64), done, n)?;
             done += n;
         }
         Ok(())
