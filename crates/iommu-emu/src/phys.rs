@@ -85,7 +85,10 @@ impl PhysMem {
         let bytes = (frames as u64)
             .checked_mul(PAGE_SIZE)
             .filter(|b| base.checked_add(*b).is_some_and(|e| e <= PhysAddr::LIMIT))
-            .ok_or(einval_v("too many frames for the physical-address space", frames as u64))?;
+            .ok_or(einval_v(
+                "too many frames for the physical-address space",
+                frames as u64,
+            ))?;
         // A mapping cannot be empty: an empty memory maps one page it never hands out.
         let map_len = usize::try_from(bytes.max(PAGE_SIZE))
             .map_err(|_| einval_v("memory larger than the host address space", bytes))?;
@@ -263,7 +266,12 @@ impl TableRef for FrameTable<'_> {
     }
 
     #[inline]
-    fn compare_exchange(self, idx: usize, current: u64, new: u64) -> core::result::Result<u64, u64> {
+    fn compare_exchange(
+        self,
+        idx: usize,
+        current: u64,
+        new: u64,
+    ) -> core::result::Result<u64, u64> {
         self.entry(idx)
             .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
     }
@@ -278,7 +286,8 @@ impl TableMem for PhysMem {
     }
 
     fn alloc_table(&self) -> core::result::Result<Pfn, PtError> {
-        self.alloc_frame().map_err(|_| PtError::NoMemory { tables: 1 })
+        self.alloc_frame()
+            .map_err(|_| PtError::NoMemory { tables: 1 })
     }
 
     fn free_table(&self, pfn: Pfn) {

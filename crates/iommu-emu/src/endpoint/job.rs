@@ -4,8 +4,8 @@
 use std::fmt;
 
 use super::dma::Machine;
-use super::{DmaError, Endpoint};
 use super::dma::{dma_read_chunk, dma_write_chunk};
+use super::{DmaError, Endpoint};
 use crate::phys::PAGE_SIZE;
 
 #[cfg(doc)]

@@ -31,17 +31,25 @@ impl MmInner {
             Some(p) => (*p, false),
             None => (phys.alloc_frame()?, true),
         };
-        if self
-            .pt
-            .map(page, pfn.addr(), PAGE_SIZE, vma.prot.pte_perms())
-            .is_err()
-        {
+        // A fresh frame gets the page's swapped-out contents before anything can map it.
+        let filled = if fresh {
+            self.swap_in(phys, vpn, pfn)
+        } else {
+            Ok(())
+        };
+        let mapped = filled.and_then(|()| {
+            self.pt
+                .map(page, pfn.addr(), PAGE_SIZE, vma.prot.pte_perms())
+                .map_err(|_| enomem_v("no memory for page tables", addr))
+        });
+        if let Err(e) = mapped {
             if fresh {
                 phys.free_frame(pfn);
             }
-            return Err(enomem_v("no memory for page tables", addr));
+            return Err(e);
         }
         self.pages.insert(vpn, pfn);
+        self.swapped.remove(&vpn);
         Ok((pfn, true))
     }
 }
@@ -51,23 +59,17 @@ impl Mm {
     /// (demand-zero). `EFAULT` outside any VMA, `EPERM` without read permission; on error
     /// `buf` may be partly filled.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.cpu_access(
-            addr,
-            buf.len(),
-            IOMMU_FAULT_PERM_READ,
-            |pa, done, n| self.phys.read(pa, &mut buf[done..done + n]),
-        )
+        self.cpu_access(addr, buf.len(), IOMMU_FAULT_PERM_READ, |pa, done, n| {
+            self.phys.read(pa, &mut buf[done..done + n])
+        })
     }
 
     /// Copies `data` to user address `addr`, faulting pages in. `EFAULT` outside any VMA,
     /// `EPERM` without write permission; on error a prefix may have been written.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        self.cpu_access(
-            addr,
-            data.len(),
-            IOMMU_FAULT_PERM_WRITE,
-            |pa, done, n| self.phys.write(pa, &data[done..done + n]),
-        )
+        self.cpu_access(addr, data.len(), IOMMU_FAULT_PERM_WRITE, |pa, done, n| {
+            self.phys.write(pa, &data[done..done + n])
+        })
     }
 
     fn cpu_access(

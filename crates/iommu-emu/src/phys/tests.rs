@@ -61,7 +61,8 @@ fn guest_memory_addresses_are_physical_addresses() {
     let gm = mem.guest_memory();
     assert_eq!(gm.num_regions(), 1);
     let mut back = [0u8; 6];
-    gm.read_slice(&mut back, GuestAddress(f.addr().0 + 8)).unwrap();
+    gm.read_slice(&mut back, GuestAddress(f.addr().0 + 8))
+        .unwrap();
     assert_eq!(&back, b"shared");
 }
 
