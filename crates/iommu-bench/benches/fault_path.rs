@@ -7,7 +7,8 @@
 //! * `translate/iotlb_hit`: one translation that hits the IOTLB, inside an open DMA window.
 //! * `translate/cold_walk`: translations that miss the IOTLB (65,536 distinct pages cycled
 //!   through a 4,096-entry IOTLB), each a 4-level second-stage walk plus the IOTLB fill.
-//! * `phys/…`, `dma/…`: 4 KiB frame writes, atomic words against a mutex per frame; a 64 KiB DMA
+//! * `phys/…`, `dma/…`: 4 KiB frame writes, `PhysMem` (vm-memory; the name keeps "atomic words"
+//!   from before, so runs compare) against a mutex per frame; a 64 KiB DMA
 //!   write over resident pages.
 //!
 //! `cargo bench -p iommu-bench --bench fault_path -- --warm-up-time 1 --measurement-time 3`
