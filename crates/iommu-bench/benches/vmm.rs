@@ -29,7 +29,11 @@ fn translate(c: &mut Criterion) {
         )
     });
     g.bench_function("miss_bare", |b| {
-        b.iter_batched(|| (), |()| black_box(w.bare_read()), BatchSize::PerIteration)
+        b.iter_batched(
+            || (),
+            |()| black_box(w.bare_read()),
+            BatchSize::PerIteration,
+        )
     });
     g.finish();
     let (_, after) = w.hits_and_requests();

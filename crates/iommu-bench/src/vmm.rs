@@ -8,9 +8,9 @@
 //! PASID ([`VmmDma::invalidate`], untimed by the benches): an ATS request that misses the
 //! device TLB and the IOMMU's IOTLB and walks the process's page table.
 
+use iommu_emu::{EndpointConfig, Prot};
 use iommu_vmm::world::SvaWorld;
 use iommu_vmm::EndpointMemory;
-use iommu_emu::{EndpointConfig, Prot};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// The workload: the world, the device's `IommuMemory`, and where the bare side reads.
@@ -78,7 +78,8 @@ impl VmmDma {
     /// translation misses.
     pub fn invalidate(&self) {
         let ep = &self.world.ep;
-        ep.iommu().flush_pasid(ep.device(), Some(self.world.pasid()));
+        ep.iommu()
+            .flush_pasid(ep.device(), Some(self.world.pasid()));
     }
 
     /// A [`VmmDma::BYTES`] device read through the IOMMU.

@@ -80,25 +80,26 @@ impl RingLayout {
             return Err(format!("base {base:#x} is not page aligned"));
         }
         let size = (4 * u32::from(chains)).next_power_of_two() as u16;
-        let desc_table = base;
-        let avail_ring = desc_table + 16 * u64::from(size);
-        let used_ring = (avail_ring + 6 + 2 * u64::from(size)).next_multiple_of(PAGE);
-        let inputs = (used_ring + 6 + 8 * u64::from(size)).next_multiple_of(PAGE);
+        // Offsets from `base` first (small numbers), then one checked addition.
+        let avail = 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(PAGE);
+        let inputs = (used + 6 + 8 * u64::from(size)).next_multiple_of(PAGE);
         let outputs = inputs + u64::from(chains) * u64::from(input_len);
-        let end = outputs + u64::from(chains) * (u64::from(input_len) + 8);
-        base.checked_add(end - base)
-            .ok_or_else(|| format!("region at {base:#x} wraps"))?;
+        let len = (outputs + u64::from(chains) * (u64::from(input_len) + 8)).next_multiple_of(PAGE);
+        if base.checked_add(len).is_none() {
+            return Err(format!("region at {base:#x} of {len:#x} bytes wraps"));
+        }
         Ok(RingLayout {
             base,
             chains,
             input_len,
             size,
-            desc_table,
-            avail_ring,
-            used_ring,
-            inputs,
-            outputs,
-            len: (end - base).next_multiple_of(PAGE),
+            desc_table: base,
+            avail_ring: base + avail,
+            used_ring: base + used,
+            inputs: base + inputs,
+            outputs: base + outputs,
+            len,
         })
     }
 

@@ -77,7 +77,11 @@ fn write_through_a_read_only_iommu_mapping_is_cannot_resolve_with_the_permission
     assert_eq!(read, 0x1234_5678);
     assert!(reason.contains("Permission"), "{reason}");
     assert_eq!(mem.iommu().stats().failures, 1);
-    assert_eq!(w.ep.stats().groups_sent, 0, "not fault capable: no page request");
+    assert_eq!(
+        w.ep.stats().groups_sent,
+        0,
+        "not fault capable: no page request"
+    );
     drop(mem);
     drop(w);
 }
@@ -118,7 +122,10 @@ fn swap_out_empties_the_iotlb_and_the_next_access_misses() {
 
     let after = mem.iommu().stats();
     assert_eq!(&buf, b"resident", "swapped back in with its contents");
-    assert_eq!(after.ats_requests, 2, "the access after the swap-out missed");
+    assert_eq!(
+        after.ats_requests, 2,
+        "the access after the swap-out missed"
+    );
     assert_eq!(after.hits, 1);
     assert!(after.flushes > before.flushes);
     let st = w.ep.stats();
@@ -152,7 +159,10 @@ fn detach_while_a_translation_waits_for_its_page_response_answers_it() {
         let _ = tx.send(mem.read_obj::<u64>(GuestAddress(IOVA)));
     });
     let fd = w.fault_fd().unwrap();
-    assert!(fd.wait_readable(Some(BOUND)).unwrap(), "the page request arrived");
+    assert!(
+        fd.wait_readable(Some(BOUND)).unwrap(),
+        "the page request arrived"
+    );
 
     let start = Instant::now();
     w.detach().unwrap();
