@@ -1,5 +1,6 @@
-//! Memory: `PhysMem`'s design choice (frames as atomic words) beside the alternative (a lock
-//! per frame), and the DMA engine over resident pages.
+//! Memory: a 4 KiB write into `PhysMem` (a `vm-memory` `GuestMemoryMmap` region since issue 13;
+//! before, frames of atomic words) beside a lock per frame, and the DMA engine over resident
+//! pages.
 
 use std::sync::Arc;
 
@@ -28,7 +29,8 @@ impl FrameWrites {
         }
     }
 
-    /// 4 KiB into a `PhysMem` frame (atomic words).
+    /// 4 KiB into a `PhysMem` frame (`vm-memory`'s `write_slice`; the name is kept so the
+    /// bench's `phys/write_4k_atomic_words` line compares with earlier runs).
     #[inline]
     pub fn write_atomic_words(&self, src: &[u8; 4096]) {
         self.phys.write(self.frame, src).expect("write");

@@ -1,7 +1,8 @@
 //! `iommu-emu`: the hardware iommu-rs runs on, simulated.
 //!
-//! * [`PhysMem`] — bounded physical memory of 4 KiB frames, shared lock-free by CPU threads,
-//!   DMA and page tables ([`phys`]).
+//! * [`PhysMem`] — bounded physical memory of 4 KiB frames on rust-vmm's `vm-memory` (one
+//!   anonymous `GuestMemoryMmap` region, [`PhysMem::guest_memory`]), shared lock-free by CPU
+//!   threads, DMA and page tables ([`phys`]).
 //! * [`Mm`] — a process address space implementing [`iommu_core::AddressSpace`]: VMAs,
 //!   demand-zero paging through its own x86-64 first-stage table (the one SVA shares with the
 //!   IOMMU), `munmap`/`mprotect`/`exit` that invalidate every IOMMU caching it before freeing
@@ -49,6 +50,7 @@
 
 pub mod demo;
 pub mod endpoint;
+mod frames;
 pub mod iommu;
 pub mod mm;
 pub mod phys;

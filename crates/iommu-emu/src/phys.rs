@@ -1,52 +1,69 @@
-//! Simulated physical memory: [`PhysMem`], a bounded pool of 4 KiB frames.
+//! Simulated physical memory: [`PhysMem`], a bounded pool of 4 KiB frames on rust-vmm's
+//! `vm-memory`.
 //!
 //! Data frames and page-table pages come from the same pool (as on a real machine, the IOMMU
-//! walks tables that live in RAM): `PhysMem` implements [`iommu_pt::TableMem`]. The pool is an
-//! [`ArenaTableMem`] — one zeroed allocation of `[AtomicU64; 512]` frames — because that gives
-//! both properties the emulator needs without `unsafe`:
+//! walks tables that live in RAM): `PhysMem` implements [`iommu_pt::TableMem`].
 //!
-//! * a frame is resolved by a subtraction and a bounds check (no lock, no pointer chase), which
-//!   keeps the IOMMU's walk and the DMA engine's copies lock-free;
-//! * every word is an atomic, so CPU threads and DMA threads may read and write the same frame at
-//!   the same time (a racing access sees each 64-bit word before or after a store, never torn
-//!   inside a word — the same guarantee a coherent machine gives for aligned 8-byte accesses).
+//! # Backend: one anonymous `GuestMemoryMmap` region
+//! Every frame lives in a single [`GuestMemoryMmap`] region whose guest addresses are the
+//! emulator's physical addresses: frame numbers start at [`ArenaTableMem::DEFAULT_BASE`] (64 GiB),
+//! as they always have, so a [`Pfn::addr`] *is* a `GuestAddress` of [`PhysMem::guest_memory`],
+//! and rust-vmm device code (virtio queues, `IommuMemory`) reaches the same bytes the emulator's
+//! DMA engine and `Mm` do. We chose `GuestMemoryMmap` over a custom `GuestMemoryBackend` over
+//! our own frames because handing out `VolatileSlice`s of our own memory needs `unsafe`
+//! (`VolatileSlice::new` takes a raw pointer), which this crate does not allow; the mmap
+//! backend builds them inside `vm-memory`. The mapping is anonymous and `MAP_NORESERVE`, so a
+//! large memory costs the host nothing until a frame is touched.
 //!
-//! Measured against the alternative, a lock per frame (`cargo bench -p iommu-bench --bench
-//! fault_path -- phys/`, figures in BENCHMARKS.md): an uncontended 4 KiB write costs about 20 ns
-//! more with atomic words than with a `Mutex<[u8; 4096]>` (SIMD memcpy; `Relaxed` atomic stores
-//! are plain 8-byte moves but are not vectorised). We keep atomic words anyway: the difference is
-//! small against the fault path (µs per group), page-table
-//! pages must be atomic words for the lock-free walker (so one representation serves both), and
-//! a frame lock would serialise CPU and device access to one page, which real memory does not.
-//! Sub-word edges of an unaligned write use a compare-exchange loop so a concurrent writer of the
-//! neighbouring bytes is never undone.
+//! # Access
+//! Data goes through `vm-memory`'s safe APIs only: [`Bytes::read_slice`]/[`Bytes::write_slice`]
+//! on the region (a `memcpy` inside `vm-memory`; racing CPU and device accesses to one frame
+//! see bytes before or after each other's copy, as on a coherent machine). Page-table entries
+//! are 64-bit words reached through [`VolatileMemory::get_atomic_ref`] as `AtomicU64`, so the
+//! lock-free walker, A/D-bit updates and the mapper share tables exactly as they did when the
+//! frames were an array of atomics. A range is bounds-checked before any byte moves, so a
+//! failing access changes nothing.
 //!
-//! Capacity is fixed at creation; running out is `ENOMEM`, never a panic. Frames are handed out
-//! zeroed.
+//! Which frames are in use is the business of [`crate::frames`]: frames are handed out zeroed,
+//! never twice while allocated, a double free is caught, and running out is `ENOMEM`.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use iommu_core::error::{efault_v, einval_v, enomem};
+use iommu_core::error::{efault_v, einval_v, enomem, enomem_v};
 use iommu_core::Result;
 use iommu_pt::spec::ENTRIES;
-use iommu_pt::{ArenaTableMem, Pfn, PhysAddr, PtError, TableMem};
+use iommu_pt::{ArenaTableMem, Pfn, PhysAddr, PtError, TableMem, TableRef};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    MmapRegion, VolatileMemory, VolatileSlice,
+};
+
+use crate::frames::FrameAllocator;
 
 /// Bytes in one frame.
 pub const PAGE_SIZE: u64 = 4096;
 /// Shift from an address to its frame number.
 pub const PAGE_SHIFT: u32 = 12;
-const PAGE_MASK: u64 = PAGE_SIZE - 1;
 
-/// One frame's contents: 512 atomic 64-bit words.
-pub type Frame = [AtomicU64; ENTRIES];
+/// What a recycled frame is overwritten with.
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 /// Simulated RAM: a fixed number of 4 KiB frames shared by page tables, processes and DMA.
 ///
-/// All methods take `&self` and may be called from any thread. Data accesses are bounds checked
-/// per frame: an address that is not inside an allocated-or-free frame of this memory is
-/// `EFAULT` (a DMA there is an Unsupported Request on a real bus).
+/// All methods take `&self` and may be called from any thread. Data accesses are bounds
+/// checked: an address that is not inside an allocated-or-free frame of this memory is `EFAULT`
+/// (a DMA there is an Unsupported Request on a real bus).
 pub struct PhysMem {
-    arena: ArenaTableMem,
+    /// The `vm-memory` view of all frames (one region), for rust-vmm code.
+    mem: GuestMemoryMmap,
+    /// That region, held directly so an access resolves without searching the collection.
+    region: Arc<GuestRegionMmap>,
+    /// Physical address of the first frame.
+    base: u64,
+    /// Bytes of frames (`capacity × 4 KiB`; the mapping may be one page larger when empty).
+    bytes: u64,
+    frames: FrameAllocator,
 }
 
 impl PhysMem {
@@ -54,12 +71,41 @@ impl PhysMem {
     /// first frame's physical address is 64 GiB.
     ///
     /// # Panics
-    /// Only if the host cannot allocate `frames × 4 KiB` (the allocation is requested zeroed,
-    /// so untouched frames cost no host memory on an OS with lazy zero pages).
+    /// Only if the host refuses to map `frames × 4 KiB` of address space (the mapping is lazy
+    /// and unreserved, so untouched frames cost no host memory) or the frames would leave the
+    /// 52-bit physical-address space. [`PhysMem::try_new`] returns these as errors.
     pub fn new(frames: usize) -> PhysMem {
-        PhysMem {
-            arena: ArenaTableMem::new(frames),
-        }
+        Self::try_new(frames).unwrap_or_else(|e| panic!("PhysMem::new({frames}): {e}"))
+    }
+
+    /// Memory of `frames` frames, as [`PhysMem::new`]: `EINVAL` when the frames would leave
+    /// the physical-address space, `ENOMEM` when the host cannot map them.
+    pub fn try_new(frames: usize) -> Result<PhysMem> {
+        let base = ArenaTableMem::DEFAULT_BASE.addr().0;
+        let bytes = (frames as u64)
+            .checked_mul(PAGE_SIZE)
+            .filter(|b| base.checked_add(*b).is_some_and(|e| e <= PhysAddr::LIMIT))
+            .ok_or(einval_v(
+                "too many frames for the physical-address space",
+                frames as u64,
+            ))?;
+        // A mapping cannot be empty: an empty memory maps one page it never hands out.
+        let map_len = usize::try_from(bytes.max(PAGE_SIZE))
+            .map_err(|_| einval_v("memory larger than the host address space", bytes))?;
+        let mapping = MmapRegion::new(map_len)
+            .map_err(|_| enomem_v("host cannot map the physical memory", bytes))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(base))
+            .ok_or(einval_v("physical memory overflows", base))?;
+        let region = Arc::new(region);
+        let mem = GuestMemoryMmap::from_arc_regions(vec![region.clone()])
+            .map_err(|_| einval_v("cannot build guest memory", base))?;
+        Ok(PhysMem {
+            mem,
+            region,
+            base,
+            bytes,
+            frames: FrameAllocator::new(frames),
+        })
     }
 
     /// Memory of `bytes` (rounded up to whole frames).
@@ -67,35 +113,49 @@ impl PhysMem {
         Self::new(bytes.div_ceil(PAGE_SIZE) as usize)
     }
 
+    /// The `vm-memory` backend holding every frame: one region, whose guest addresses are this
+    /// memory's physical addresses ([`Pfn::addr`]). What rust-vmm device code reads and writes.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// Touches every frame once, so the host backs the whole memory now rather than on first
-    /// access (the arena is allocated zeroed and lazily by the host OS). Benchmarks call it so
-    /// they measure the emulator, not the host's first-touch page faults. Contents are unchanged.
+    /// access (the mapping is lazy). Benchmarks call it so they measure the emulator, not the
+    /// host's first-touch page faults. Contents are unchanged.
     pub fn prefault(&self) {
         for i in 0..self.capacity() as u64 {
-            if let Some(f) = self.frame(Pfn(ArenaTableMem::DEFAULT_BASE.0 + i)) {
-                // A write (an idempotent RMW could be compiled to a read, which would only map
-                // the host's shared zero page).
-                let w = f[0].load(Relaxed);
-                let _ = f[0].compare_exchange(w, w, Relaxed, Relaxed);
+            if let Some(t) = self.frame_table(Pfn(ArenaTableMem::DEFAULT_BASE.0 + i)) {
+                // A write (a read would only map the host's shared zero page); compare-exchange
+                // of a word with itself keeps the contents.
+                let w = t.load(0);
+                let _ = t.compare_exchange(0, w, w);
             }
         }
     }
 
     /// The most frames this memory holds.
     pub fn capacity(&self) -> usize {
-        self.arena.capacity()
+        self.frames.capacity()
     }
 
     /// Frames currently allocated (data and page tables).
     pub fn frames_in_use(&self) -> usize {
-        self.arena.tables_in_use()
+        self.frames.in_use()
     }
 
     /// Allocates a zeroed frame. `ENOMEM` when the memory is exhausted.
     pub fn alloc_frame(&self) -> Result<Pfn> {
-        self.arena
-            .alloc_table()
-            .map_err(|_| enomem("physical memory exhausted"))
+        let (index, recycled) = self
+            .frames
+            .alloc()
+            .ok_or(enomem("physical memory exhausted"))?;
+        let pfn = Pfn(ArenaTableMem::DEFAULT_BASE.0 + index as u64);
+        // A frame never handed out is still the mapping's zero fill; a recycled one is cleared
+        // (it may hold another process's data or a freed table).
+        if recycled {
+            self.write(pfn.addr(), &ZERO_PAGE)?;
+        }
+        Ok(pfn)
     }
 
     /// Returns a frame. The caller guarantees nothing still uses it: no mapping, no cached
@@ -103,178 +163,135 @@ impl PhysMem {
     ///
     /// # Panics
     /// If `pfn` is not an allocated frame of this memory (a double free is a bug in the caller,
-    /// not a runtime condition).
+    /// not a runtime condition: carrying on would give one frame two owners).
     pub fn free_frame(&self, pfn: Pfn) {
-        self.arena.free_table(pfn);
-    }
-
-    /// The frame `pfn`, for word-level access. `None` outside this memory.
-    #[inline]
-    pub fn frame(&self, pfn: Pfn) -> Option<&Frame> {
-        self.arena.table(pfn)
-    }
-
-    #[inline]
-    fn frame_of(&self, pa: u64) -> Result<&Frame> {
-        self.frame(Pfn(pa >> PAGE_SHIFT))
-            .ok_or(efault_v("physical address outside memory", pa))
-    }
-
-    /// Splits `[pa, pa + len)` into per-frame chunks `(frame, offset, chunk_len, done)`.
-    fn for_each_chunk(
-        &self,
-        pa: PhysAddr,
-        len: usize,
-        mut f: impl FnMut(&Frame, usize, usize, usize),
-    ) -> Result<()> {
-        let end =
-            pa.0.checked_add(len as u64)
-                .ok_or(einval_v("physical range overflows", pa.0))?;
-        // Check every frame first so a failing access changes nothing.
-        let mut a = pa.0 & !PAGE_MASK;
-        while a < end {
-            self.frame_of(a)?;
-            a += PAGE_SIZE;
+        let index = usize::try_from(pfn.0.wrapping_sub(ArenaTableMem::DEFAULT_BASE.0))
+            .unwrap_or(usize::MAX);
+        if let Err(e) = self.frames.free(index) {
+            panic!("free_frame: {pfn:?} is not an allocated frame of this memory ({e:?})");
         }
-        let mut done = 0usize;
+    }
+
+    /// Offset of `[pa, pa + len)` in the region, if the whole range is inside this memory.
+    #[inline]
+    fn offset_of(&self, pa: u64, len: usize) -> Result<MemoryRegionAddress> {
+        let off = pa
+            .checked_sub(self.base)
+            .filter(|o| o.checked_add(len as u64).is_some_and(|e| e <= self.bytes))
+            .ok_or(efault_v("physical address outside memory", pa))?;
+        Ok(MemoryRegionAddress(off))
+    }
+
+    /// Copies `buf.len()` bytes starting at `pa` into `buf`. `EFAULT` if any byte is outside
+    /// memory (then `buf` is untouched).
+    #[inline]
+    pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
+        let at = self.offset_of(pa.0, buf.len())?;
+        self.region
+            .read_slice(buf, at)
+            .map_err(|_| efault_v("physical read failed", pa.0))
+    }
+
+    /// Copies `data` to memory starting at `pa`. `EFAULT` if any byte is outside memory (then
+    /// nothing is written).
+    #[inline]
+    pub fn write(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
+        let at = self.offset_of(pa.0, data.len())?;
+        self.region
+            .write_slice(data, at)
+            .map_err(|_| efault_v("physical write failed", pa.0))
+    }
+
+    /// Sets `len` bytes starting at `pa` to `byte`. `EFAULT` as [`PhysMem::write`].
+    pub fn fill(&self, pa: PhysAddr, len: usize, byte: u8) -> Result<()> {
+        let at = self.offset_of(pa.0, len)?;
+        let slice = self
+            .region
+            .get_slice(at, len)
+            .map_err(|_| efault_v("physical fill failed", pa.0))?;
+        let pattern = [byte; PAGE_SIZE as usize];
+        let mut done = 0;
         while done < len {
-            let addr = pa.0 + done as u64;
-            let off = (addr & PAGE_MASK) as usize;
-            let n = (PAGE_SIZE as usize - off).min(len - done);
-            f(self.frame_of(addr)?, off, n, done);
+            let n = (len - done).min(pattern.len());
+            let chunk = slice
+                .subslice(done, n)
+                .map_err(|_| efault_v("physical fill failed", pa.0))?;
+            chunk.copy_from(&pattern[..n]);
             done += n;
         }
         Ok(())
     }
 
-    /// Copies `buf.len()` bytes starting at `pa` into `buf`. `EFAULT` if any byte is outside
-    /// memory (then `buf` is untouched).
-    pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) -> Result<()> {
-        self.for_each_chunk(pa, buf.len(), |frame, off, n, done| {
-            read_frame(frame, off, &mut buf[done..done + n]);
-        })
-    }
-
-    /// Copies `data` to memory starting at `pa`. `EFAULT` if any byte is outside memory (then
-    /// nothing is written).
-    pub fn write(&self, pa: PhysAddr, data: &[u8]) -> Result<()> {
-        self.for_each_chunk(pa, data.len(), |frame, off, n, done| {
-            write_frame(frame, off, &data[done..done + n]);
-        })
-    }
-
-    /// Sets `len` bytes starting at `pa` to `byte`. `EFAULT` as [`PhysMem::write`].
-    pub fn fill(&self, pa: PhysAddr, len: usize, byte: u8) -> Result<()> {
-        self.for_each_chunk(pa, len, |frame, off, n, _| fill_frame(frame, off, n, byte))
+    /// Frame `pfn` as a page-table page, `None` outside this memory.
+    #[inline]
+    fn frame_table(&self, pfn: Pfn) -> Option<FrameTable<'_>> {
+        let index = pfn.0.wrapping_sub(ArenaTableMem::DEFAULT_BASE.0);
+        if index >= self.capacity() as u64 {
+            return None;
+        }
+        self.region
+            .get_slice(MemoryRegionAddress(index << PAGE_SHIFT), PAGE_SIZE as usize)
+            .ok()
+            .map(FrameTable)
     }
 }
 
-/// Reads `buf.len()` bytes at byte offset `off` of `frame` (`off + len <= 4096`).
-#[inline]
-pub fn read_frame(frame: &Frame, off: usize, buf: &mut [u8]) {
-    let mut i = 0;
-    let len = buf.len();
-    // Leading bytes up to a word boundary.
-    while i < len && !(off + i).is_multiple_of(8) {
-        buf[i] = byte_at(frame, off + i);
-        i += 1;
-    }
-    // Whole words (iterators: no per-word bounds checks).
-    let words = (len - i) / 8;
-    let first = (off + i) / 8;
-    for (w, out) in frame[first..first + words]
-        .iter()
-        .zip(buf[i..i + words * 8].chunks_exact_mut(8))
-    {
-        out.copy_from_slice(&w.load(Relaxed).to_le_bytes());
-    }
-    i += words * 8;
-    while i < len {
-        buf[i] = byte_at(frame, off + i);
-        i += 1;
+/// One frame seen as a page-table page: 512 little-endian 64-bit entries, each accessed as an
+/// `AtomicU64` through [`VolatileMemory::get_atomic_ref`] (frames are 4 KiB aligned in an
+/// mmap, so every entry is 8-byte aligned and the alignment check always passes).
+#[derive(Clone, Copy)]
+pub struct FrameTable<'a>(VolatileSlice<'a>);
+
+impl FrameTable<'_> {
+    #[inline]
+    fn entry(&self, idx: usize) -> &AtomicU64 {
+        debug_assert!(idx < ENTRIES);
+        match self.0.get_atomic_ref::<AtomicU64>(idx * 8) {
+            Ok(e) => e,
+            // `idx < ENTRIES` is the walker's contract (`TableRef`); a frame is one table.
+            Err(e) => panic!("page-table entry {idx} outside its frame: {e}"),
+        }
     }
 }
 
-#[inline]
-fn byte_at(frame: &Frame, at: usize) -> u8 {
-    (frame[at / 8].load(Relaxed) >> ((at % 8) * 8)) as u8
-}
+impl TableRef for FrameTable<'_> {
+    #[inline]
+    fn load(self, idx: usize) -> u64 {
+        self.entry(idx).load(Ordering::Acquire)
+    }
 
-/// Merges `bytes` into word `idx` at byte `shift`, atomically (a racing writer of the other
-/// bytes of the word keeps its bytes).
-#[inline]
-fn merge_word(frame: &Frame, idx: usize, first: usize, bytes: &[u8]) {
-    let mut mask = 0u64;
-    let mut val = 0u64;
-    for (k, b) in bytes.iter().enumerate() {
-        let sh = (first + k) * 8;
-        mask |= 0xff << sh;
-        val |= u64::from(*b) << sh;
+    #[inline]
+    fn store(self, idx: usize, value: u64) {
+        self.entry(idx).store(value, Ordering::Release);
     }
-    let _ = frame[idx].fetch_update(Relaxed, Relaxed, |w| Some((w & !mask) | val));
-}
 
-/// Writes `data` at byte offset `off` of `frame` (`off + len <= 4096`).
-#[inline]
-pub fn write_frame(frame: &Frame, off: usize, data: &[u8]) {
-    let len = data.len();
-    let mut i = 0;
-    if !off.is_multiple_of(8) {
-        let n = (8 - off % 8).min(len);
-        merge_word(frame, off / 8, off % 8, &data[..n]);
-        i = n;
-    }
-    let words = (len - i) / 8;
-    let first = (off + i) / 8;
-    for (w, src) in frame[first..first + words]
-        .iter()
-        .zip(data[i..i + words * 8].chunks_exact(8))
-    {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(src);
-        w.store(u64::from_le_bytes(b), Relaxed);
-    }
-    i += words * 8;
-    if i < len {
-        merge_word(frame, (off + i) / 8, 0, &data[i..]);
-    }
-}
-
-/// Sets `len` bytes at byte offset `off` of `frame` to `byte`.
-#[inline]
-pub fn fill_frame(frame: &Frame, off: usize, len: usize, byte: u8) {
-    let word = u64::from_le_bytes([byte; 8]);
-    let mut i = 0;
-    if !off.is_multiple_of(8) {
-        let n = (8 - off % 8).min(len);
-        merge_word(frame, off / 8, off % 8, &[byte; 8][..n]);
-        i = n;
-    }
-    let words = (len - i) / 8;
-    let first = (off + i) / 8;
-    for w in &frame[first..first + words] {
-        w.store(word, Relaxed);
-    }
-    i += words * 8;
-    if i < len {
-        merge_word(frame, (off + i) / 8, 0, &[byte; 8][..len - i]);
+    #[inline]
+    fn compare_exchange(
+        self,
+        idx: usize,
+        current: u64,
+        new: u64,
+    ) -> core::result::Result<u64, u64> {
+        self.entry(idx)
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
     }
 }
 
 impl TableMem for PhysMem {
-    type Table<'a> = &'a Frame;
+    type Table<'a> = FrameTable<'a>;
 
     #[inline]
     fn table(&self, pfn: Pfn) -> Option<Self::Table<'_>> {
-        self.arena.table(pfn)
+        self.frame_table(pfn)
     }
 
     fn alloc_table(&self) -> core::result::Result<Pfn, PtError> {
-        self.arena.alloc_table()
+        self.alloc_frame()
+            .map_err(|_| PtError::NoMemory { tables: 1 })
     }
 
     fn free_table(&self, pfn: Pfn) {
-        self.arena.free_table(pfn);
+        self.free_frame(pfn);
     }
 }
 
@@ -288,50 +305,4 @@ impl core::fmt::Debug for PhysMem {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_are_zeroed_and_exhaustion_is_enomem() {
-        let mem = PhysMem::new(2);
-        let a = mem.alloc_frame().unwrap();
-        mem.write(a.addr(), &[0xab; 4096]).unwrap();
-        mem.free_frame(a);
-        let b = mem.alloc_frame().unwrap();
-        let _c = mem.alloc_frame().unwrap();
-        let mut buf = [1u8; 4096];
-        mem.read(b.addr(), &mut buf).unwrap();
-        assert!(buf.iter().all(|&x| x == 0));
-        assert_eq!(mem.alloc_frame().unwrap_err().errno_name(), "ENOMEM");
-    }
-
-    #[test]
-    fn unaligned_writes_keep_neighbouring_bytes() {
-        let mem = PhysMem::new(2);
-        let f = mem.alloc_frame().unwrap();
-        let g = mem.alloc_frame().unwrap();
-        assert_eq!(g.0, f.0 + 1, "arena frames are consecutive");
-        mem.fill(f.addr(), 8192, 0x11).unwrap();
-        let data: Vec<u8> = (0..37u8).collect();
-        let at = PhysAddr(f.addr().0 + 4090);
-        mem.write(at, &data).unwrap();
-        let mut back = vec![0u8; 41];
-        mem.read(PhysAddr(at.0 - 2), &mut back).unwrap();
-        assert_eq!(&back[..2], &[0x11, 0x11]);
-        assert_eq!(&back[2..39], &data[..]);
-        assert_eq!(&back[39..], &[0x11, 0x11]);
-    }
-
-    #[test]
-    fn access_outside_memory_is_efault_and_changes_nothing() {
-        let mem = PhysMem::new(1);
-        let f = mem.alloc_frame().unwrap();
-        let err = mem
-            .write(PhysAddr(f.addr().0 + 4000), &[7; 200])
-            .unwrap_err();
-        assert_eq!(err.errno_name(), "EFAULT");
-        let mut b = [9u8; 96];
-        mem.read(PhysAddr(f.addr().0 + 4000), &mut b).unwrap();
-        assert!(b.iter().all(|&x| x == 0));
-    }
-}
+mod tests;

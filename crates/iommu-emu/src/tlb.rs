@@ -88,6 +88,10 @@ pub(crate) struct Entry {
 pub(crate) struct Tlb {
     slots: Box<[Slot]>,
     mask: usize,
+    /// Bumped by every [`Tlb::invalidate`], before any slot is cleared: a cache layered above
+    /// this one (a rust-vmm IOTLB over a device TLB) compares it to know that something it
+    /// copied may have gone stale.
+    generation: AtomicU64,
 }
 
 impl Tlb {
@@ -97,7 +101,14 @@ impl Tlb {
         Tlb {
             slots: (0..n).map(|_| Slot::default()).collect(),
             mask: n - 1,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// How many invalidations this cache has seen (see the field's doc).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn capacity(&self) -> usize {
@@ -178,6 +189,10 @@ impl Tlb {
 
     /// Removes every entry `pred` selects; returns how many.
     pub fn invalidate(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+        // Every call counts, whether or not it removes an entry: a cache above copies entries
+        // without telling this one, so only "maybe stale" can be known here. SeqCst: the bump
+        // is ordered before the slots are cleared and before the caller returns.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let mut n = 0;
         for i in 0..self.slots.len() {
             // Cheap optimistic check first; a slot being written is re-checked under the lock.

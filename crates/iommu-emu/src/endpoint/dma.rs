@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use iommu_core::PageResponseCode;
-use iommu_pt::{Access, Pfn};
+use iommu_pt::{Access, PhysAddr};
 
 use super::pri::{Group, Outstanding};
 use super::{DmaError, Endpoint, MAX_AUTO_ROUNDS, MAX_ROUNDS_WITHOUT_PROGRESS};
 use crate::iommu::{DmaWindow, FaultRecord, TranslationFault};
-use crate::phys::{fill_frame, read_frame, write_frame, Frame, PAGE_SHIFT, PAGE_SIZE};
+use crate::phys::{PhysMem, PAGE_SHIFT, PAGE_SIZE};
 use crate::prq::Pushed;
 use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag};
 
@@ -92,7 +92,7 @@ impl Machine {
     pub(super) fn step(
         &mut self,
         ep: &Endpoint,
-        op: &mut impl FnMut(&Frame, usize, usize, usize),
+        op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<bool, DmaError> {
         if let Some(o) = self.outstanding {
             let r = if self.block {
@@ -138,7 +138,7 @@ impl Machine {
     fn pass(
         &mut self,
         ep: &Endpoint,
-        op: &mut impl FnMut(&Frame, usize, usize, usize),
+        op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<bool, DmaError> {
         let sh = &*ep.sh;
         let access = if self.write {
@@ -166,20 +166,10 @@ impl Machine {
             budget -= 1;
             match ep.translate_page(&win, self.pasid, vpn, access) {
                 Ok(pa) => {
-                    let frame = sh
-                        .iommu
-                        .phys()
-                        .frame(Pfn(pa >> PAGE_SHIFT))
-                        .ok_or(DmaError::BadAddress { pa })?;
                     let page = vpn << PAGE_SHIFT;
                     let lo = page.max(iova);
                     let hi = (page + PAGE_SIZE).min(end);
-                    op(
-                        frame,
-                        (lo - page) as usize,
-                        (lo - iova) as usize,
-                        (hi - lo) as usize,
-                    );
+                    op(pa + (lo - page), (lo - iova) as usize, (hi - lo) as usize)?;
                     progressed = true;
                 }
                 Err(f) if f.recoverable && sh.cfg.ats => self.faulted.push(vpn),
@@ -266,22 +256,18 @@ impl Endpoint {
     /// `buf` may be partly filled.
     pub fn dma_read(&self, pasid: Option<u32>, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let len = buf.len() as u64;
-        self.run(pasid, iova, len, false, |frame, off, done, n| {
-            read_frame(frame, off, &mut buf[done..done + n]);
+        let phys = self.sh.iommu.phys();
+        self.run(pasid, iova, len, false, |pa, done, n| {
+            dma_read_chunk(phys, pa, &mut buf[done..done + n])
         })
     }
 
     /// Writes `data` at `iova`. On error a subset of the pages may have been written.
     pub fn dma_write(&self, pasid: Option<u32>, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        self.run(
-            pasid,
-            iova,
-            data.len() as u64,
-            true,
-            |frame, off, done, n| {
-                write_frame(frame, off, &data[done..done + n]);
-            },
-        )
+        let phys = self.sh.iommu.phys();
+        self.run(pasid, iova, data.len() as u64, true, |pa, done, n| {
+            dma_write_chunk(phys, pa, &data[done..done + n])
+        })
     }
 
     /// Sets `len` bytes at `iova` to `byte`.
@@ -292,8 +278,10 @@ impl Endpoint {
         len: u64,
         byte: u8,
     ) -> Result<(), DmaError> {
-        self.run(pasid, iova, len, true, |frame, off, _, n| {
-            fill_frame(frame, off, n, byte);
+        let phys = self.sh.iommu.phys();
+        let pattern = [byte; PAGE_SIZE as usize];
+        self.run(pasid, iova, len, true, |pa, _, n| {
+            dma_write_chunk(phys, pa, &pattern[..n])
         })
     }
 
@@ -324,15 +312,15 @@ impl Endpoint {
         Ok(())
     }
 
-    /// The engine: runs `op(frame, offset_in_frame, offset_in_job, len)` once for every page
-    /// chunk of `[iova, iova + len)`.
+    /// The engine: runs `op(pa, offset_in_job, len)` once for every page chunk of
+    /// `[iova, iova + len)`, `pa` being the chunk's physical address.
     fn run(
         &self,
         pasid: Option<u32>,
         iova: u64,
         len: u64,
         write: bool,
-        op: impl FnMut(&Frame, usize, usize, usize),
+        op: impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let r = self.run_inner(pasid, iova, len, write, op);
         self.count_job(&r);
@@ -355,7 +343,7 @@ impl Endpoint {
         iova: u64,
         len: u64,
         write: bool,
-        mut op: impl FnMut(&Frame, usize, usize, usize),
+        mut op: impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<(), DmaError> {
         let Some(mut m) = Machine::new(self, pasid, iova, len, write, true)? else {
             return Ok(());
@@ -413,4 +401,23 @@ impl Endpoint {
         });
         DmaError::Fault(f)
     }
+}
+
+/// One chunk of a DMA read: `buf.len()` bytes at `pa` (inside one page). A translation to an
+/// address outside memory is an Unsupported Request: [`DmaError::BadAddress`] names its page.
+#[inline]
+pub(super) fn dma_read_chunk(phys: &PhysMem, pa: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    phys.read(PhysAddr(pa), buf)
+        .map_err(|_| DmaError::BadAddress {
+            pa: pa & !(PAGE_SIZE - 1),
+        })
+}
+
+/// One chunk of a DMA write (or fill); errors as [`dma_read_chunk`].
+#[inline]
+pub(super) fn dma_write_chunk(phys: &PhysMem, pa: u64, data: &[u8]) -> Result<(), DmaError> {
+    phys.write(PhysAddr(pa), data)
+        .map_err(|_| DmaError::BadAddress {
+            pa: pa & !(PAGE_SIZE - 1),
+        })
 }

@@ -4,8 +4,9 @@
 use std::fmt;
 
 use super::dma::Machine;
+use super::dma::{dma_read_chunk, dma_write_chunk};
 use super::{DmaError, Endpoint};
-use crate::phys::{fill_frame, read_frame, write_frame};
+use crate::phys::PAGE_SIZE;
 
 #[cfg(doc)]
 use super::{EndpointStats, MAX_AUTO_ROUNDS};
@@ -195,16 +196,18 @@ impl Endpoint {
             JobState::Done(r) => return DmaPoll::Ready(*r),
             JobState::Finish(r) => *r,
             JobState::Run(m) => {
+                let phys = ep.sh.iommu.phys();
                 let stepped = match *op {
-                    JobOp::Read => m.step(ep, &mut |frame, off, done, n| {
-                        read_frame(frame, off, &mut buf[done..done + n]);
+                    JobOp::Read => m.step(ep, &mut |pa, done, n| {
+                        dma_read_chunk(phys, pa, &mut buf[done..done + n])
                     }),
-                    JobOp::Write => m.step(ep, &mut |frame, off, done, n| {
-                        write_frame(frame, off, &buf[done..done + n]);
+                    JobOp::Write => m.step(ep, &mut |pa, done, n| {
+                        dma_write_chunk(phys, pa, &buf[done..done + n])
                     }),
-                    JobOp::Fill(b) => m.step(ep, &mut |frame, off, _, n| {
-                        fill_frame(frame, off, n, b);
-                    }),
+                    JobOp::Fill(b) => {
+                        let pattern = [b; PAGE_SIZE as usize];
+                        m.step(ep, &mut |pa, _, n| dma_write_chunk(phys, pa, &pattern[..n]))
+                    }
                 };
                 match stepped {
                     Ok(false) => return DmaPoll::Pending,

@@ -76,9 +76,12 @@
 //! # Files
 //! `config.rs` ([`EndpointConfig`]), `error.rs` ([`DmaError`]), `stats.rs` ([`EndpointStats`]),
 //! `pri.rs` (PRG indices, credits, responses: the PRI state machine), `dma.rs` (the engine's
-//! passes and the blocking calls), `job.rs` (the polled [`DmaJob`]). This file: the function
+//! passes and the blocking calls), `job.rs` (the polled [`DmaJob`]), `ats.rs`
+//! ([`Endpoint::ats_translate`] and [`Endpoint::atc_generation`], for caches above the device
+//! TLB). This file: the function
 //! itself, its PASID controls and reset, and how it is plugged into an [`EmuIommu`].
 
+mod ats;
 mod config;
 mod dma;
 mod error;
@@ -231,13 +234,18 @@ impl Endpoint {
     }
 
     /// Stops `pasid` (PCIe PASID stop): new DMA with it fails with
-    /// [`DmaError::PasidStopped`], and the call waits (up to the response timeout) until no page
-    /// request group for it is outstanding. `EAGAIN` if groups are still outstanding then.
+    /// [`DmaError::PasidStopped`], its device-TLB entries are dropped (a stopped PASID's
+    /// translations must not be used; caches above the device TLB see
+    /// [`Endpoint::atc_generation`] move), and the call waits (up to the response timeout)
+    /// until no page request group for it is outstanding. `EAGAIN` if groups are still
+    /// outstanding then.
     pub fn stop_pasid(&self, pasid: u32) -> iommu_core::Result<()> {
         let deadline = Instant::now() + self.sh.cfg.response_timeout;
         let mut st = self.sh.pri.lock();
         st.stopped.insert(pasid);
         self.sh.any_stopped.store(true, Release);
+        let k = crate::tlb::pkey(Some(pasid));
+        self.sh.atc.invalidate(|e| e.tag.pkey == k);
         while st
             .slots
             .iter()

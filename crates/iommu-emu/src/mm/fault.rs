@@ -5,10 +5,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use iommu_core::error::{efault, efault_v, enomem_v, eperm_v};
 use iommu_core::{Result, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE};
-use iommu_pt::{walk, Access, FirstStage4, Pfn};
+use iommu_pt::{walk, Access, FirstStage4, Pfn, PhysAddr};
 
 use super::{page_down, Mm, MmInner, USER_TOP};
-use crate::phys::{read_frame, write_frame, Frame, PhysMem, PAGE_SHIFT, PAGE_SIZE};
+use crate::phys::{PhysMem, PAGE_SHIFT, PAGE_SIZE};
 
 impl MmInner {
     /// Makes `addr`'s page present for `perm`; returns its frame.
@@ -31,17 +31,25 @@ impl MmInner {
             Some(p) => (*p, false),
             None => (phys.alloc_frame()?, true),
         };
-        if self
-            .pt
-            .map(page, pfn.addr(), PAGE_SIZE, vma.prot.pte_perms())
-            .is_err()
-        {
+        // A fresh frame gets the page's swapped-out contents before anything can map it.
+        let filled = if fresh {
+            self.swap_in(phys, vpn, pfn)
+        } else {
+            Ok(())
+        };
+        let mapped = filled.and_then(|()| {
+            self.pt
+                .map(page, pfn.addr(), PAGE_SIZE, vma.prot.pte_perms())
+                .map_err(|_| enomem_v("no memory for page tables", addr))
+        });
+        if let Err(e) = mapped {
             if fresh {
                 phys.free_frame(pfn);
             }
-            return Err(enomem_v("no memory for page tables", addr));
+            return Err(e);
         }
         self.pages.insert(vpn, pfn);
+        self.swapped.remove(&vpn);
         Ok((pfn, true))
     }
 }
@@ -51,27 +59,17 @@ impl Mm {
     /// (demand-zero). `EFAULT` outside any VMA, `EPERM` without read permission; on error
     /// `buf` may be partly filled.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.cpu_access(
-            addr,
-            buf.len(),
-            IOMMU_FAULT_PERM_READ,
-            |frame, off, done, n| {
-                read_frame(frame, off, &mut buf[done..done + n]);
-            },
-        )
+        self.cpu_access(addr, buf.len(), IOMMU_FAULT_PERM_READ, |pa, done, n| {
+            self.phys.read(pa, &mut buf[done..done + n])
+        })
     }
 
     /// Copies `data` to user address `addr`, faulting pages in. `EFAULT` outside any VMA,
     /// `EPERM` without write permission; on error a prefix may have been written.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
-        self.cpu_access(
-            addr,
-            data.len(),
-            IOMMU_FAULT_PERM_WRITE,
-            |frame, off, done, n| {
-                write_frame(frame, off, &data[done..done + n]);
-            },
-        )
+        self.cpu_access(addr, data.len(), IOMMU_FAULT_PERM_WRITE, |pa, done, n| {
+            self.phys.write(pa, &data[done..done + n])
+        })
     }
 
     fn cpu_access(
@@ -79,7 +77,7 @@ impl Mm {
         addr: u64,
         len: usize,
         perm: u32,
-        mut f: impl FnMut(&Frame, usize, usize, usize),
+        mut f: impl FnMut(PhysAddr, usize, usize) -> Result<()>,
     ) -> Result<()> {
         addr.checked_add(len as u64)
             .filter(|&e| e <= USER_TOP)
@@ -108,11 +106,7 @@ impl Mm {
                     pfn
                 }
             };
-            let frame = self
-                .phys
-                .frame(pfn)
-                .ok_or(efault_v("frame outside memory", pfn.0))?;
-            f(frame, off, done, n);
+            f(PhysAddr(pfn.addr().0 + off as u64), done, n)?;
             done += n;
         }
         Ok(())

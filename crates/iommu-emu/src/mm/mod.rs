@@ -20,17 +20,21 @@
 //!
 //! Resident pages are tracked in a page map (vpn → frame, Linux's `struct page` mapping), apart
 //! from the page-table entries: `mprotect(PROT_NONE)` drops the entries but keeps the data, and
-//! the next permitted fault maps the same frame again.
+//! the next permitted fault maps the same frame again. [`Mm::swap_out`] (page reclaim) moves a
+//! resident page's contents out of its frame into the mm's swap (a map vpn → saved bytes) and
+//! frees the frame; the next fault allocates a frame and copies the contents back.
 //!
 //! # Files
 //! `prot.rs` ([`Prot`]), `vma.rs` (the VMA tree: lookup, carving, free gaps; Linux
 //! `mm/mmap.c`, `mm/vma.c`), `fault.rs` (demand-zero fault-in and CPU accesses; Linux
-//! `mm/memory.c`), `notifier.rs` ([`SecondaryTlb`]; Linux `mm/mmu_notifier.c`). This file: the
+//! `mm/memory.c`), `notifier.rs` ([`SecondaryTlb`]; Linux `mm/mmu_notifier.c`), `swap.rs`
+//! ([`Mm::swap_out`]; Linux `mm/vmscan.c`'s reclaim of anonymous pages). This file: the
 //! address space, its lifetime, and the calls that change its mappings.
 
 mod fault;
 mod notifier;
 mod prot;
+mod swap;
 #[cfg(test)]
 mod tests;
 mod vma;
@@ -72,6 +76,8 @@ struct MmInner {
     vmas: BTreeMap<u64, Vma>,
     /// vpn → frame of every resident page.
     pages: BTreeMap<u64, Pfn>,
+    /// vpn → contents of every swapped-out page (never also in `pages`).
+    swapped: BTreeMap<u64, Box<[u8]>>,
     pt: PageTable<FirstStage4, Arc<PhysMem>>,
     exited: bool,
 }
@@ -107,6 +113,7 @@ impl Mm {
             inner: Mutex::new(MmInner {
                 vmas: BTreeMap::new(),
                 pages: BTreeMap::new(),
+                swapped: BTreeMap::new(),
                 pt,
                 exited: false,
             }),
@@ -190,12 +197,16 @@ impl Mm {
         inner.vmas.insert(addr, Vma { end, prot });
         Ok(addr)
     }
+
+    /// Unmaps `[addr, addr + len)` (rounded up to pages; holes are fine, as in Linux); its
+    /// swapped-out pages are dropped. Every
     /// secondary TLB is invalidated before the range's frames and table pages are freed.
     /// `EINVAL` for a misaligned or out-of-range request; after exit this is a no-op.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<()> {
         let end = user_range(addr, len)?;
         let mut inner = self.inner.lock();
         inner.carve(addr, end);
+        inner.drop_swapped(addr, end);
         let vpns: Vec<u64> = inner
             .pages
             .range(addr >> PAGE_SHIFT..end >> PAGE_SHIFT)
@@ -261,6 +272,7 @@ impl Mm {
         inner.exited = true;
         self.exited.store(true, Relaxed);
         inner.vmas.clear();
+        inner.swapped.clear();
         if inner.pages.is_empty() {
             return;
         }

@@ -31,7 +31,6 @@ impl Mm {
         }
     }
 
-    /// Unmaps `[addr, addr + len)` (rounded up to pages; holes are fine, as in Linux). Every
     /// Registers a secondary TLB to be invalidated on every unmap/protection change; returns its
     /// registration number for [`Mm::unregister_secondary_tlb`]. The mm holds it weakly.
     pub fn register_secondary_tlb(&self, tlb: Weak<dyn SecondaryTlb>) -> u64 {

@@ -1,0 +1,108 @@
+use super::*;
+use vm_memory::GuestMemoryBackend;
+
+#[test]
+fn frames_are_zeroed_and_exhaustion_is_enomem() {
+    let mem = PhysMem::new(2);
+    let a = mem.alloc_frame().unwrap();
+    mem.write(a.addr(), &[0xab; 4096]).unwrap();
+    mem.free_frame(a);
+    let b = mem.alloc_frame().unwrap();
+    let _c = mem.alloc_frame().unwrap();
+    let mut buf = [1u8; 4096];
+    mem.read(b.addr(), &mut buf).unwrap();
+    assert!(buf.iter().all(|&x| x == 0));
+    assert_eq!(mem.alloc_frame().unwrap_err().errno_name(), "ENOMEM");
+}
+
+#[test]
+fn unaligned_writes_keep_neighbouring_bytes() {
+    let mem = PhysMem::new(2);
+    let f = mem.alloc_frame().unwrap();
+    let g = mem.alloc_frame().unwrap();
+    assert_eq!(g.0, f.0 + 1, "frames are consecutive");
+    mem.fill(f.addr(), 8192, 0x11).unwrap();
+    let data: Vec<u8> = (0..37u8).collect();
+    let at = PhysAddr(f.addr().0 + 4090);
+    mem.write(at, &data).unwrap();
+    let mut back = vec![0u8; 41];
+    mem.read(PhysAddr(at.0 - 2), &mut back).unwrap();
+    assert_eq!(&back[..2], &[0x11, 0x11]);
+    assert_eq!(&back[2..39], &data[..]);
+    assert_eq!(&back[39..], &[0x11, 0x11]);
+}
+
+#[test]
+fn access_outside_memory_is_efault_and_changes_nothing() {
+    let mem = PhysMem::new(1);
+    let f = mem.alloc_frame().unwrap();
+    let err = mem
+        .write(PhysAddr(f.addr().0 + 4000), &[7; 200])
+        .unwrap_err();
+    assert_eq!(err.errno_name(), "EFAULT");
+    let mut b = [9u8; 96];
+    mem.read(PhysAddr(f.addr().0 + 4000), &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    assert_eq!(
+        mem.read(PhysAddr(f.addr().0 - 1), &mut b)
+            .unwrap_err()
+            .errno_name(),
+        "EFAULT"
+    );
+}
+
+#[test]
+fn guest_memory_addresses_are_physical_addresses() {
+    let mem = PhysMem::new(4);
+    let f = mem.alloc_frame().unwrap();
+
+    mem.write(PhysAddr(f.addr().0 + 8), b"shared").unwrap();
+
+    let gm = mem.guest_memory();
+    assert_eq!(gm.num_regions(), 1);
+    let mut back = [0u8; 6];
+    gm.read_slice(&mut back, GuestAddress(f.addr().0 + 8))
+        .unwrap();
+    assert_eq!(&back, b"shared");
+}
+
+#[test]
+fn table_entries_are_atomic_words_of_the_frame() {
+    let mem = PhysMem::new(2);
+    let f = mem.alloc_table().unwrap();
+    let t = mem.table(f).unwrap();
+
+    t.store(3, 0x1234_5000);
+
+    assert_eq!(t.compare_exchange(3, 0x1234_5000, 7), Ok(0x1234_5000));
+    assert_eq!(t.compare_exchange(3, 0, 9), Err(7));
+    let mut word = [0u8; 8];
+    mem.read(PhysAddr(f.addr().0 + 24), &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 7);
+    assert!(mem.table(Pfn(f.0 + 2)).is_none());
+    assert!(mem.table(Pfn(0)).is_none());
+}
+
+#[test]
+#[should_panic(expected = "not an allocated frame")]
+fn double_free_panics() {
+    let mem = PhysMem::new(1);
+    let f = mem.alloc_frame().unwrap();
+    mem.free_frame(f);
+    mem.free_frame(f);
+}
+
+#[test]
+fn too_many_frames_is_einval() {
+    assert_eq!(
+        PhysMem::try_new(usize::MAX).unwrap_err().errno_name(),
+        "EINVAL"
+    );
+}
+
+#[test]
+fn an_empty_memory_hands_out_nothing() {
+    let mem = PhysMem::new(0);
+    assert_eq!(mem.alloc_frame().unwrap_err().errno_name(), "ENOMEM");
+    assert!(mem.table(ArenaTableMem::DEFAULT_BASE).is_none());
+}
