@@ -27,11 +27,11 @@
 //! * [`demo`]: both variants end to end, as the `virtio_queue_sva` example runs them.
 //!
 //! # ATS and PRI
-//! Translations come from the endpoint's ATS, so the endpoint needs ATS: without it every
-//! translation fails at once with `CannotResolve` (a device without ATS has no translations
-//! to cache; it DMAs with untranslated requests through `Endpoint::dma_read`/`dma_write`,
-//! where the IOMMU translates every access). Demand paging needs PRI as well: a device without
-//! PRI (or with PRI disabled after a Response Failure) gets `CannotResolve` at once for a page
+//! Translations come from the endpoint's ATS translation requests. Without ATS the endpoint
+//! still gets answers for pages that are present (the IOMMU translates its untranslated
+//! requests) and they are cached here all the same, kept coherent by the same generation
+//! counter; but it has no PRI (PCIe PRI needs ATS). Demand paging needs PRI: a device without
+//! it (or with PRI disabled after a Response Failure) gets `CannotResolve` at once for a page
 //! that is not present, with the unrecoverable fault as the reason, and never waits.
 //!
 //! ```

@@ -199,22 +199,26 @@ fn device_without_pri_gets_cannot_resolve_at_once() {
 }
 
 #[test]
-fn device_without_ats_gets_cannot_resolve_even_for_mapped_memory() {
+fn device_without_ats_translates_resident_pages_but_a_miss_fails_at_once() {
     let cfg = EndpointConfig {
         ats: false,
         ..config()
     };
-    let w = HwptWorld::new(256, cfg, false).unwrap();
+    let w = HwptWorld::new(256, cfg, true).unwrap();
     let frame = w.phys.alloc_frame().unwrap();
     w.ictx
         .ioas_map(w.ioas, Some(IOVA), frame.addr().0, 4096, IOMMU_READ)
         .unwrap();
     let mem = w.memory();
 
-    let r = mem.read_obj::<u64>(GuestAddress(IOVA));
+    let mapped = mem.read_obj::<u64>(GuestAddress(IOVA));
+    let start = Instant::now();
+    let reason = cannot_resolve(mem.read_obj::<u64>(GuestAddress(IOVA + 4096)));
 
-    assert!(!cannot_resolve(r).is_empty());
-    assert_eq!(mem.iommu().stats().chunks_filled, 0);
+    assert_eq!(mapped.unwrap(), 0);
+    assert!(start.elapsed() < Duration::from_millis(500), "no wait");
+    assert!(reason.contains("unrecoverable"), "{reason}");
+    assert_eq!(w.ep.stats().groups_sent, 0, "no PRI without ATS");
     drop(mem);
     drop(w);
 }
