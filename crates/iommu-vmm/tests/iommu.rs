@@ -150,6 +150,25 @@ fn munmap_makes_the_next_access_fail_instead_of_hitting_a_stale_entry() {
 }
 
 #[test]
+fn pasid_stop_empties_the_iotlb_so_a_cached_translation_is_not_used() {
+    let w = SvaWorld::new(256, config()).unwrap();
+    let va = w.mm.mmap(4096, Prot::READ_WRITE).unwrap();
+    let mem = w.memory();
+    mem.write_obj(9u64, GuestAddress(va)).unwrap();
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(va)).unwrap(), 9, "cached");
+
+    w.ep.stop_pasid(w.pasid()).unwrap();
+    let reason = cannot_resolve(mem.read_obj::<u64>(GuestAddress(va)));
+
+    assert_eq!(
+        reason,
+        DmaError::PasidStopped { pasid: w.pasid() }.to_string()
+    );
+    w.ep.start_pasid(w.pasid());
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(va)).unwrap(), 9);
+}
+
+#[test]
 fn detach_while_a_translation_waits_for_its_page_response_answers_it() {
     let mut w = HwptWorld::new(256, config(), true).unwrap();
     let mem = w.memory();
@@ -232,4 +251,54 @@ fn a_range_that_wraps_is_cannot_resolve() {
     let reason = cannot_resolve(mem.read_slice(&mut buf, GuestAddress(u64::MAX - 4)));
 
     assert!(reason.contains("wraps"), "{reason}");
+}
+
+#[test]
+fn device_reads_racing_swap_outs_never_see_an_older_value_than_published() {
+    // The CPU writes k, publishes k, swaps the page out; the device reads concurrently. A read
+    // that starts after k was published must see at least k: a translation cached before a
+    // swap-out and used after it (the old frame) would show an older value.
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let w = SvaWorld::new(256, config()).unwrap();
+    let va = w.mm.mmap(4096, Prot::READ_WRITE).unwrap();
+    w.mm.write(va, &0u64.to_le_bytes()).unwrap();
+    let mem = w.memory();
+    let published = AtomicU64::new(0);
+    let reads = AtomicU64::new(0);
+    const ROUNDS: u64 = 300;
+    let deadline = Instant::now() + BOUND;
+
+    let stale = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut stale = 0u32;
+            while published.load(SeqCst) < ROUNDS {
+                let floor = published.load(SeqCst);
+                let v: u64 = mem.read_obj(GuestAddress(va)).unwrap();
+                stale += u32::from(v < floor);
+                reads.fetch_add(1, SeqCst);
+            }
+            stale
+        });
+        for k in 1..=ROUNDS {
+            w.mm.write(va, &k.to_le_bytes()).unwrap();
+            published.store(k, SeqCst);
+            w.mm.swap_out(va, 4096).unwrap();
+            // Let the reader in between swap-outs (bounded: a stuck reader fails below).
+            let seen = reads.load(SeqCst);
+            while k < ROUNDS && reads.load(SeqCst) == seen && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        }
+        reader.join().unwrap()
+    });
+
+    assert_eq!(stale, 0);
+    assert!(
+        reads.load(SeqCst) >= ROUNDS - 1,
+        "the reader raced every round"
+    );
+    assert!(Instant::now() < deadline, "no round waited out the bound");
+    let st = w.ep.stats();
+    assert_eq!(st.groups_sent, st.groups_answered);
+    assert!(mem.iommu().stats().flushes > 1);
 }
