@@ -60,11 +60,26 @@ use vm_memory::{GuestAddress, Iommu, Permissions};
 /// it gives up with [`Error::CannotResolve`].
 pub const MAX_FILL_ROUNDS: u32 = 16;
 
+/// Chunks the IOTLB takes before it is emptied to make room. vm-memory's `Iotlb` never
+/// evicts (a vhost-user front end invalidates often enough); a device walking a large address
+/// space without invalidations would grow it without bound, so it is emptied whole, as a
+/// hardware TLB flush would, and refilled by the next misses.
+pub const IOTLB_CAPACITY: u64 = 65_536;
+
 /// The IOTLB and the ATC generation its entries were filled under.
 #[derive(Debug, Default)]
 struct Cached {
     iotlb: Iotlb,
     generation: u64,
+    /// Chunks inserted since it was last emptied (an upper bound on its entries).
+    chunks: u64,
+}
+
+impl Cached {
+    fn clear(&mut self) {
+        self.iotlb.invalidate_all();
+        self.chunks = 0;
+    }
 }
 
 /// Counters of an [`AtsIommu`].
@@ -78,7 +93,7 @@ pub struct AtsIommuStats {
     pub ats_requests: u64,
     /// Chunks (pages, or runs of a page) put into the IOTLB.
     pub chunks_filled: u64,
-    /// Times the IOTLB was emptied because the ATC generation moved.
+    /// Times the IOTLB was emptied: the ATC generation moved, it was full, or [`AtsIommu::flush`].
     pub flushes: u64,
     /// Fills dropped because an invalidation ran while they were translated.
     pub stale_fills_dropped: u64,
@@ -176,7 +191,7 @@ impl AtsIommu {
     /// Empties the IOTLB (what a device reset does to its caches). Never needed for
     /// coherence: invalidations reach it through the ATC generation.
     pub fn flush(&self) {
-        self.cached.write().iotlb.invalidate_all();
+        self.cached.write().clear();
         self.counters.flushes.fetch_add(1, Relaxed);
     }
 
@@ -184,7 +199,7 @@ impl AtsIommu {
     fn sync_generation(&self, w: &mut RwLockWriteGuard<'_, Cached>, generation: u64) {
         if w.generation != generation {
             // Clearing is always safe; a thread that saw a newer generation clears again.
-            w.iotlb.invalidate_all();
+            w.clear();
             w.generation = generation;
             self.counters.flushes.fetch_add(1, Relaxed);
         }
@@ -228,6 +243,11 @@ impl AtsIommu {
         } else {
             Permissions::Read
         };
+        if w.chunks + chunks.len() as u64 > IOTLB_CAPACITY {
+            w.clear();
+            self.counters.flushes.fetch_add(1, Relaxed);
+        }
+        w.chunks += chunks.len() as u64;
         for (iova, pa, len) in chunks {
             let Ok(len) = usize::try_from(len) else {
                 continue;
