@@ -54,8 +54,18 @@ pub struct SvaWorld {
 impl SvaWorld {
     /// The platform, an IOPF queue with one worker, the process, and the bond.
     pub fn new(frames: usize, cfg: EndpointConfig) -> Result<SvaWorld, String> {
-        let (phys, ep) = platform(frames, cfg)?;
         let queue = IopfQueue::new("dmar0", 1).map_err(step("iopf queue"))?;
+        Self::with_queue(frames, cfg, queue)
+    }
+
+    /// [`SvaWorld::new`] with the caller's IOPF queue (a manual one lets a test decide when
+    /// the SVA handler runs).
+    pub fn with_queue(
+        frames: usize,
+        cfg: EndpointConfig,
+        queue: Arc<IopfQueue>,
+    ) -> Result<SvaWorld, String> {
+        let (phys, ep) = platform(frames, cfg)?;
         iopf_queue_add_device(&queue, ep.device()).map_err(step("iopf_queue_add_device"))?;
         let mm = Mm::new(&phys).map_err(step("mm"))?;
         let bond =

@@ -200,6 +200,38 @@ fn detach_while_a_translation_waits_for_its_page_response_answers_it() {
 }
 
 #[test]
+fn sva_unbind_while_a_translation_waits_answers_it_with_an_error() {
+    // A manual IOPF queue: the SVA handler runs only when someone runs it (here: the unbind's
+    // flush), so the translation is certainly waiting when the unbind starts.
+    let queue = iommu_core::IopfQueue::new_manual("dmar0");
+    let mut w = SvaWorld::with_queue(256, config(), queue.clone()).unwrap();
+    let va = w.mm.mmap(4096, Prot::READ_WRITE).unwrap();
+    let mem = w.memory();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(mem.read_obj::<u64>(GuestAddress(va)));
+    });
+    let deadline = Instant::now() + BOUND;
+    while queue.pending() == 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        queue.pending(),
+        1,
+        "the group reached the SVA handler's queue"
+    );
+
+    w.unbind();
+    let r = rx.recv_timeout(BOUND).expect("answered, not hung");
+
+    let reason = cannot_resolve(r);
+    assert!(reason.contains("NoContext"), "{reason}");
+    waiter.join().unwrap();
+    let st = w.ep.stats();
+    assert_eq!((st.groups_sent, st.groups_answered), (1, 1));
+}
+
+#[test]
 fn device_without_pri_gets_cannot_resolve_at_once() {
     let cfg = EndpointConfig {
         pri: false,
