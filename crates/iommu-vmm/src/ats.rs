@@ -46,14 +46,13 @@
 //! capable HWPT) the handler decides, and a refused write comes back as "answered Invalid".
 
 use std::ops::Deref;
-
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-#[cfg(doc)]
-use vm_memory::IommuMemory;
 
 use iommu_emu::{DmaError, DmaWindow, Endpoint};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vm_memory::iommu::{Error, Iotlb, IotlbIterator, IovaRange};
+#[cfg(doc)]
+use vm_memory::IommuMemory;
 use vm_memory::{GuestAddress, Iommu, Permissions};
 
 /// Rounds of "translate, then find the ATC generation moved" one translation may take before
@@ -93,7 +92,8 @@ pub struct AtsIommuStats {
     pub ats_requests: u64,
     /// Chunks (pages, or runs of a page) put into the IOTLB.
     pub chunks_filled: u64,
-    /// Times the IOTLB was emptied: the ATC generation moved, it was full, or [`AtsIommu::flush`].
+    /// Times the IOTLB was emptied: the ATC generation moved, it was full, or
+    /// [`AtsIommu::flush`] was called.
     pub flushes: u64,
     /// Fills dropped because an invalidation ran while they were translated.
     pub stale_fills_dropped: u64,
