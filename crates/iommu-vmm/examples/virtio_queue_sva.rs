@@ -20,8 +20,8 @@ fn print(r: &VariantReport) {
         r.verified.chains, r.verified.bytes_ok, r.expected_bytes, r.verified.bytes_bad
     );
     println!(
-        "  pages unmapped at kick {}, made present by the fault handler {}",
-        r.pages_unmapped, r.pages_made_present
+        "  region {} pages, {} unmapped at kick ({} of them swapped out after the driver wrote them); made present by the fault handler {}",
+        r.region_pages, r.pages_unmapped, r.pages_swapped_out, r.pages_made_present
     );
     println!(
         "  page requests {} in {} groups; answered {}; handler got {} groups, sent {} responses; auto {}; stray/abandoned/outstanding {}",

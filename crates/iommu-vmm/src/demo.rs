@@ -61,9 +61,13 @@ pub struct VariantReport {
     pub verified: Verified,
     /// Output bytes the driver expected (inverted inputs plus checksums).
     pub expected_bytes: u64,
-    /// Pages of the queue's region not mapped for the device when it was kicked (SVA:
-    /// swapped out; iommufd: guest RAM pages, none in the IOAS).
+    /// Pages of the queue's region (rings, inputs, outputs).
+    pub region_pages: u64,
+    /// Pages of the region not translatable for the device when it was kicked, counted page by
+    /// page (SVA: no page-table entry in the mm; iommufd: no mapping in the HWPT's domain).
     pub pages_unmapped: u64,
+    /// SVA: pages the driver had written and the kernel swapped out before the kick.
+    pub pages_swapped_out: u64,
     /// Pages the fault handler made present (SVA: the mm's faults; iommufd: pages mapped).
     pub pages_made_present: u64,
     /// Page requests the endpoint sent.
@@ -110,8 +114,11 @@ impl VariantReport {
                 v.bytes_ok, v.bytes_bad, self.expected_bytes
             ));
         }
-        if self.pages_unmapped == 0 || self.groups_sent == 0 {
-            p.push("nothing started unmapped: no page request was needed".into());
+        if self.pages_unmapped != self.region_pages || self.groups_sent == 0 {
+            p.push(format!(
+                "{} of {} pages started unmapped, {} groups sent: the device did not start cold",
+                self.pages_unmapped, self.region_pages, self.groups_sent
+            ));
         }
         if self.groups_sent != self.groups_answered
             || self.groups_sent != self.handler_groups
@@ -192,7 +199,11 @@ pub fn run_sva(cfg: &DemoConfig) -> Result<VariantReport, String> {
         variant: "sva",
         chains: u64::from(cfg.chains),
         expected_bytes: u64::from(cfg.chains) * (u64::from(cfg.input_len) + 8),
-        pages_unmapped: swapped as u64,
+        region_pages: layout.len / PAGE,
+        pages_unmapped: (0..layout.len / PAGE)
+            .filter(|i| mm.translate(va + i * PAGE).is_none())
+            .count() as u64,
+        pages_swapped_out: swapped as u64,
         ..VariantReport::default()
     };
     let mem = world.memory();
@@ -219,9 +230,17 @@ pub fn run_hwpt(cfg: &DemoConfig) -> Result<VariantReport, String> {
         variant: "iommufd",
         chains: u64::from(cfg.chains),
         expected_bytes: u64::from(cfg.chains) * (u64::from(cfg.input_len) + 8),
-        pages_unmapped: layout.len / PAGE,
+        region_pages: layout.len / PAGE,
         ..VariantReport::default()
     };
+    let domain = world
+        .ictx
+        .hwpt_domain(world.hwpt)
+        .map_err(|e| format!("hwpt_domain: {e}"))?;
+    r.pages_unmapped = (0..layout.len / PAGE)
+        .filter(|i| domain.iova_to_phys(GUEST_RAM_BASE + i * PAGE).is_none())
+        .count() as u64;
+    drop(domain);
     let mem = world.memory();
     let mut mapped = HashSet::new();
     let handled = {

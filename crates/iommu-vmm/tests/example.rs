@@ -13,7 +13,11 @@ fn sva_device_processes_a_swapped_out_queue_through_pri() {
     let r = run_sva(&SMALL).expect("setup");
     assert!(r.problems().is_empty(), "{:?}\n{r:#?}", r.problems());
     assert_eq!(r.verified.bytes_ok, 8 * 5008);
-    assert!(r.pages_unmapped > 0 && r.groups_sent > 0);
+    assert_eq!(
+        r.pages_unmapped, r.region_pages,
+        "every page started unmapped"
+    );
+    assert!(r.pages_swapped_out > 0 && r.groups_sent > 0);
 }
 
 #[test]
