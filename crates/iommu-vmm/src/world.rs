@@ -249,7 +249,9 @@ impl GuestRam {
     ) -> Result<(), String> {
         let mut done = 0usize;
         while done < len {
-            let a = addr + done as u64;
+            let a = addr
+                .checked_add(done as u64)
+                .ok_or_else(|| format!("{addr:#x}+{len:#x} wraps"))?;
             let pa = self
                 .frame_of(a)
                 .ok_or_else(|| format!("{a:#x} is not guest RAM"))?;
