@@ -3,6 +3,8 @@
 //!
 //! * `vmm_translate/iotlb_hit` vs `bare`: an 8-byte device read whose translation hits the
 //!   vm-memory IOTLB.
+//! * `vmm_translate/iotlb_hit_translate_only`: `AtsIommu::translate` alone (no slices, no
+//!   copy): the IOMMU layer's share of a hit.
 //! * `vmm_translate/miss` vs `bare`: the same read right after an (untimed) invalidation of the
 //!   PASID: an ATS request through the device TLB and the IOMMU's walk, then the fill.
 //! * `vmm_dma/read_64k`, `write_64k` vs `bare_…`: 64 KiB through `read_slice`/`write_slice`.
@@ -20,6 +22,9 @@ fn translate(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("iotlb_hit", |b| b.iter(|| black_box(w.translate_read())));
     g.bench_function("iotlb_hit_bare", |b| b.iter(|| black_box(w.bare_read())));
+    g.bench_function("iotlb_hit_translate_only", |b| {
+        b.iter(|| black_box(w.translate_only()))
+    });
     let (_, before) = w.hits_and_requests();
     g.bench_function("miss", |b| {
         b.iter_batched(

@@ -11,7 +11,7 @@
 use iommu_emu::{EndpointConfig, Prot};
 use iommu_vmm::world::SvaWorld;
 use iommu_vmm::EndpointMemory;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Iommu, Permissions};
 
 /// The workload: the world, the device's `IommuMemory`, and where the bare side reads.
 pub struct VmmDma {
@@ -62,6 +62,17 @@ impl VmmDma {
         self.mem
             .read_obj(GuestAddress(self.va))
             .expect("translated read")
+    }
+
+    /// The translation of that read alone (`Iommu::translate` and its iterator), without
+    /// vm-memory's slice machinery and the copy: this crate's share of a hit.
+    #[inline]
+    pub fn translate_only(&self) -> usize {
+        self.mem
+            .iommu()
+            .translate(GuestAddress(self.va), 8, Permissions::Read)
+            .expect("translation")
+            .count()
     }
 
     /// The same read on the bare memory.
