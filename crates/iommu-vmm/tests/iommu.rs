@@ -232,6 +232,24 @@ fn sva_unbind_while_a_translation_waits_answers_it_with_an_error() {
 }
 
 #[test]
+fn a_page_request_nobody_answers_times_out_as_cannot_resolve() {
+    let cfg = EndpointConfig {
+        response_timeout: Duration::from_millis(100),
+        ..config()
+    };
+    let w = HwptWorld::new(256, cfg, true).unwrap();
+    let mem = w.memory();
+
+    let start = Instant::now();
+    let reason = cannot_resolve(mem.read_obj::<u64>(GuestAddress(IOVA)));
+
+    assert!(start.elapsed() >= Duration::from_millis(100));
+    assert!(reason.contains("no page response"), "{reason}");
+    let st = w.ep.stats();
+    assert_eq!((st.groups_sent, st.abandoned), (1, 1));
+}
+
+#[test]
 fn device_without_pri_gets_cannot_resolve_at_once() {
     let cfg = EndpointConfig {
         pri: false,
