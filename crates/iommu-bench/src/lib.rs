@@ -15,6 +15,7 @@
 //! * [`fault_fd`]: the iommufd fault fd round trip, and the core-only floor.
 //! * [`memory`]: frame writes and DMA over resident pages.
 //! * [`floor`]: the cross-thread handoff that bounds any cross-thread fault path.
+//! * [`vmm`]: rust-vmm device DMA through vm-memory's `IommuMemory` over the emulated IOMMU.
 
 pub mod fault_fd;
 pub mod fault_path;
@@ -23,6 +24,7 @@ pub mod lookup;
 pub mod memory;
 pub mod pt;
 pub mod translate;
+pub mod vmm;
 
 use std::time::{Duration, Instant};
 
