@@ -11,7 +11,8 @@
 //! retries and its DMA completes. This is the "demand-paged device memory" flow iommufd fault
 //! queues exist for, without SVA: the IOVA space is the guest's, managed by the VMM.
 //!
-//! Why each piece:
+//! Why each piece (the loop itself is `iommufd::handler::run_fault_handler`, shared with the
+//! rust-vmm glue in `iommu-vmm`; this example supplies how a faulting guest page is backed):
 //! * epoll, not a busy loop: the fault fd is readable exactly while groups wait (SPEC §5.7), so
 //!   the handler sleeps in the kernel between bursts. A second eventfd tells it to stop. The
 //!   epoll timeout is only a failure guard (a stuck device or handler), never synchronisation.
@@ -34,33 +35,24 @@
 //! `tests/vmm_example.rs` runs the same flow on a small size.
 
 use std::collections::btree_map::{BTreeMap, Entry};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iommu_core::{iopf_stats, Group, IOMMU_READ, IOMMU_WRITE};
 use iommu_emu::phys::{PAGE_SHIFT, PAGE_SIZE};
 use iommu_emu::{EmuIommu, EmuIommuConfig, EndpointConfig, PhysAddr, PhysMem};
-use iommufd::uapi::{
-    IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_INVALID, IOMMUFD_PAGE_RESP_SUCCESS,
-    IOMMU_HWPT_FAULT_ID_VALID, IOMMU_PGFAULT_FLAGS_PASID_VALID,
-};
-use iommufd::{FaultFd, FaultStats, Ictx, FAULT_RECORD_SIZE, IOMMU_NO_PASID};
-use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
-use zerocopy::{FromBytes, IntoBytes};
+use iommufd::handler::{run_fault_handler, HandlerStats, StopHandle};
+use iommufd::uapi::{IommuHwptPgfault, IOMMU_HWPT_FAULT_ID_VALID, IOMMU_PGFAULT_FLAGS_PASID_VALID};
+use iommufd::{FaultStats, Ictx, IOMMU_NO_PASID};
 
 /// Where guest RAM starts in the guest's IOVA space (what the device is told to write to).
 pub const GUEST_RAM_BASE: u64 = 0x1_0000_0000;
-/// Largest page request group the endpoint sends (its `max_group_pages`).
+/// Largest page request group the endpoint sends (its `max_group_pages`): the handler's read
+/// buffer (`iommufd::handler::READ_RECORDS`) holds four such groups (SPEC §5.5).
 const MAX_GROUP_PAGES: u32 = 256;
-/// The handler's read buffer: four maximal groups (at least one whole group, SPEC §5.5).
-const READ_RECORDS: usize = 4 * MAX_GROUP_PAGES as usize;
-/// Failure guard: how long the handler waits in epoll with neither a fault nor a stop, and how
-/// long the device waits for a page response, before declaring the other side stuck.
-const GUARD: Duration = Duration::from_secs(10);
-
-const TOKEN_FAULT: u64 = 1;
-const TOKEN_STOP: u64 = 2;
+/// How long the device waits for a page response before declaring the handler stuck (the
+/// handler's own guard is `iommufd::handler::GUARD`, the same 10 s).
+const GUARD: Duration = iommufd::handler::GUARD;
 
 /// What one run observed. [`VmmReport::ok`] says whether it met every expectation.
 #[derive(Debug, Clone, Default)]
@@ -170,177 +162,19 @@ pub fn pattern(off: u64) -> u8 {
     (off as u8) ^ ((off >> PAGE_SHIFT) as u8).wrapping_mul(31) ^ 0xa5
 }
 
-/// What the handler thread returns: its counters and the guest pages it backed
-/// (IOVA → (physical address, frame handle to free)).
-struct Handled<F> {
-    faults: u64,
-    groups: u64,
-    batches: u64,
-    max_records: u64,
-    wakeups: u64,
-    invalid: u64,
-    pages: BTreeMap<u64, (u64, F)>,
-    error: Option<String>,
-}
+/// The guest pages the handler backed: IOVA → (physical address, frame handle to free).
+type Backed<F> = BTreeMap<u64, (u64, F)>;
 
-impl<F> Handled<F> {
-    fn new() -> Self {
-        Handled {
-            faults: 0,
-            groups: 0,
-            batches: 0,
-            max_records: 0,
-            wakeups: 0,
-            invalid: 0,
-            pages: BTreeMap::new(),
-            error: None,
-        }
-    }
-}
-
-/// The VMM's fault handler: waits in epoll on the fault fd (and `stop`), reads batches of
-/// whole groups, backs every faulting guest page with `back_page(iova)` (which allocates a
-/// frame, maps it at `iova` and returns its physical address and a handle to free it with
-/// later), and answers each group once. Returns when `stop` becomes readable and the queue is
-/// drained, or on an error (including `GUARD` passing with nothing to do).
+/// Backs the page of one fault record; `Err` if the VMM must refuse it (answer Invalid).
 ///
 /// Generic over the frame handle so the example needs no direct `iommu-pt` dependency (the
 /// emulator's `Pfn` is not re-exported by `iommu-emu`).
-fn fault_handler<F>(
-    dev_id: u32,
-    fd: &FaultFd,
-    stop: &OwnedFd,
-    guest_ram: core::ops::Range<u64>,
-    mut back_page: impl FnMut(u64) -> Result<(u64, F), String>,
-) -> Handled<F> {
-    let mut h = Handled::new();
-    if let Err(e) = handler_loop(dev_id, fd, stop, &guest_ram, &mut back_page, &mut h) {
-        h.error = Some(e);
-    }
-    h
-}
-
-fn handler_loop<F>(
-    dev_id: u32,
-    fd: &FaultFd,
-    stop: &OwnedFd,
-    guest_ram: &core::ops::Range<u64>,
-    back_page: &mut impl FnMut(u64) -> Result<(u64, F), String>,
-    h: &mut Handled<F>,
-) -> Result<(), String> {
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll: {e}"))?;
-    epoll::add(
-        &ep,
-        fd.as_fd(),
-        epoll::EventData::new_u64(TOKEN_FAULT),
-        epoll::EventFlags::IN,
-    )
-    .map_err(|e| format!("epoll add fault fd: {e}"))?;
-    epoll::add(
-        &ep,
-        stop,
-        epoll::EventData::new_u64(TOKEN_STOP),
-        epoll::EventFlags::IN,
-    )
-    .map_err(|e| format!("epoll add stop fd: {e}"))?;
-    let guard = Timespec {
-        tv_sec: GUARD.as_secs() as i64,
-        tv_nsec: 0,
-    };
-    let mut events = Vec::with_capacity(2);
-    let mut buf = vec![0u8; READ_RECORDS * FAULT_RECORD_SIZE];
-    loop {
-        events.clear();
-        match epoll::wait(
-            &ep,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(&guard),
-        ) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(format!("epoll_wait: {e}")),
-        }
-        if events.is_empty() {
-            return Err(format!(
-                "no fault and no stop request for {GUARD:?} ({} groups pending)",
-                fd.pending()
-            ));
-        }
-        let mut stopping = false;
-        for ev in &events {
-            let data = ev.data;
-            match data.u64() {
-                TOKEN_FAULT => h.wakeups += 1,
-                TOKEN_STOP => stopping = true,
-                _ => {}
-            }
-        }
-        // Level triggered: drain until a read returns nothing, then wait again.
-        drain(dev_id, fd, guest_ram, back_page, &mut buf, h)?;
-        if stopping {
-            return Ok(());
-        }
-    }
-}
-
-/// Reads and answers until the queue is empty.
-fn drain<F>(
-    dev_id: u32,
-    fd: &FaultFd,
-    guest_ram: &core::ops::Range<u64>,
-    back_page: &mut impl FnMut(u64) -> Result<(u64, F), String>,
-    buf: &mut [u8],
-    h: &mut Handled<F>,
-) -> Result<(), String> {
-    let mut responses: Vec<IommuHwptPageResponse> = Vec::new();
-    loop {
-        let n = fd.read(buf).map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Ok(());
-        }
-        let records = n / FAULT_RECORD_SIZE;
-        h.batches += 1;
-        h.faults += records as u64;
-        h.max_records = h.max_records.max(records as u64);
-        responses.clear();
-        for raw in buf[..n].chunks_exact(FAULT_RECORD_SIZE) {
-            let rec = IommuHwptPgfault::read_from_bytes(raw)
-                .map_err(|_| "a fault record is 40 bytes".to_string())?;
-            // Records of one group are contiguous and share its cookie: one response each.
-            if responses.last().is_none_or(|r| r.cookie != rec.cookie) {
-                h.groups += 1;
-                responses.push(IommuHwptPageResponse {
-                    cookie: rec.cookie,
-                    code: IOMMUFD_PAGE_RESP_SUCCESS,
-                });
-            }
-            if let Err(why) = resolve(dev_id, guest_ram, back_page, &rec, h) {
-                let last = responses.last_mut().expect("pushed above");
-                if last.code != IOMMUFD_PAGE_RESP_INVALID {
-                    eprintln!("vmm: answering group {} Invalid: {why}", rec.grpid);
-                    last.code = IOMMUFD_PAGE_RESP_INVALID;
-                    h.invalid += 1;
-                }
-            }
-        }
-        let bytes = responses.as_bytes();
-        let written = fd.write(bytes).map_err(|e| format!("write: {e}"))?;
-        if written != bytes.len() {
-            return Err(format!(
-                "short response write: {written} of {}",
-                bytes.len()
-            ));
-        }
-    }
-}
-
-/// Backs the page of one fault record; `Err` if the VMM must refuse it (answer Invalid).
 fn resolve<F>(
     dev_id: u32,
     guest_ram: &core::ops::Range<u64>,
     back_page: &mut impl FnMut(u64) -> Result<(u64, F), String>,
     rec: &IommuHwptPgfault,
-    h: &mut Handled<F>,
+    pages: &mut Backed<F>,
 ) -> Result<(), String> {
     let iova = rec.addr & !(PAGE_SIZE - 1);
     // Only our device, on its RID, inside guest RAM.
@@ -353,7 +187,7 @@ fn resolve<F>(
     // A page the device only reads first is still guest RAM: it is backed read-write, as a
     // VMM backs whole guest pages, so a later write does not fault again. Already backed (a
     // retry that raced the map): Success makes the device retry.
-    if let Entry::Vacant(slot) = h.pages.entry(iova) {
+    if let Entry::Vacant(slot) = pages.entry(iova) {
         slot.insert(back_page(iova)?);
     }
     Ok(())
@@ -409,8 +243,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     ictx.device_attach(dev_id, IOMMU_NO_PASID, hwpt)
         .map_err(e("device_attach"))?;
     let domain = ictx.hwpt_domain(hwpt).map_err(e("hwpt_domain"))?;
-    let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|err| format!("eventfd: {err}"))?;
+    let stop = StopHandle::new()?;
 
     let data: Vec<u8> = (0..bytes).map(pattern).collect();
     let guest_ram = GUEST_RAM_BASE..GUEST_RAM_BASE + guest_ram_bytes.min(bytes);
@@ -422,7 +255,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     // 2. + 3. The handler thread, and the device's DMA job on this thread.
     // Backs one guest page: a fresh frame of guest RAM mapped at `iova` through the IOAS
     // (`IOMMU_IOAS_MAP`, which pushes it into the HWPT's domain through the core's `Domain::map`).
-    let back_page = |iova: u64| {
+    let mut back_page = |iova: u64| {
         let pfn = phys
             .alloc_frame()
             .map_err(|err| format!("guest memory: {err}"))?;
@@ -437,8 +270,18 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     };
 
     // 2. + 3. The handler thread, and the device's DMA job on this thread.
+    // The handler: iommufd's fault-fd loop (epoll on the fd and `stop`, whole groups read, one
+    // response per group), backing each faulting guest page with `back_page`.
+    let mut pages: Backed<_> = BTreeMap::new();
     let (handled, iopf) = std::thread::scope(|s| {
-        let handler = s.spawn(|| fault_handler(dev_id, &fault_fd, &stop, guest_ram, back_page));
+        let (pages, fault_fd, stop) = (&mut pages, &fault_fd, &stop);
+        let handler = s.spawn(move || {
+            run_fault_handler(fault_fd, stop, |rec| {
+                resolve(dev_id, &guest_ram, &mut back_page, rec, pages).inspect_err(|why| {
+                    eprintln!("vmm: answering group {} Invalid: {why}", rec.grpid)
+                })
+            })
+        });
         let start = Instant::now();
         let dma = ep.dma_write(None, GUEST_RAM_BASE, &data);
         report.dma_elapsed = start.elapsed();
@@ -447,11 +290,10 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
         // Sampled while attached: detach disables IOPF and drops the counters.
         let iopf = iopf_stats(ep.device());
         // Ask the handler to finish (it drains what is left first).
-        let _ = rustix::io::write(&stop, &1u64.to_ne_bytes());
-        let handled = handler.join().unwrap_or_else(|_| {
-            let mut h = Handled::new();
-            h.error = Some("handler thread panicked".into());
-            h
+        stop.stop();
+        let handled = handler.join().unwrap_or_else(|_| HandlerStats {
+            error: Some("handler thread panicked".into()),
+            ..HandlerStats::default()
         });
         (handled, iopf)
     });
@@ -460,7 +302,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     report.batches = handled.batches;
     report.max_records_per_batch = handled.max_records;
     report.epoll_wakeups = handled.wakeups;
-    report.pages_mapped = handled.pages.len() as u64;
+    report.pages_mapped = pages.len() as u64;
     report.groups_invalid = handled.invalid;
     report.handler_error = handled.error;
     if let Some(f) = iopf {
@@ -473,7 +315,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     let mut page = vec![0u8; PAGE_SIZE as usize];
     for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
         let iova = GUEST_RAM_BASE + i as u64 * PAGE_SIZE;
-        let mapped = handled.pages.get(&iova).map(|(pa, _)| *pa);
+        let mapped = pages.get(&iova).map(|(pa, _)| *pa);
         let Some(pa) = domain.iova_to_phys(iova) else {
             report.bad_translations += 1;
             report.mismatched_bytes += chunk.len() as u64;
@@ -498,7 +340,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     report.endpoint_anomalies = st.stray_responses + st.abandoned + ep.outstanding_groups() as u64;
     drop(domain);
     ictx.destroy(hwpt).map_err(e("destroy hwpt"))?;
-    if !handled.pages.is_empty() {
+    if !pages.is_empty() {
         ictx.ioas_unmap(ioas, 0, iommufd::IOAS_APERTURE_END)
             .map_err(e("ioas_unmap"))?;
     }
@@ -506,7 +348,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     drop(fault_fd);
     ictx.destroy(fault_id).map_err(e("destroy fault"))?;
     ictx.unbind_device(dev_id).map_err(e("unbind_device"))?;
-    for (_, (_, frame)) in handled.pages {
+    for (_, (_, frame)) in pages {
         phys.free_frame(frame);
     }
     report.leaked_frames = phys.frames_in_use() as i64 - frames_before;

@@ -62,6 +62,7 @@
 extern crate alloc;
 
 mod fault;
+pub mod handler;
 mod ictx;
 pub mod uapi;
 
