@@ -22,7 +22,7 @@ use iommufd::uapi::IOMMU_PGFAULT_FLAGS_PASID_VALID;
 
 use crate::handler::{run_fault_handler, HandlerStats, StopHandle};
 use crate::world::{GuestRam, HwptWorld, SvaWorld};
-use crate::{AtsIommuStats, Driver, InvertDevice, Processed, RingLayout, Verified};
+use crate::{AtsIommuStats, Driver, Processed, RingLayout, Verified};
 
 /// Where guest RAM starts in the iommufd variant's IOVA space.
 pub const GUEST_RAM_BASE: u64 = 0x1_0000_0000;
@@ -165,13 +165,7 @@ fn run_device(
     layout: &RingLayout,
     mem: &crate::EndpointMemory,
 ) -> Result<(), String> {
-    let mut dev = InvertDevice::new(
-        layout.size,
-        layout.desc_table,
-        layout.avail_ring,
-        layout.used_ring,
-    )
-    .map_err(|e| format!("device: {e}"))?;
+    let mut dev = layout.program().map_err(|e| format!("device: {e}"))?;
     match dev.process(mem) {
         Ok(p) => r.processed = p,
         Err(e) => r.device_error = Some(e.to_string()),

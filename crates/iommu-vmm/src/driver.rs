@@ -10,7 +10,7 @@ use iommu_emu::Mm;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::ByteValued;
 
-use crate::device::fnv1a;
+use crate::device::{fnv1a, DeviceError, InvertDevice};
 
 /// virtio `VIRTQ_DESC_F_NEXT`: the chain continues at `next`.
 const DESC_F_NEXT: u16 = 1;
@@ -67,6 +67,12 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
+    /// The driver programs the device with this layout's queue (size and ring addresses), as
+    /// it would write them to the device's queue registers.
+    pub fn program(&self) -> Result<InvertDevice, DeviceError> {
+        InvertDevice::new(self.size, self.desc_table, self.avail_ring, self.used_ring)
+    }
+
     /// The layout, or why not: `chains` 1..=8,192 (four descriptors each in a queue of at most
     /// 32,768), `input_len` 2..=`MAX_CHAIN_INPUT`, `base` page aligned.
     pub fn new(base: u64, chains: u16, input_len: u32) -> Result<RingLayout, String> {

@@ -1,7 +1,7 @@
 //! The virtio device and its driver on bare guest memory (no IOMMU): the queue logic on its
 //! own, so a failure in the IOMMU tests is not a device bug.
 
-use iommu_vmm::{DeviceError, Driver, DriverMemory, InvertDevice, RingLayout};
+use iommu_vmm::{DeviceError, Driver, DriverMemory, RingLayout};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 struct Bare(GuestMemoryMmap);
@@ -30,13 +30,7 @@ fn device_inverts_every_chain_and_the_driver_verifies_every_byte() {
     let layout = RingLayout::new(0x1000, 5, 4099).unwrap();
     let driver = Driver::new(layout);
     driver.publish(&mem).unwrap();
-    let mut dev = InvertDevice::new(
-        layout.size,
-        layout.desc_table,
-        layout.avail_ring,
-        layout.used_ring,
-    )
-    .unwrap();
+    let mut dev = layout.program().unwrap();
 
     let done = dev.process(&mem.0).unwrap();
     let v = driver.verify(&mem).unwrap();
@@ -63,13 +57,7 @@ fn a_chain_without_writable_buffers_is_a_bad_chain() {
         .unwrap();
     mem.write(layout.desc_table + 3 * 16 + 12, &0u16.to_le_bytes())
         .unwrap();
-    let mut dev = InvertDevice::new(
-        layout.size,
-        layout.desc_table,
-        layout.avail_ring,
-        layout.used_ring,
-    )
-    .unwrap();
+    let mut dev = layout.program().unwrap();
 
     let err = dev.process(&mem.0).unwrap_err();
 
