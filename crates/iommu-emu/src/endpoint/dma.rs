@@ -370,7 +370,7 @@ impl Endpoint {
                 }
             }
         }
-        let (pa, perms) = win.translate_sid(sh.sid, pasid, vpn << PAGE_SHIFT, access)?;
+        let (pa, perms) = win.translate_source(sh.sid, pasid, vpn << PAGE_SHIFT, access)?;
         if sh.cfg.ats {
             sh.atc.insert(Entry {
                 vpn,

@@ -25,7 +25,7 @@ impl DmaWindow<'_> {
         let Some(sid) = self.hw.by_id.get(&dev.id()).copied() else {
             return Err(fault(FaultReason::NoContext, iova, false));
         };
-        self.translate_sid(sid, pasid, iova, access)
+        self.translate_source(sid, pasid, iova, access)
             .map(|(pa, perms)| iommu_pt::Translation {
                 pa: PhysAddr(pa | (iova & 0xfff)),
                 size: iommu_pt::PageSize::Size4K,
@@ -37,22 +37,11 @@ impl DmaWindow<'_> {
     /// [`EmuIommu::source_id`]): what hardware does, keyed by the request's requester ID
     /// rather than by a device object. Returns the page-aligned physical address and the
     /// permissions of the page.
+    ///
+    /// The hot path: an IOTLB hit that allows the access answers at once; anything else looks
+    /// up the context entry, walks its table and fills the IOTLB.
     #[inline]
     pub fn translate_source(
-        &self,
-        sid: u32,
-        pasid: Option<u32>,
-        iova: u64,
-        access: Access,
-    ) -> core::result::Result<(u64, Perms), TranslationFault> {
-        self.translate_sid(sid, pasid, iova, access)
-    }
-
-    /// The hot path: page-aligned physical address and permissions of `iova` for source `sid`.
-    /// An IOTLB hit that allows the access answers at once; anything else looks up the
-    /// context entry, walks its table and fills the IOTLB.
-    #[inline]
-    pub(crate) fn translate_sid(
         &self,
         sid: u32,
         pasid: Option<u32>,
