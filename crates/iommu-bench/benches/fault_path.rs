@@ -79,7 +79,7 @@ fn memory(c: &mut Criterion) {
     let w = FrameWrites::new();
     let src = [0x77u8; 4096];
     g.bench_function("write_4k_atomic_words", |b| {
-        b.iter(|| w.write_atomic_words(black_box(&src)))
+        b.iter(|| w.write_frame(black_box(&src)))
     });
     g.bench_function("write_4k_mutex_per_frame", |b| {
         b.iter(|| w.write_mutex_frame(black_box(1), black_box(&src)))

@@ -18,6 +18,7 @@ use iommu_bench::vmm::VmmDma;
 
 fn translate(c: &mut Criterion) {
     let w = VmmDma::new();
+    let (_, requests_before_hits) = w.hits_and_requests();
     let mut g = c.benchmark_group("vmm_translate");
     g.throughput(Throughput::Elements(1));
     g.bench_function("iotlb_hit", |b| b.iter(|| black_box(w.translate_read())));
@@ -26,6 +27,10 @@ fn translate(c: &mut Criterion) {
         b.iter(|| black_box(w.translate_only()))
     });
     let (_, before) = w.hits_and_requests();
+    assert_eq!(
+        before, requests_before_hits,
+        "every iotlb_hit iteration was answered by the IOTLB, without an ATS request"
+    );
     g.bench_function("miss", |b| {
         b.iter_batched(
             || w.invalidate(),

@@ -4,6 +4,9 @@
 //! assumes) and exposes the operation to time, without timing it: the criterion benches in
 //! `benches/` (`cargo bench -p iommu-bench`) and `iommu-sim bench` (each figure beside its floor,
 //! in one run) wrap the same calls in their own timing loops, so the two can never drift apart.
+//! `iommu-sim bench` runs the `pt`, `lookup`, `translate`, `fault_path` (with a 4,096-page chunk
+//! where criterion uses 8,192), `fault_fd` and `floor` workloads; `memory` and `vmm` run under
+//! criterion only.
 //!
 //! Workloads `expect` success: each is built so that every call succeeds, and a failure is a
 //! bug in the stack that the bench must not hide.

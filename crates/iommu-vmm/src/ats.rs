@@ -159,7 +159,12 @@ impl AtsIommu {
         AtsIommu {
             ep: ep.clone(),
             pasid,
-            cached: RwLock::new(Cached::default()),
+            // Empty, and current as of now: a generation that moved before this IOTLB existed
+            // is no flush of it.
+            cached: RwLock::new(Cached {
+                generation: ep.atc_generation(),
+                ..Cached::default()
+            }),
             counters: Counters::default(),
         }
     }
