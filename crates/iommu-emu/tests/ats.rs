@@ -177,3 +177,19 @@ fn atc_generation_moves_on_reset() {
 
     assert!(ep.atc_generation() > g0);
 }
+
+#[test]
+fn atc_generation_moves_when_the_pasid_capability_is_turned_off() {
+    let fx = Fx::new();
+    let ep = fx.endpoint("dev0", EndpointConfig::default());
+    let g0 = ep.atc_generation();
+
+    ep.set_pasid_enabled(true).unwrap();
+    assert_eq!(ep.atc_generation(), g0, "enabling invalidates nothing");
+    ep.set_pasid_enabled(false).unwrap();
+
+    assert!(
+        ep.atc_generation() > g0,
+        "PASID translations cached above the device TLB must not outlive the capability"
+    );
+}

@@ -3,7 +3,6 @@
 //! invalidated since?). Both exist so that a cache *above* the device TLB — rust-vmm's
 //! `Iotlb` inside an `IommuMemory` — can be filled from, and kept coherent with, this function.
 
-use super::dma::Machine;
 use super::{DmaError, Endpoint};
 
 impl Endpoint {
@@ -36,15 +35,10 @@ impl Endpoint {
         write: bool,
         mut f: impl FnMut(u64, u64, u64),
     ) -> Result<(), DmaError> {
-        let Some(mut m) = Machine::new(self, pasid, iova, len, write, true)? else {
-            return Ok(());
-        };
-        let mut op = |pa: u64, done: usize, n: usize| {
+        self.run_inner(pasid, iova, len, write, |pa, done, n| {
             f(iova + done as u64, pa, n as u64);
             Ok(())
-        };
-        while !m.step(self, &mut op)? {}
-        Ok(())
+        })
     }
 
     /// A counter that increases whenever anything in this function's device TLB may have been

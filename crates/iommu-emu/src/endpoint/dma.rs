@@ -337,7 +337,7 @@ impl Endpoint {
 
     /// The blocking driver of the [`Machine`]: steps it until it is done; the machine itself
     /// waits (for credits and responses) because it was built blocking.
-    fn run_inner(
+    pub(super) fn run_inner(
         &self,
         pasid: Option<u32>,
         iova: u64,

@@ -241,11 +241,17 @@ impl Endpoint {
     /// outstanding then.
     pub fn stop_pasid(&self, pasid: u32) -> iommu_core::Result<()> {
         let deadline = Instant::now() + self.sh.cfg.response_timeout;
-        let mut st = self.sh.pri.lock();
-        st.stopped.insert(pasid);
-        self.sh.any_stopped.store(true, Release);
+        {
+            let mut st = self.sh.pri.lock();
+            st.stopped.insert(pasid);
+            self.sh.any_stopped.store(true, Release);
+        }
+        // After the flag, and waiting for passes in flight: none refills the PASID's entries.
         let k = crate::tlb::pkey(Some(pasid));
-        self.sh.atc.invalidate(|e| e.tag.pkey == k);
+        self.sh
+            .iommu
+            .invalidate_device_tlb(&self.sh.atc, |e| e.tag.pkey == k);
+        let mut st = self.sh.pri.lock();
         while st
             .slots
             .iter()
@@ -292,7 +298,7 @@ impl Endpoint {
         sh.any_stopped.store(false, Release);
         sh.pri_cv.notify_all();
         drop(st);
-        sh.atc.invalidate(|_| true);
+        sh.iommu.invalidate_device_tlb(&sh.atc, |_| true);
     }
 
     /// Sets the PASID capability's Enable bit (on by default when the function has PASIDs).
@@ -305,6 +311,14 @@ impl Endpoint {
             ));
         }
         self.sh.pasid_enabled.store(on, Relaxed);
+        if !on {
+            // Translations cached for PASIDs may not be used while the capability is off
+            // (caches above the device TLB see `atc_generation` move).
+            let rid = crate::tlb::pkey(None);
+            self.sh
+                .iommu
+                .invalidate_device_tlb(&self.sh.atc, |e| e.tag.pkey != rid);
+        }
         Ok(())
     }
 

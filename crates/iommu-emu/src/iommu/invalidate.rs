@@ -9,7 +9,7 @@ use iommu_core::{Device, Domain};
 use super::context::HwState;
 use super::EmuIommu;
 use crate::phys::PAGE_SHIFT;
-use crate::tlb::pkey;
+use crate::tlb::{pkey, Entry, Tlb};
 
 impl EmuIommu {
     /// Invalidates the IOTLB entries of domain ID `did` in `[start, end)` and the device-TLB
@@ -51,6 +51,16 @@ impl EmuIommu {
         if let Some(did) = self.domain_did(domain) {
             self.invalidate_did_range(did, start, end);
         }
+    }
+
+    /// Drops the entries of one function's device TLB that `pred` selects, under the write side
+    /// of the hardware lock like every other invalidation: DMA passes (and ATS translations)
+    /// in flight through them complete first, and none can refill them afterwards without
+    /// seeing what the caller changed before (a stopped PASID, a reset, PASID disabled).
+    pub(crate) fn invalidate_device_tlb(&self, atc: &Tlb, pred: impl Fn(&Entry) -> bool) {
+        let _hw = self.hw.write();
+        self.counters.invalidations.fetch_add(1, Relaxed);
+        atc.invalidate(pred);
     }
 
     /// Flushes every cached translation of `dev`'s `pasid` (`None`: its RID).
