@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::uapi::{
     IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_INVALID, IOMMUFD_PAGE_RESP_SUCCESS,
 };
-use crate::{FaultFd, FAULT_RECORD_SIZE};
+use crate::{FaultFd, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
 use rustix::event::{epoll, eventfd, EventfdFlags, Timespec};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -37,6 +37,9 @@ pub struct HandlerStats {
     pub faults: u64,
     /// Groups read, each answered once.
     pub groups: u64,
+    /// Responses the fd no longer took: their groups were answered already (auto-response on
+    /// a detach or replace between the read and the write).
+    pub stale: u64,
     /// Groups answered Invalid (a page the resolver refused).
     pub invalid: u64,
     /// Reads that returned records.
@@ -106,6 +109,7 @@ fn handler_loop(
     };
     let mut events = Vec::with_capacity(2);
     let mut buf = vec![0u8; READ_RECORDS * FAULT_RECORD_SIZE];
+    let mut responses: Vec<IommuHwptPageResponse> = Vec::new();
     loop {
         events.clear();
         match epoll::wait(
@@ -129,25 +133,38 @@ fn handler_loop(
             .filter(|ev| ev.data.u64() == TOKEN_FAULT)
             .count() as u64;
         // Level triggered: drain until a read returns nothing, then wait again.
-        drain(fd, resolve, &mut buf, h)?;
+        drain(fd, resolve, &mut buf, &mut responses, h)?;
         if stopping {
             return Ok(());
         }
     }
 }
 
+/// The most records a read buffer grows to (a group larger than that cannot be read).
+pub const MAX_READ_RECORDS: usize = 1 << 16;
+
 /// Reads and answers until the queue is empty.
 fn drain(
     fd: &FaultFd,
     resolve: &mut impl FnMut(&IommuHwptPgfault) -> Result<(), String>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
+    responses: &mut Vec<IommuHwptPageResponse>,
     h: &mut HandlerStats,
 ) -> Result<(), String> {
-    let mut responses: Vec<IommuHwptPageResponse> = Vec::new();
     loop {
         let n = fd.read(buf).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
-            return Ok(());
+            if fd.pending() == 0 {
+                return Ok(());
+            }
+            // Groups are never split: the next one is larger than the buffer. Grow it rather
+            // than wake up forever on a readable fd that yields nothing (SPEC §5.5).
+            let records = buf.len() / FAULT_RECORD_SIZE;
+            if records >= MAX_READ_RECORDS {
+                return Err(format!("a group is larger than {MAX_READ_RECORDS} records"));
+            }
+            buf.resize((records * 2).min(MAX_READ_RECORDS) * FAULT_RECORD_SIZE, 0);
+            continue;
         }
         h.batches += 1;
         h.max_records = h.max_records.max((n / FAULT_RECORD_SIZE) as u64);
@@ -173,10 +190,77 @@ fn drain(
                 }
             }
         }
-        let bytes = responses.as_bytes();
-        let written = fd.write(bytes).map_err(|e| format!("write: {e}"))?;
-        if written != bytes.len() {
-            return Err(format!("short write: {written} of {}", bytes.len()));
-        }
+        write_responses(fd, responses, h)?;
+    }
+}
+
+/// Writes every response. A detach or replace between the read and the write answers its
+/// groups itself and retires their cookies (Linux's auto-response); the write stops at such a
+/// record (a short count, or `EINVAL` when it is the first), which is skipped and counted as
+/// stale while the rest are still written.
+fn write_responses(
+    fd: &FaultFd,
+    responses: &[IommuHwptPageResponse],
+    h: &mut HandlerStats,
+) -> Result<(), String> {
+    let mut left = responses;
+    while !left.is_empty() {
+        let bytes = left.as_bytes();
+        let done = match fd.write(bytes) {
+            Ok(w) if w == bytes.len() => return Ok(()),
+            Ok(w) => w / RESPONSE_RECORD_SIZE,
+            Err(e) if e.errno_name() == "EINVAL" => 0,
+            Err(e) => return Err(format!("write: {e}")),
+        };
+        h.stale += 1;
+        left = &left[done + 1..];
+    }
+    Ok(())
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::uapi::IOMMU_HWPT_FAULT_ID_VALID;
+    use crate::{Ictx, IOMMU_NO_PASID};
+    use iommu_core::mock::MockDriver;
+    use iommu_core::{report_device_fault, Group, PageRequest, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE};
+
+    #[test]
+    fn a_stale_cookie_is_skipped_and_the_responses_after_it_are_still_written() {
+        let mock = MockDriver::new("m");
+        let group = Group::new(mock.clone(), "g");
+        let dev = group.add_device("d", 1 << 20).unwrap();
+        let ictx = Ictx::new();
+        let dev_id = ictx.bind_device(dev.clone()).unwrap();
+        let ioas = ictx.ioas_alloc().unwrap();
+        let (fault_id, fd) = ictx.fault_queue_alloc(0).unwrap();
+        let hwpt = ictx
+            .hwpt_alloc(dev_id, ioas, IOMMU_HWPT_FAULT_ID_VALID, fault_id, 0, &[])
+            .unwrap();
+        ictx.device_attach(dev_id, IOMMU_NO_PASID, hwpt).unwrap();
+        let req = PageRequest {
+            flags: IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+            grpid: 3,
+            perm: 1,
+            addr: 0x1000,
+            ..Default::default()
+        };
+        report_device_fault(&dev, req).unwrap();
+        let mut rec = IommuHwptPgfault::default();
+        assert_eq!(fd.read(rec.as_mut_bytes()).unwrap(), FAULT_RECORD_SIZE);
+
+        let stale = |cookie| IommuHwptPageResponse {
+            cookie,
+            code: IOMMUFD_PAGE_RESP_SUCCESS,
+        };
+        let mut h = HandlerStats::default();
+        // A retired cookie first (EINVAL), then the live one, then another retired one (a
+        // short count): only the live group is answered, nothing is fatal.
+        write_responses(&fd, &[stale(999), stale(rec.cookie), stale(998)], &mut h).unwrap();
+
+        assert_eq!(h.stale, 2);
+        assert_eq!(fd.pending(), 0);
+        assert_eq!(mock.responses().len(), 1, "the live group answered once");
     }
 }
