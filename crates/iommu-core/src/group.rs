@@ -250,23 +250,30 @@ impl Group {
         self.pasid_array.read().get(pasid).cloned()
     }
 
-    /// Publishes `slot` for `pasid` (replacing any previous handle) and traces it.
+    /// Publishes `slot` for `pasid` (replacing any previous handle) and traces it. The trace
+    /// points fire under the write lock: a report that finds the new handle is traced after
+    /// its `attached` (a handle may reuse a freed one's address, so an observer must never see
+    /// a delivery to it before it was attached).
     pub(crate) fn publish(&self, pasid: u32, slot: Slot) -> Option<Slot> {
         let handle = slot_addr(&slot);
-        let old = self.pasid_array.write().insert(pasid, slot);
+        let mut array = self.pasid_array.write();
+        let old = array.insert(pasid, slot);
         if let Some(old) = &old {
             crate::trace::detached(self.id.0, pasid, slot_addr(old));
         }
         crate::trace::attached(self.id.0, pasid, handle);
+        drop(array);
         old
     }
 
     /// Unpublishes `pasid`'s handle; once the write lock is taken no report holds it any more.
     pub(crate) fn unpublish(&self, pasid: u32) -> Option<Slot> {
-        let old = self.pasid_array.write().remove(pasid);
+        let mut array = self.pasid_array.write();
+        let old = array.remove(pasid);
         if let Some(old) = &old {
             crate::trace::detached(self.id.0, pasid, slot_addr(old));
         }
+        drop(array);
         old
     }
 

@@ -332,6 +332,7 @@ impl Checker {
     /// Ends the run: groups still unanswered are violations.
     pub fn finish(mut self) -> CheckReport {
         let left: Vec<_> = std::mem::take(&mut self.outstanding).into_iter().collect();
+        let never_answered = left.len() as u64;
         for ((dev, grpid), pasid) in left {
             *self
                 .counts
@@ -352,6 +353,7 @@ impl Checker {
                 .map(|i| (*i, self.counts.get(i).copied().unwrap_or(0)))
                 .collect(),
             violations: self.violations,
+            never_answered,
         }
     }
 }
@@ -380,6 +382,8 @@ pub struct CheckReport {
     pub counts: Vec<(Invariant, u64)>,
     /// The first violations, verbatim.
     pub violations: Vec<Violation>,
+    /// Groups still unanswered when the run ended (counted under `exactly_one_response`).
+    pub never_answered: u64,
 }
 
 impl CheckReport {

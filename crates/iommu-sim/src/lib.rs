@@ -8,6 +8,7 @@ pub mod invariants;
 pub mod observe;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 
 /// The built-in default scenario (`scenarios/default.toml`), what `cargo run --release` runs.
 pub const DEFAULT_SCENARIO: &str = include_str!("../../../scenarios/default.toml");

@@ -40,6 +40,26 @@ enum Command {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// One long-lived world under SVA and iommufd fault traffic with resets, replaces, unbinds,
+    /// overflows and process exits: counts lost, doubled and late responses (all must be 0)
+    /// and checks that memory stays flat after warm-up.
+    Soak {
+        /// Stop after this many page request groups (both devices).
+        #[arg(long, default_value_t = 1_000_000)]
+        groups: u64,
+        /// Stop after this many seconds even if fewer groups were sent.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seeds which cycles are disrupted, and how.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One-page DMA jobs each device keeps in flight per cycle.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=256))]
+        inflight: u64,
+        /// Print progress to stderr every this many seconds (0: never).
+        #[arg(long, default_value_t = 10)]
+        progress: u64,
+    },
     /// The IOMMU core alone under concurrent load: typed attach-handle lookups racing attach,
     /// replace and detach on many tenants' PASIDs.
     Foundation {
@@ -193,6 +213,35 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Run { file, args } => return run_file(file.as_deref(), args),
+        Command::Soak {
+            groups,
+            seconds,
+            seed,
+            inflight,
+            progress,
+        } => {
+            let cfg = iommu_sim::soak::Config {
+                groups,
+                time_limit: seconds.map(std::time::Duration::from_secs),
+                seed,
+                inflight: inflight as usize,
+                progress: (progress > 0).then(|| std::time::Duration::from_secs(progress)),
+            };
+            return match iommu_sim::soak::run(&cfg) {
+                Ok(r) => {
+                    print!("{}", r.text());
+                    if r.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("soak: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Foundation {
             rounds,
             readers,

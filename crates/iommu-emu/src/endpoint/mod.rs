@@ -286,8 +286,12 @@ impl Endpoint {
         st.enabled = sh.cfg.pri && sh.cfg.ats && sh.iommu.config().pri;
         let mut abandoned = 0;
         for (i, slot) in st.slots.iter_mut().enumerate() {
-            // A slot a dropped job abandoned was counted then.
-            if slot.take().is_some_and(|s| !s.abandoned) {
+            // A slot a dropped job abandoned was counted then; an answered one (its response
+            // not yet consumed) is accounted for as answered, not abandoned.
+            if slot
+                .take()
+                .is_some_and(|s| !s.abandoned && s.outcome.is_none())
+            {
                 abandoned += 1;
                 trace_abandoned(&sh.dev, i as u32);
             }

@@ -300,7 +300,9 @@ impl Endpoint {
             }
         };
         if answered {
+            // Answered, just not consumed: the group is accounted for as answered.
             sh.free_slot(&mut st, i, o.pages);
+            return;
         }
         sh.counters.abandoned.fetch_add(1, Relaxed);
         trace_abandoned(&sh.dev, o.grpid);

@@ -1,0 +1,771 @@
+//! `iommu-sim soak`: one long-lived world under a mix of SVA and iommufd fault traffic with
+//! device resets, HWPT replaces, unbinds, page request queue overflows and process exits, for a
+//! given number of page request groups — checking as it runs that no response is lost, doubled
+//! or late, and that memory stays flat.
+//!
+//! Unlike a scenario run, nothing is rebuilt between rounds: the IOMMU, its queues, the devices,
+//! the iommufd context and the checker live for the whole soak, so a leak anywhere on the fault
+//! path (a frame, an object id, a PASID, a pending group, a checker entry) shows up as growing
+//! memory or as an unanswered group at the end.
+//!
+//! Threads: an SVA driver (device `sva0`, processes bound by SVA, faults resolved by the IOPF
+//! queue's worker), an iommufd driver (device `vmm0` owned through a fault-capable HWPT) and its
+//! fault handler on the fault fd, plus the IOMMU's page request queue thread. Each driver keeps
+//! [`Config::inflight`] one-page DMA jobs outstanding at once (more than the page request queue
+//! holds, so the queue overflows and the IOMMU answers what it cannot queue), and disrupts a
+//! seeded random share of its cycles while those jobs are in flight.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue, SvaBond};
+use iommu_core::{IOMMU_READ, IOMMU_WRITE};
+use iommu_emu::{
+    DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig, Mm, Pfn, PhysMem, Prot,
+};
+use iommufd::handler::{run_fault_handler, StopHandle};
+use iommufd::uapi::IOMMU_HWPT_FAULT_ID_VALID;
+use iommufd::{FaultFd, Ictx, IOMMU_NO_PASID};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::invariants::{Event, Invariant};
+use crate::observe::Observer;
+
+const PAGE: u64 = 4096;
+/// Frames of physical memory: page tables, two processes' worth of in-flight pages and the
+/// owner's, with room to spare. The soak's memory is this budget and does not grow with the
+/// number of groups.
+const FRAMES: usize = 16 << 10;
+/// Page request queue depth: both drivers' in-flight jobs fit (at the default 32 each); an
+/// `overflow` cycle sends [`FLOOD`] times the depth at once.
+const PRQ_DEPTH: usize = 128;
+/// An overflow cycle's jobs, in multiples of the page request queue's depth.
+const FLOOD: usize = 2;
+/// IOVA slots the owner cycles through (a cycle's range is unmapped before it is reused).
+const IOVA_SLOTS: u64 = 64;
+const IOVA_BASE: u64 = 1 << 30;
+/// One cycle in this many is disrupted (on average).
+const DISRUPT_ONE_IN: u32 = 16;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Stop once this many page request groups were sent (both devices together).
+    pub groups: u64,
+    /// Stop after this long even if fewer groups were sent.
+    pub time_limit: Option<Duration>,
+    /// Seeds the choice of disruptions.
+    pub seed: u64,
+    /// One-page DMA jobs each driver keeps in flight per cycle (1..=256).
+    pub inflight: usize,
+    /// Print a progress line to stderr this often (`None`: never).
+    pub progress: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            groups: 100_000,
+            time_limit: None,
+            seed: 1,
+            inflight: 32,
+            progress: None,
+        }
+    }
+}
+
+/// What a soak did and found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Page request groups sent, both devices.
+    pub groups: u64,
+    /// Of those, by the SVA device and by the iommufd-owned device.
+    pub groups_sva: u64,
+    /// Groups sent by the iommufd-owned device.
+    pub groups_iommufd: u64,
+    /// Groups answered (by a handler, by auto-response or by the IOMMU on overflow).
+    pub answered: u64,
+    /// Groups the IOMMU answered itself because its queue was full.
+    pub overflow_answered: u64,
+    /// Groups abandoned by a device reset (never answered, by design).
+    pub abandoned: u64,
+    /// Groups neither answered nor abandoned when the soak ended.
+    pub lost: u64,
+    /// Responses to a group that was already answered (or never sent).
+    pub doubled: u64,
+    /// Deliveries after a detach returned, and DMA through a PASID after its unbind returned.
+    pub late: u64,
+    /// Disruptions done, by kind.
+    pub disruptions: BTreeMap<&'static str, u64>,
+    /// DMA jobs that completed, and that failed because of a disruption of their cycle.
+    pub dma_ok: u64,
+    /// DMA jobs failed in a disrupted cycle (expected).
+    pub dma_failed_expected: u64,
+    /// Problems that are not invariant violations: a DMA failing in an undisturbed cycle, a
+    /// call that should have worked and did not. Must be empty.
+    pub problems: Vec<String>,
+    /// Resident set size, bytes: at the start, after warm-up (a tenth of the groups), the
+    /// highest seen after warm-up, at the end.
+    pub rss_start: u64,
+    /// RSS once warm-up ended.
+    pub rss_warm: u64,
+    /// Highest RSS after warm-up.
+    pub rss_max: u64,
+    /// RSS at the end.
+    pub rss_end: u64,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// Events the invariant checker saw.
+    pub events: u64,
+}
+
+impl Report {
+    /// Whether the soak passed: nothing lost, doubled or late, no problem, the books balance,
+    /// and RSS after warm-up stayed within 10 % of its warm-up value.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.late == 0
+            && self.problems.is_empty()
+            && self.groups == self.answered + self.abandoned
+            && self.rss_flat()
+    }
+
+    /// RSS after warm-up stayed within 10 % of its value at the end of warm-up.
+    pub fn rss_flat(&self) -> bool {
+        self.rss_max.saturating_mul(10) <= self.rss_warm.saturating_mul(11)
+    }
+
+    /// The readable summary.
+    pub fn text(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut s = format!(
+            "soak: {} groups in {:.1} s ({:.0} groups/s): {} SVA, {} iommufd\n",
+            self.groups,
+            secs,
+            self.groups as f64 / secs,
+            self.groups_sva,
+            self.groups_iommufd
+        );
+        s += &format!(
+            "  accounted      {} sent = {} answered ({} by the IOMMU on overflow) + {} abandoned by reset{}\n",
+            self.groups,
+            self.answered,
+            self.overflow_answered,
+            self.abandoned,
+            if self.groups == self.answered + self.abandoned { "" } else { "  MISMATCH" }
+        );
+        s += &format!(
+            "  responses      {} lost, {} doubled, {} late\n",
+            self.lost, self.doubled, self.late
+        );
+        let d: Vec<String> = self
+            .disruptions
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        s += &format!("  disruptions    {}\n", d.join(", "));
+        s += &format!(
+            "  dma jobs       {} ok, {} failed in disrupted cycles\n",
+            self.dma_ok, self.dma_failed_expected
+        );
+        s += &format!(
+            "  rss            {:.1} MiB at start, {:.1} MiB after warm-up, {:.1} MiB highest after, {:.1} MiB at end ({})\n",
+            mib(self.rss_start),
+            mib(self.rss_warm),
+            mib(self.rss_max),
+            mib(self.rss_end),
+            if self.rss_flat() { "flat within 10 %" } else { "GREW more than 10 %" }
+        );
+        s += &format!("  checker        {} events\n", self.events);
+        for p in self.problems.iter().take(20) {
+            s += &format!("  problem: {p}\n");
+        }
+        s += if self.passed() {
+            "  result         passed\n"
+        } else {
+            "  result         FAILED\n"
+        };
+        s
+    }
+}
+
+/// Resident set size of this process, bytes (0 where `/proc` is unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE)
+}
+
+/// State shared by the soak's threads.
+struct Shared {
+    stop: AtomicBool,
+    obs: Arc<Observer>,
+    disruptions: Mutex<BTreeMap<&'static str, u64>>,
+    problems: Mutex<Vec<String>>,
+    dma_ok: AtomicU64,
+    dma_failed_expected: AtomicU64,
+}
+
+impl Shared {
+    fn disrupted(&self, kind: &'static str) {
+        *self
+            .disruptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    fn problem(&self, p: String) {
+        let mut v = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 64 {
+            v.push(p);
+        }
+    }
+}
+
+/// An SVA tenant: a process bound to `sva0`.
+struct Tenant {
+    mm: Arc<Mm>,
+    bond: Option<SvaBond>,
+    pasid: u32,
+}
+
+/// The iommufd owner of `vmm0`.
+struct Owner {
+    ictx: Ictx,
+    dev_id: u32,
+    ioas: u32,
+    fault_id: u32,
+    hwpt: u32,
+    fd: FaultFd,
+    /// Frames the handler backed, by IOVA page.
+    backed: Mutex<BTreeMap<u64, Pfn>>,
+}
+
+/// Runs a soak. `Err` only when the world cannot be built.
+pub fn run(cfg: &Config) -> Result<Report, String> {
+    if cfg.inflight == 0 || cfg.inflight > 256 {
+        return Err(format!(
+            "inflight {} is out of range: 1..=256 jobs per cycle",
+            cfg.inflight
+        ));
+    }
+    let rss_start = rss_bytes();
+    let obs = Observer::with_log(false);
+    let dispatch = obs.dispatch();
+    let sh = Shared {
+        stop: AtomicBool::new(false),
+        obs: obs.clone(),
+        disruptions: Mutex::new(BTreeMap::new()),
+        problems: Mutex::new(Vec::new()),
+        dma_ok: AtomicU64::new(0),
+        dma_failed_expected: AtomicU64::new(0),
+    };
+    let world = tracing::dispatcher::with_default(&dispatch, || build(&obs))?;
+    let (phys, iommu, queue, sva, vmm, owner, tenants) = world;
+    let start = Instant::now();
+    let mut rep = Report {
+        rss_start,
+        ..Report::default()
+    };
+    let stop_handler = StopHandle::new()?;
+    let sent = || sva.stats().groups_sent + vmm.stats().groups_sent;
+    let (sh_r, sva_r, vmm_r, owner_r, phys_r, d, stop_r) =
+        (&sh, &sva, &vmm, &owner, &phys, &dispatch, &stop_handler);
+    let (seed, inflight) = (cfg.seed, cfg.inflight);
+    std::thread::scope(|s| {
+        let sh = sh_r;
+        let handler = s.spawn(move || {
+            tracing::dispatcher::with_default(d, || {
+                run_fault_handler(&owner_r.fd, stop_r, |rec| {
+                    back_page(owner_r, phys_r, rec.addr & !(PAGE - 1))
+                })
+            })
+        });
+        let sva_driver = s.spawn(move || {
+            tracing::dispatcher::with_default(d, || drive_sva(sh, sva_r, tenants, seed, inflight))
+        });
+        let vmm_driver = s.spawn(move || {
+            tracing::dispatcher::with_default(d, || {
+                drive_owner(sh, vmm_r, owner_r, phys_r, seed ^ 0x5eed, inflight)
+            })
+        });
+        let warm_at = cfg.groups / 10;
+        let mut warm = false;
+        let mut last_progress = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let n = sent();
+            let rss = rss_bytes();
+            if warm {
+                rep.rss_max = rep.rss_max.max(rss);
+            } else if n >= warm_at {
+                warm = true;
+                rep.rss_warm = rss;
+                rep.rss_max = rss;
+            }
+            if let Some(every) = cfg.progress {
+                if last_progress.elapsed() >= every {
+                    last_progress = Instant::now();
+                    eprintln!(
+                        "soak: {n} groups, {:.0} s, rss {:.1} MiB",
+                        start.elapsed().as_secs_f64(),
+                        rss as f64 / (1 << 20) as f64
+                    );
+                }
+            }
+            let out_of_time = cfg.time_limit.is_some_and(|t| start.elapsed() >= t);
+            let drivers_gone = sva_driver.is_finished() && vmm_driver.is_finished();
+            if n >= cfg.groups || out_of_time || drivers_gone {
+                break;
+            }
+        }
+        sh.stop.store(true, Relaxed);
+        for (who, t) in [("sva driver", sva_driver), ("iommufd driver", vmm_driver)] {
+            if t.join().is_err() {
+                sh.problem(format!("the {who} panicked"));
+            }
+        }
+        stop_handler.stop();
+        match handler.join() {
+            Ok(h) => {
+                if let Some(e) = h.error {
+                    sh.problem(format!("fault handler: {e}"));
+                }
+            }
+            Err(_) => sh.problem("the fault handler panicked".into()),
+        }
+    });
+    rep.elapsed = start.elapsed();
+    if rep.rss_warm == 0 {
+        // Fewer groups than warm-up: the end is the only sample after it.
+        rep.rss_warm = rss_bytes();
+        rep.rss_max = rep.rss_warm;
+    }
+    tracing::dispatcher::with_default(&dispatch, || {
+        teardown(&owner, &queue, &sh);
+    });
+    let (a, b) = (sva.stats(), vmm.stats());
+    rep.groups_sva = a.groups_sent;
+    rep.groups_iommufd = b.groups_sent;
+    rep.groups = a.groups_sent + b.groups_sent;
+    rep.answered = a.groups_answered + b.groups_answered;
+    rep.overflow_answered = a.auto_success + b.auto_success;
+    rep.abandoned = a.abandoned + b.abandoned;
+    let outstanding = (sva.outstanding_groups() + vmm.outstanding_groups()) as u64;
+    if outstanding > 0 {
+        sh.problem(format!(
+            "{outstanding} groups still outstanding at the devices after the drivers stopped"
+        ));
+    }
+    drop((sva, vmm, iommu, phys));
+    let (check, _, _) = obs.finish();
+    rep.events = check.events;
+    rep.lost = check.never_answered;
+    rep.doubled = check
+        .count(Invariant::ExactlyOneResponse)
+        .saturating_sub(check.never_answered);
+    rep.late =
+        check.count(Invariant::NoDeliveryAfterDetach) + check.count(Invariant::NoDmaAfterUnbind);
+    for v in check.violations.iter().take(20) {
+        sh.problem(v.to_string());
+    }
+    rep.rss_end = rss_bytes();
+    rep.disruptions = sh.disruptions.into_inner().unwrap_or_default();
+    rep.problems = sh.problems.into_inner().unwrap_or_default();
+    rep.dma_ok = sh.dma_ok.into_inner();
+    rep.dma_failed_expected = sh.dma_failed_expected.into_inner();
+    Ok(rep)
+}
+
+type World = (
+    Arc<PhysMem>,
+    Arc<EmuIommu>,
+    Arc<IopfQueue>,
+    Endpoint,
+    Endpoint,
+    Owner,
+    Vec<Tenant>,
+);
+
+/// The IOMMU with its page request queue thread and one IOPF worker, `sva0` with two bound
+/// processes, and `vmm0` owned through iommufd on a fault-capable HWPT.
+fn build(obs: &Observer) -> Result<World, String> {
+    let phys = Arc::new(PhysMem::new(FRAMES));
+    let cfg = EmuIommuConfig {
+        prq_depth: PRQ_DEPTH,
+        ..EmuIommuConfig::default()
+    };
+    let iommu = EmuIommu::new("soak0", &phys, cfg).map_err(|e| format!("iommu: {e}"))?;
+    let queue = IopfQueue::new("soak0", 1).map_err(|e| format!("iopf queue: {e}"))?;
+    let ep_cfg = EndpointConfig {
+        pri_credits: 256,
+        max_group_pages: (PRQ_DEPTH / 2) as u32,
+        ..EndpointConfig::default()
+    };
+    let endpoint = |group: &str, name: &str| {
+        let g = Group::new(iommu.driver(), group);
+        iommu
+            .add_endpoint(&g, name, 1 << 16, ep_cfg.clone())
+            .map_err(|e| format!("endpoint {name}: {e}"))
+    };
+    let sva = endpoint("sva", "sva0")?;
+    let vmm = endpoint("vmm", "vmm0")?;
+    obs.set_devices([sva.device().id().0, vmm.device().id().0]);
+    iopf_queue_add_device(&queue, sva.device()).map_err(|e| format!("iopf add: {e}"))?;
+    let tenants = (0..2)
+        .map(|_| new_tenant(obs, &sva, &phys))
+        .collect::<Result<Vec<_>, _>>()?;
+    let owner = open_owner(&vmm)?;
+    Ok((phys, iommu, queue, sva, vmm, owner, tenants))
+}
+
+/// A fresh process bound to `sva`.
+fn new_tenant(obs: &Observer, sva: &Endpoint, phys: &Arc<PhysMem>) -> Result<Tenant, String> {
+    let mm = Mm::new(phys).map_err(|e| format!("mm: {e}"))?;
+    let bond = sva_bind_device(sva.device(), &mm.as_address_space())
+        .map_err(|e| format!("sva bind: {e}"))?;
+    let pasid = bond.pasid();
+    sva.start_pasid(pasid);
+    obs.observe(Event::Bound { dev: 0, pasid });
+    Ok(Tenant {
+        mm,
+        bond: Some(bond),
+        pasid,
+    })
+}
+
+fn open_owner(vmm: &Endpoint) -> Result<Owner, String> {
+    let e = |what: &'static str| move |err: iommu_core::Error| format!("iommufd {what}: {err}");
+    let ictx = Ictx::new();
+    let dev_id = ictx.bind_device(vmm.device().clone()).map_err(e("bind"))?;
+    let ioas = ictx.ioas_alloc().map_err(e("ioas"))?;
+    let (fault_id, fd) = ictx.fault_queue_alloc(0).map_err(e("fault queue"))?;
+    let hwpt = ictx
+        .hwpt_alloc(dev_id, ioas, IOMMU_HWPT_FAULT_ID_VALID, fault_id, 0, &[])
+        .map_err(e("hwpt"))?;
+    ictx.device_attach(dev_id, IOMMU_NO_PASID, hwpt)
+        .map_err(e("attach"))?;
+    Ok(Owner {
+        ictx,
+        dev_id,
+        ioas,
+        fault_id,
+        hwpt,
+        fd,
+        backed: Mutex::new(BTreeMap::new()),
+    })
+}
+
+/// The owner's fault handler backs one faulting page with a fresh frame (once per page).
+fn back_page(owner: &Owner, phys: &PhysMem, iova: u64) -> Result<(), String> {
+    let mut backed = owner.backed.lock().unwrap_or_else(|p| p.into_inner());
+    if backed.contains_key(&iova) {
+        return Ok(());
+    }
+    let pfn = phys.alloc_frame().map_err(|e| format!("frame: {e}"))?;
+    match owner.ictx.ioas_map(
+        owner.ioas,
+        Some(iova),
+        pfn.addr().0,
+        PAGE,
+        IOMMU_READ | IOMMU_WRITE,
+    ) {
+        Ok(_) => {
+            backed.insert(iova, pfn);
+            Ok(())
+        }
+        Err(e) => {
+            phys.free_frame(pfn);
+            Err(format!("map {iova:#x}: {e}"))
+        }
+    }
+}
+
+/// Unmaps `[base, base + len)` from the owner's IOAS and frees the frames backing it.
+fn unback_range(owner: &Owner, phys: &PhysMem, base: u64, len: u64) -> Result<(), String> {
+    let mut backed = owner.backed.lock().unwrap_or_else(|p| p.into_inner());
+    let pages: Vec<u64> = backed.range(base..base + len).map(|(k, _)| *k).collect();
+    if pages.is_empty() {
+        return Ok(());
+    }
+    owner
+        .ictx
+        .ioas_unmap(owner.ioas, base, len)
+        .map_err(|e| format!("unmap {base:#x}+{len:#x}: {e}"))?;
+    for p in pages {
+        if let Some(pfn) = backed.remove(&p) {
+            phys.free_frame(pfn);
+        }
+    }
+    Ok(())
+}
+
+/// What a cycle does to its jobs while they are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    None,
+    Reset,
+    Unbind,
+    Exit,
+    Replace,
+    Overflow,
+}
+
+impl Disruption {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Reset => "device resets",
+            Self::Unbind => "unbinds",
+            Self::Exit => "process exits",
+            Self::Replace => "hwpt replaces",
+            Self::Overflow => "queue overflows",
+        }
+    }
+}
+
+/// Starts one one-page write per page of `[base, base + n pages)`, polls them all until they
+/// finish, calling `disrupt` once while they are in flight (once half of those left wait for
+/// a page response).
+/// Returns (completed, failed).
+fn run_cycle(
+    ep: &Endpoint,
+    pasid: Option<u32>,
+    base: u64,
+    n: usize,
+    mut disrupt: impl FnMut(),
+) -> (u64, u64, Vec<String>) {
+    let mut jobs: Vec<_> = (0..n as u64)
+        .map(|i| {
+            let data = vec![(i as u8) | 1; PAGE as usize];
+            Some(ep.start_dma(pasid, base + i * PAGE, PAGE, DmaKind::Write(data)))
+        })
+        .collect();
+    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+    let mut left = n;
+    let mut disrupted = false;
+    while left > 0 {
+        let mut progressed = false;
+        let mut waiting = 0;
+        for slot in jobs.iter_mut() {
+            let Some(job) = slot else { continue };
+            match ep.poll_dma(job) {
+                DmaPoll::Ready(r) => {
+                    match r {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            failed += 1;
+                            errors.push(e.to_string());
+                        }
+                    }
+                    *slot = None;
+                    left -= 1;
+                    progressed = true;
+                }
+                DmaPoll::Pending => waiting += usize::from(job.is_waiting()),
+            }
+        }
+        // Disrupt once at least half the jobs wait for a response (or none is left to).
+        if !disrupted && (2 * waiting >= left || left == 0) {
+            disrupted = true;
+            disrupt();
+        }
+        if !progressed {
+            // No job finished this round: let the queue and the handler run.
+            std::thread::yield_now();
+        }
+    }
+    (ok, failed, errors)
+}
+
+/// Records a cycle's outcome: failures are expected only in a disrupted cycle.
+fn account(sh: &Shared, who: &str, d: Disruption, ok: u64, failed: u64, errors: &[String]) {
+    sh.dma_ok.fetch_add(ok, Relaxed);
+    if d == Disruption::None {
+        if failed > 0 {
+            sh.problem(format!(
+                "{who}: {failed} DMA jobs failed in an undisturbed cycle: {}",
+                errors.first().map_or("", |s| s.as_str())
+            ));
+        }
+    } else {
+        sh.disrupted(d.name());
+        sh.dma_failed_expected.fetch_add(failed, Relaxed);
+    }
+}
+
+fn pick(rng: &mut ChaCha8Rng, kinds: &[Disruption]) -> Disruption {
+    if rng.random_range(0..DISRUPT_ONE_IN) == 0 {
+        kinds[rng.random_range(0..kinds.len())]
+    } else {
+        Disruption::None
+    }
+}
+
+/// The SVA driver: each cycle maps fresh memory in one tenant, writes every page of it from
+/// the device (one group per page), and unmaps it again.
+fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, seed: u64, n: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let phys = sva.iommu().phys().clone();
+    while !sh.stop.load(Relaxed) {
+        let t = rng.random_range(0..tenants.len());
+        let d = pick(
+            &mut rng,
+            &[
+                Disruption::Reset,
+                Disruption::Unbind,
+                Disruption::Exit,
+                Disruption::Overflow,
+            ],
+        );
+        let n = if d == Disruption::Overflow {
+            FLOOD * PRQ_DEPTH
+        } else {
+            n
+        };
+        let len = n as u64 * PAGE;
+        let tenant = &mut tenants[t];
+        let va = match tenant.mm.mmap(len, Prot::READ_WRITE) {
+            Ok(va) => va,
+            Err(e) => {
+                sh.problem(format!("sva: mmap: {e}"));
+                return;
+            }
+        };
+        let pasid = tenant.pasid;
+        let mm = tenant.mm.clone();
+        let (ok, failed, errors) = run_cycle(sva, Some(pasid), va, n, || match d {
+            Disruption::Reset => sva.reset(),
+            Disruption::Exit => mm.exit(),
+            Disruption::Unbind => {
+                // A driver stops the PASID's DMA before it unbinds (SPEC: unbind requires
+                // the device to have stopped using the PASID).
+                if let Err(e) = sva.stop_pasid(pasid) {
+                    sh.problem(format!("sva: stop_pasid {pasid}: {e}"));
+                }
+            }
+            _ => {}
+        });
+        account(sh, "sva", d, ok, failed, &errors);
+        match d {
+            Disruption::Unbind | Disruption::Exit => {
+                if let Some(b) = tenant.bond.take() {
+                    if d == Disruption::Exit {
+                        // An exited process's PASID is still stopped by its driver first.
+                        let _ = sva.stop_pasid(pasid);
+                    }
+                    b.unbind();
+                    sh.obs.observe(Event::UnbindReturned { dev: 0, pasid });
+                }
+                let next = if d == Disruption::Exit {
+                    new_tenant(&sh.obs, sva, &phys)
+                } else {
+                    let _ = tenant.mm.munmap(va, len);
+                    rebind(&sh.obs, sva, tenant.mm.clone())
+                };
+                match next {
+                    Ok(n) => *tenant = n,
+                    Err(e) => {
+                        sh.problem(format!("sva: {e}"));
+                        return;
+                    }
+                }
+            }
+            _ => {
+                if let Err(e) = tenant.mm.munmap(va, len) {
+                    sh.problem(format!("sva: munmap: {e}"));
+                }
+            }
+        }
+    }
+    for t in tenants {
+        if let Some(b) = t.bond {
+            b.unbind();
+            sh.obs.observe(Event::UnbindReturned {
+                dev: 0,
+                pasid: t.pasid,
+            });
+        }
+    }
+}
+
+/// Binds `mm` to `sva` again after an unbind.
+fn rebind(obs: &Observer, sva: &Endpoint, mm: Arc<Mm>) -> Result<Tenant, String> {
+    let bond = sva_bind_device(sva.device(), &mm.as_address_space())
+        .map_err(|e| format!("sva rebind: {e}"))?;
+    let pasid = bond.pasid();
+    sva.start_pasid(pasid);
+    obs.observe(Event::Bound { dev: 0, pasid });
+    Ok(Tenant {
+        mm,
+        bond: Some(bond),
+        pasid,
+    })
+}
+
+/// The iommufd driver: each cycle writes one IOVA slot from the device (the owner's handler
+/// backs each faulting page), then unmaps the slot and frees its frames.
+fn drive_owner(sh: &Shared, vmm: &Endpoint, owner: &Owner, phys: &PhysMem, seed: u64, n: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let len = n as u64 * PAGE;
+    let mut hwpt = owner.hwpt;
+    let mut slot = 0u64;
+    while !sh.stop.load(Relaxed) {
+        let base = IOVA_BASE + (slot % IOVA_SLOTS) * len;
+        slot += 1;
+        let d = pick(&mut rng, &[Disruption::Reset, Disruption::Replace]);
+        let mut replaced = None;
+        let (ok, failed, errors) = run_cycle(vmm, None, base, n, || match d {
+            Disruption::Reset => vmm.reset(),
+            Disruption::Replace => {
+                let r = owner
+                    .ictx
+                    .hwpt_alloc(
+                        owner.dev_id,
+                        owner.ioas,
+                        IOMMU_HWPT_FAULT_ID_VALID,
+                        owner.fault_id,
+                        0,
+                        &[],
+                    )
+                    .and_then(|h| {
+                        owner
+                            .ictx
+                            .device_replace(owner.dev_id, IOMMU_NO_PASID, h)
+                            .map(|()| h)
+                    });
+                match r {
+                    Ok(h) => replaced = Some(h),
+                    Err(e) => sh.problem(format!("iommufd: replace: {e}")),
+                }
+            }
+            _ => {}
+        });
+        account(sh, "iommufd", d, ok, failed, &errors);
+        if let Some(h) = replaced {
+            if let Err(e) = owner.ictx.destroy(hwpt) {
+                sh.problem(format!("iommufd: destroy replaced hwpt {hwpt}: {e}"));
+            }
+            hwpt = h;
+        }
+        if let Err(e) = unback_range(owner, phys, base, len) {
+            sh.problem(format!("iommufd: {e}"));
+        }
+    }
+}
+
+/// Detaches the owner, frees what it backed and shuts the IOPF queue down.
+fn teardown(owner: &Owner, queue: &IopfQueue, sh: &Shared) {
+    if let Err(e) = owner.ictx.device_detach(owner.dev_id, IOMMU_NO_PASID) {
+        sh.problem(format!("iommufd: detach at the end: {e}"));
+    }
+    queue.shutdown();
+}
