@@ -59,6 +59,12 @@ enum Command {
         /// Print progress to stderr every this many seconds (0: never).
         #[arg(long, default_value_t = 10)]
         progress: u64,
+        /// One cycle in this many is disrupted, on average (0: none).
+        #[arg(long, default_value_t = 16)]
+        disrupt_one_in: u32,
+        /// The disruptions to mix (comma-separated): reset, unbind, exit, replace, overflow.
+        #[arg(long, value_delimiter = ',', default_value = "reset,unbind,exit,replace,overflow", value_parser = parse_disruption)]
+        disruptions: Vec<iommu_sim::soak::Disruption>,
     },
     /// The IOMMU core alone under concurrent load: typed attach-handle lookups racing attach,
     /// replace and detach on many tenants' PASIDs.
@@ -73,6 +79,11 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
         tenants: u64,
     },
+}
+
+fn parse_disruption(s: &str) -> Result<iommu_sim::soak::Disruption, String> {
+    iommu_sim::soak::Disruption::from_name(s)
+        .ok_or_else(|| format!("unknown disruption '{s}' (reset, unbind, exit, replace, overflow)"))
 }
 
 fn check(files: &[std::path::PathBuf]) -> ExitCode {
@@ -219,6 +230,8 @@ fn main() -> ExitCode {
             seed,
             inflight,
             progress,
+            disrupt_one_in,
+            disruptions,
         } => {
             let cfg = iommu_sim::soak::Config {
                 groups,
@@ -226,6 +239,8 @@ fn main() -> ExitCode {
                 seed,
                 inflight: inflight as usize,
                 progress: (progress > 0).then(|| std::time::Duration::from_secs(progress)),
+                disrupt_one_in,
+                disruptions,
             };
             return match iommu_sim::soak::run(&cfg) {
                 Ok(r) => {

@@ -47,8 +47,6 @@ const FLOOD: usize = 2;
 /// IOVA slots the owner cycles through (a cycle's range is unmapped before it is reused).
 const IOVA_SLOTS: u64 = 64;
 const IOVA_BASE: u64 = 1 << 30;
-/// One cycle in this many is disrupted (on average).
-const DISRUPT_ONE_IN: u32 = 16;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -63,6 +61,10 @@ pub struct Config {
     pub inflight: usize,
     /// Print a progress line to stderr this often (`None`: never).
     pub progress: Option<Duration>,
+    /// One cycle in this many is disrupted, on average (0: none is).
+    pub disrupt_one_in: u32,
+    /// The disruptions to choose from (each driver picks among those that apply to it).
+    pub disruptions: Vec<Disruption>,
 }
 
 impl Default for Config {
@@ -73,6 +75,8 @@ impl Default for Config {
             seed: 1,
             inflight: 32,
             progress: None,
+            disrupt_one_in: 16,
+            disruptions: Disruption::ALL.to_vec(),
         }
     }
 }
@@ -107,14 +111,13 @@ pub struct Report {
     /// Problems that are not invariant violations: a DMA failing in an undisturbed cycle, a
     /// call that should have worked and did not. Must be empty.
     pub problems: Vec<String>,
-    /// Resident set size, bytes: at the start, after warm-up (a tenth of the groups), the
-    /// highest seen after warm-up, at the end.
+    /// Resident set size, bytes, at the start.
     pub rss_start: u64,
-    /// RSS once warm-up ended.
-    pub rss_warm: u64,
-    /// Highest RSS after warm-up.
-    pub rss_max: u64,
-    /// RSS at the end.
+    /// After warm-up (the first tenth of the groups), the highest RSS sampled (every 20 ms) in
+    /// each following tenth (0: no sample fell into it): a leak shows as a rising sequence, a
+    /// burst as one high window.
+    pub rss_windows: Vec<u64>,
+    /// RSS at the end, after teardown.
     pub rss_end: u64,
     /// Wall-clock time.
     pub elapsed: Duration,
@@ -134,9 +137,15 @@ impl Report {
             && self.rss_flat()
     }
 
-    /// RSS after warm-up stayed within 10 % of its value at the end of warm-up.
+    /// Memory did not grow after warm-up: the last window's highest RSS is within 10 % of
+    /// the first window's (fewer than two windows: nothing to compare, flat).
     pub fn rss_flat(&self) -> bool {
-        self.rss_max.saturating_mul(10) <= self.rss_warm.saturating_mul(11)
+        // A window no sample fell into (a short soak) reads 0: skipped.
+        let mut sampled = self.rss_windows.iter().filter(|&&b| b > 0);
+        match (sampled.next(), sampled.next_back()) {
+            (Some(&first), Some(&last)) => last.saturating_mul(10) <= first.saturating_mul(11),
+            _ => true,
+        }
     }
 
     /// The readable summary.
@@ -173,13 +182,21 @@ impl Report {
             "  dma jobs       {} ok, {} failed in disrupted cycles\n",
             self.dma_ok, self.dma_failed_expected
         );
+        let windows: Vec<String> = self
+            .rss_windows
+            .iter()
+            .map(|&b| format!("{:.1}", mib(b)))
+            .collect();
         s += &format!(
-            "  rss            {:.1} MiB at start, {:.1} MiB after warm-up, {:.1} MiB highest after, {:.1} MiB at end ({})\n",
+            "  rss            {:.1} MiB at start; highest per tenth after warm-up: {} MiB ({}); {:.1} MiB at end\n",
             mib(self.rss_start),
-            mib(self.rss_warm),
-            mib(self.rss_max),
+            windows.join(" "),
+            if self.rss_flat() {
+                "last within 10 % of first"
+            } else {
+                "GREW more than 10 %"
+            },
             mib(self.rss_end),
-            if self.rss_flat() { "flat within 10 %" } else { "GREW more than 10 %" }
         );
         s += &format!("  checker        {} events\n", self.events);
         for p in self.problems.iter().take(20) {
@@ -279,7 +296,6 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let sent = || sva.stats().groups_sent + vmm.stats().groups_sent;
     let (sh_r, sva_r, vmm_r, owner_r, phys_r, d, stop_r) =
         (&sh, &sva, &vmm, &owner, &phys, &dispatch, &stop_handler);
-    let (seed, inflight) = (cfg.seed, cfg.inflight);
     std::thread::scope(|s| {
         let sh = sh_r;
         let handler = s.spawn(move || {
@@ -290,26 +306,26 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             })
         });
         let sva_driver = s.spawn(move || {
-            tracing::dispatcher::with_default(d, || drive_sva(sh, sva_r, tenants, seed, inflight))
+            tracing::dispatcher::with_default(d, || drive_sva(sh, sva_r, tenants, cfg))
         });
         let vmm_driver = s.spawn(move || {
             tracing::dispatcher::with_default(d, || {
-                drive_owner(sh, vmm_r, owner_r, phys_r, seed ^ 0x5eed, inflight)
+                drive_owner(sh, vmm_r, owner_r, phys_r, cfg)
             })
         });
-        let warm_at = cfg.groups / 10;
-        let mut warm = false;
+        let window = (cfg.groups / 10).max(1);
         let mut last_progress = Instant::now();
         loop {
             std::thread::sleep(Duration::from_millis(20));
             let n = sent();
             let rss = rss_bytes();
-            if warm {
-                rep.rss_max = rep.rss_max.max(rss);
-            } else if n >= warm_at {
-                warm = true;
-                rep.rss_warm = rss;
-                rep.rss_max = rss;
+            if n >= window {
+                // Window k (from 0) holds groups [(k + 1) * window, (k + 2) * window).
+                let k = (n / window - 1).min(8) as usize;
+                if rep.rss_windows.len() <= k {
+                    rep.rss_windows.resize(k + 1, 0);
+                }
+                rep.rss_windows[k] = rep.rss_windows[k].max(rss);
             }
             if let Some(every) = cfg.progress {
                 if last_progress.elapsed() >= every {
@@ -344,11 +360,6 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
         }
     });
     rep.elapsed = start.elapsed();
-    if rep.rss_warm == 0 {
-        // Fewer groups than warm-up: the end is the only sample after it.
-        rep.rss_warm = rss_bytes();
-        rep.rss_max = rep.rss_warm;
-    }
     tracing::dispatcher::with_default(&dispatch, || {
         teardown(&owner, &queue, &sh);
     });
@@ -509,26 +520,49 @@ fn unback_range(owner: &Owner, phys: &PhysMem, base: u64, len: u64) -> Result<()
 }
 
 /// What a cycle does to its jobs while they are in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disruption {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Disruption {
+    /// Nothing.
     None,
+    /// Function-level reset of the device (`sva0` or `vmm0`): groups in flight are abandoned.
     Reset,
+    /// `sva0`: the driver stops the PASID, unbinds the process and binds it again.
     Unbind,
+    /// `sva0`: the process exits; it is unbound and a new process bound in its place.
     Exit,
+    /// `vmm0`: the owner replaces its fault-capable HWPT by a new one and destroys the old
+    /// (pending faults are auto-answered).
     Replace,
+    /// `sva0`: twice the page request queue's depth of jobs at once (the IOMMU answers what
+    /// it cannot queue).
     Overflow,
 }
 
 impl Disruption {
-    fn name(self) -> &'static str {
+    /// Every disruption.
+    pub const ALL: [Disruption; 5] = [
+        Self::Reset,
+        Self::Unbind,
+        Self::Exit,
+        Self::Replace,
+        Self::Overflow,
+    ];
+
+    /// The name the command line and the report use.
+    pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
-            Self::Reset => "device resets",
-            Self::Unbind => "unbinds",
-            Self::Exit => "process exits",
-            Self::Replace => "hwpt replaces",
-            Self::Overflow => "queue overflows",
+            Self::Reset => "reset",
+            Self::Unbind => "unbind",
+            Self::Exit => "exit",
+            Self::Replace => "replace",
+            Self::Overflow => "overflow",
         }
+    }
+
+    /// The disruption called `name`.
+    pub fn from_name(name: &str) -> Option<Disruption> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
     }
 }
 
@@ -602,9 +636,18 @@ fn account(sh: &Shared, who: &str, d: Disruption, ok: u64, failed: u64, errors: 
     }
 }
 
-fn pick(rng: &mut ChaCha8Rng, kinds: &[Disruption]) -> Disruption {
-    if rng.random_range(0..DISRUPT_ONE_IN) == 0 {
-        kinds[rng.random_range(0..kinds.len())]
+/// This cycle's disruption: with probability 1/`one_in`, one of `kinds` that `cfg` allows.
+fn pick(rng: &mut ChaCha8Rng, cfg: &Config, kinds: &[Disruption]) -> Disruption {
+    let allowed: Vec<Disruption> = kinds
+        .iter()
+        .copied()
+        .filter(|k| cfg.disruptions.contains(k))
+        .collect();
+    if cfg.disrupt_one_in == 0 || allowed.is_empty() {
+        return Disruption::None;
+    }
+    if rng.random_range(0..cfg.disrupt_one_in) == 0 {
+        allowed[rng.random_range(0..allowed.len())]
     } else {
         Disruption::None
     }
@@ -612,13 +655,15 @@ fn pick(rng: &mut ChaCha8Rng, kinds: &[Disruption]) -> Disruption {
 
 /// The SVA driver: each cycle maps fresh memory in one tenant, writes every page of it from
 /// the device (one group per page), and unmaps it again.
-fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, seed: u64, n: usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, cfg: &Config) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let n = cfg.inflight;
     let phys = sva.iommu().phys().clone();
     while !sh.stop.load(Relaxed) {
         let t = rng.random_range(0..tenants.len());
         let d = pick(
             &mut rng,
+            cfg,
             &[
                 Disruption::Reset,
                 Disruption::Unbind,
@@ -713,15 +758,16 @@ fn rebind(obs: &Observer, sva: &Endpoint, mm: Arc<Mm>) -> Result<Tenant, String>
 
 /// The iommufd driver: each cycle writes one IOVA slot from the device (the owner's handler
 /// backs each faulting page), then unmaps the slot and frees its frames.
-fn drive_owner(sh: &Shared, vmm: &Endpoint, owner: &Owner, phys: &PhysMem, seed: u64, n: usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+fn drive_owner(sh: &Shared, vmm: &Endpoint, owner: &Owner, phys: &PhysMem, cfg: &Config) {
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed);
+    let n = cfg.inflight;
     let len = n as u64 * PAGE;
     let mut hwpt = owner.hwpt;
     let mut slot = 0u64;
     while !sh.stop.load(Relaxed) {
         let base = IOVA_BASE + (slot % IOVA_SLOTS) * len;
         slot += 1;
-        let d = pick(&mut rng, &[Disruption::Reset, Disruption::Replace]);
+        let d = pick(&mut rng, cfg, &[Disruption::Reset, Disruption::Replace]);
         let mut replaced = None;
         let (ok, failed, errors) = run_cycle(vmm, None, base, n, || match d {
             Disruption::Reset => vmm.reset(),

@@ -191,8 +191,6 @@ impl Endpoint {
         match pushed {
             Some(Pushed::Queued) => Ok(Pushed::Queued),
             Some(Pushed::AutoSuccess) => {
-                sh.counters.answered.fetch_add(1, Relaxed);
-                sh.counters.auto_success.fetch_add(1, Relaxed);
                 self.release(o, true);
                 Ok(Pushed::AutoSuccess)
             }
@@ -209,7 +207,9 @@ impl Endpoint {
     }
 
     /// Frees a PRG index and its credits (unless a reset already reclaimed them). `auto`: the
-    /// IOMMU answered the group itself (traced as a response).
+    /// IOMMU answered the group itself (traced as a response, counted as answered — or, when
+    /// a reset in between already counted the group abandoned, as a stray late answer, so no
+    /// group is counted twice).
     #[inline]
     fn release(&self, o: Outstanding, auto: bool) {
         let sh = &*self.sh;
@@ -217,6 +217,15 @@ impl Endpoint {
         let applied = st.epoch == o.epoch;
         if applied {
             sh.free_slot(&mut st, o.grpid as usize, o.pages);
+        }
+        if auto {
+            let c = &sh.counters;
+            if applied {
+                c.answered.fetch_add(1, Relaxed);
+                c.auto_success.fetch_add(1, Relaxed);
+            } else {
+                c.stray.fetch_add(1, Relaxed);
+            }
         }
         if auto {
             trace_response(&sh.dev, o.grpid, PageResponseCode::Success, applied, true);
