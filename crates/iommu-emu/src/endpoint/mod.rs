@@ -96,7 +96,6 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use iommu_core::error::{einval, enodev};
 use iommu_core::{Device, Group, PageResponse};
@@ -240,7 +239,7 @@ impl Endpoint {
     /// until no page request group for it is outstanding. `EAGAIN` if groups are still
     /// outstanding then.
     pub fn stop_pasid(&self, pasid: u32) -> iommu_core::Result<()> {
-        let deadline = Instant::now() + self.sh.cfg.response_timeout;
+        let deadline = pri::Deadline::after(self.sh.cfg.response_timeout);
         {
             let mut st = self.sh.pri.lock();
             st.stopped.insert(pasid);
@@ -258,7 +257,7 @@ impl Endpoint {
             .flatten()
             .any(|s| s.pasid == Some(pasid) && s.outcome.is_none() && !s.abandoned)
         {
-            if self.sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+            if deadline.wait(&self.sh.pri_cv, &mut st) {
                 return Err(iommu_core::error::eagain_v(
                     "page requests still outstanding on the PASID",
                     pasid.into(),

@@ -29,7 +29,7 @@ impl Fx {
     }
 
     pub fn with(frames: usize, cfg: EmuIommuConfig) -> Fx {
-        let phys = Arc::new(PhysMem::new(frames));
+        let phys = Arc::new(PhysMem::new(frames).unwrap());
         let iommu = EmuIommu::new("dmar0", &phys, cfg).unwrap();
         let queue = IopfQueue::new("dmar0", 1).unwrap();
         Fx { phys, iommu, queue }
