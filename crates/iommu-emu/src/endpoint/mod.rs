@@ -237,8 +237,14 @@ impl Endpoint {
     /// translations must not be used; caches above the device TLB see
     /// [`Endpoint::atc_generation`] move), and the call waits (up to the response timeout)
     /// until no page request group for it is outstanding. `EAGAIN` if groups are still
-    /// outstanding then.
+    /// outstanding then; `EINVAL` for a PASID beyond 20 bits.
     pub fn stop_pasid(&self, pasid: u32) -> iommu_core::Result<()> {
+        if pasid >= iommu_core::PASID_LIMIT {
+            return Err(iommu_core::error::einval_v(
+                "PASID beyond 20 bits (limit 1 << 20)",
+                pasid.into(),
+            ));
+        }
         let deadline = pri::Deadline::after(self.sh.cfg.response_timeout);
         {
             let mut st = self.sh.pri.lock();
@@ -368,7 +374,8 @@ impl EmuIommu {
             .ok_or(enodev("device was not probed"))?;
         let ep = Endpoint::new(self.clone(), group.clone(), dev.clone(), sid, cfg);
         let sink: Weak<dyn PageResponseSink> = Arc::downgrade(&ep.sh) as Weak<dyn PageResponseSink>;
-        self.connect_requester(&dev, sid, ep.sh.atc.clone(), sink);
+        let pri = ep.sh.cfg.pri && ep.sh.cfg.ats;
+        self.connect_requester(&dev, sid, ep.sh.atc.clone(), sink, pri);
         Ok(ep)
     }
 }

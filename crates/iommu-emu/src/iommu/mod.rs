@@ -52,6 +52,7 @@ mod driver;
 mod fault;
 mod hash;
 mod invalidate;
+mod nested;
 mod response;
 mod stats;
 mod translate;
@@ -73,6 +74,7 @@ use crate::prq::Prq;
 use crate::tlb::Tlb;
 
 pub use config::EmuIommuConfig;
+pub use nested::{VtdS1, HWPT_DATA_VTD_S1, VTD_S1_FLAGS, VTD_S1_SIZE};
 use context::HwState;
 pub use fault::{FaultReason, FaultRecord, TranslationFault};
 pub use response::PageResponseSink;

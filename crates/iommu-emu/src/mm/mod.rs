@@ -336,6 +336,10 @@ impl AddressSpace for Mm {
         }
         Ok(())
     }
+
+    fn has_exited(&self) -> bool {
+        Mm::has_exited(self)
+    }
 }
 
 impl Drop for Mm {
