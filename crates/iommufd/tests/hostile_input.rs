@@ -99,6 +99,14 @@ fn an_ioas_map_whose_range_wraps_is_eoverflow_and_maps_nothing() {
     f.ictx
         .ioas_map(f.ioas, Some(0x10_0000), frame.addr().0, 0x1000, IOMMU_READ)
         .unwrap();
+
+    // Unmap: a zero length is EINVAL, a wrapping range EOVERFLOW; both leave the map.
+    let unmap = |iova: u64, len: u64| f.ictx.ioas_unmap(f.ioas, iova, len);
+    assert_eq!(unmap(0x10_0000, 0).unwrap_err().errno_name(), "EINVAL");
+    assert_eq!(unmap(0x10_0000, u64::MAX).unwrap_err().errno_name(), "EOVERFLOW");
+    assert_eq!(domain.iova_to_phys(0x10_0000), Some(frame.addr().0));
+    // [0, u64::MAX) is Linux's "everything" and does not wrap.
+    assert_eq!(unmap(0, u64::MAX).unwrap(), 0x1000);
 }
 
 #[test]

@@ -174,11 +174,18 @@ impl Ictx {
 
     /// `IOMMU_IOAS_UNMAP`: removes every mapping inside `[iova, iova + len)` from the IOAS and
     /// its paging HWPTs; returns the bytes unmapped. `ENOENT` for an unknown IOAS or when
-    /// nothing is mapped there; `EINVAL` if a mapping straddles the range's edge (mappings are
-    /// not split).
+    /// nothing is mapped there; `EINVAL` for a zero length or if a mapping straddles the
+    /// range's edge (mappings are not split); `EOVERFLOW` if the range wraps (Linux
+    /// `iopt_unmap_iova`).
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, len: u64) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
+        if len == 0 {
+            return Err(einval_v("zero-length unmap at IOVA", iova));
+        }
+        if iova.checked_add(len - 1).is_none() {
+            return Err(eoverflow_v("IOVA + length wraps the address space", iova));
+        }
         let end = iova.saturating_add(len);
         let hit: Vec<(u64, u64)> = ioas
             .maps
