@@ -49,7 +49,8 @@ impl Translate {
             .expect("endpoint");
         let domain = group.default_domain().expect("default domain");
         let frame = phys.alloc_frame().expect("frame");
-        let mut bare = PageTable::new(Arc::new(ArenaTableMem::new(512).expect("arena"))).expect("table");
+        let mut bare =
+            PageTable::new(Arc::new(ArenaTableMem::new(512).expect("arena"))).expect("table");
         let mut map = HashMap::new();
         for p in 0..PAGES {
             let iova = BASE + p * 4096;

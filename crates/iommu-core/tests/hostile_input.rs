@@ -12,7 +12,7 @@ use iommu_core::{sva_bind_device, AddressSpace, MmIommuData, IOMMU_READ};
 fn a_physical_range_that_wraps_is_refused_before_the_driver() {
     let fx = Fixture::new(&[1 << 16]);
     let d = fx.paging();
-    let top = u64::MAX & !0xfff;
+    let top: u64 = !0xfff;
 
     assert_rejected(&fx, "EINVAL", false, || {
         d.map(0x10_0000, top, 0x2000, IOMMU_READ)

@@ -24,7 +24,10 @@ fn physical_memory_beyond_its_limit_is_einval_not_a_panic() {
         assert_eq!(e.errno_name(), "EINVAL", "{e}");
         assert!(e.to_string().contains("MAX_FRAMES"), "{e}");
     }
-    assert_eq!(PhysMem::with_bytes(u64::MAX).unwrap_err().errno_name(), "EINVAL");
+    assert_eq!(
+        PhysMem::with_bytes(u64::MAX).unwrap_err().errno_name(),
+        "EINVAL"
+    );
 }
 
 #[test]
@@ -72,16 +75,14 @@ fn exhausting_the_budget_fails_the_fault_not_the_process() {
 #[test]
 fn a_response_timeout_of_duration_max_means_no_timeout() {
     let fx = Fx::new();
-    let ep = fx.endpoint(
-        "dev0",
-        ep_cfg(|c| c.response_timeout = Duration::MAX),
-    );
+    let ep = fx.endpoint("dev0", ep_cfg(|c| c.response_timeout = Duration::MAX));
     let mm = Mm::new(&fx.phys).unwrap();
     let buf = mm.mmap(8192, Prot::READ_WRITE).unwrap();
     let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
 
     // Faults, waits for the IOPF queue's answer with no deadline, then completes.
-    ep.dma_write(Some(bond.pasid()), buf, b"no deadline").unwrap();
+    ep.dma_write(Some(bond.pasid()), buf, b"no deadline")
+        .unwrap();
     ep.stop_pasid(bond.pasid()).unwrap();
 
     let mut back = [0u8; 11];
@@ -94,13 +95,15 @@ fn a_physical_range_that_wraps_is_refused_and_maps_nothing() {
     let fx = Fx::new();
     let ep = fx.endpoint("dev0", EndpointConfig::default());
     let d = Domain::alloc_paging(ep.device()).unwrap();
-    let top = u64::MAX & !0xfff;
+    let top: u64 = !0xfff;
 
     let emu = fx
         .iommu
         .map(&d, 0x10_0000, PhysAddr(top), 0x2000, Perms::READ)
         .unwrap_err();
-    let core = d.map(0x10_0000, top, 0x2000, iommu_core::IOMMU_READ).unwrap_err();
+    let core = d
+        .map(0x10_0000, top, 0x2000, iommu_core::IOMMU_READ)
+        .unwrap_err();
     let iova_wrap = d
         .map(top, 0x1000, 0x2000, iommu_core::IOMMU_READ)
         .unwrap_err();
@@ -151,7 +154,11 @@ fn binding_an_exited_mm_is_einval() {
     let e = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap_err();
 
     assert_eq!(e.errno_name(), "EINVAL", "{e}");
-    assert_eq!(mm.as_address_space().iommu_mm().pasid(), None, "no PASID taken");
+    assert_eq!(
+        mm.as_address_space().iommu_mm().pasid(),
+        None,
+        "no PASID taken"
+    );
 }
 
 #[test]

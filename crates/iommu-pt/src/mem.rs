@@ -163,7 +163,11 @@ impl ArenaTableMem {
     /// cannot be allocated.
     pub fn with_base(base: Pfn, capacity: usize) -> Result<Self, PtError> {
         let limit = crate::PhysAddr::LIMIT >> crate::spec::PAGE_SHIFT;
-        if base.0.checked_add(capacity as u64).is_none_or(|e| e > limit) {
+        if base
+            .0
+            .checked_add(capacity as u64)
+            .is_none_or(|e| e > limit)
+        {
             return Err(PtError::PhysOutOfRange {
                 pa: base.0.saturating_mul(TABLE_BYTES),
                 len: (capacity as u64).saturating_mul(TABLE_BYTES),

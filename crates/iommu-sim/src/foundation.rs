@@ -189,12 +189,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let devs: [&Arc<Device>; 2] = [&rig.nics[1], &rig.gpu];
     let doms: Vec<[Arc<Domain>; 2]> = devs
         .iter()
-        .map(|d| {
-            Ok([
-                Domain::alloc_paging(d)?,
-                Domain::alloc_paging(d)?,
-            ])
-        })
+        .map(|d| Ok([Domain::alloc_paging(d)?, Domain::alloc_paging(d)?]))
         .collect::<iommu_core::Result<_>>()
         .map_err(|e| format!("paging domains: {e}"))?;
 

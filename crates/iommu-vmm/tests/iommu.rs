@@ -256,7 +256,9 @@ fn device_without_pri_gets_cannot_resolve_at_once() {
         ..config()
     };
     // A fault-capable HWPT is refused for it, as Linux refuses to enable IOPF there.
-    let refused = HwptWorld::new(256, cfg.clone(), true).err().expect("refused");
+    let refused = HwptWorld::new(256, cfg.clone(), true)
+        .err()
+        .expect("refused");
     assert!(refused.contains("ENODEV"), "{refused}");
     let w = HwptWorld::new(256, cfg, false).unwrap();
     let mem = w.memory();

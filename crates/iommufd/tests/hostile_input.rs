@@ -52,7 +52,14 @@ fn a_fault_capable_hwpt_on_a_device_without_pri_is_refused() {
         let (fault_id, _fd) = f.ictx.fault_queue_alloc(0).unwrap();
         let hwpt = f
             .ictx
-            .hwpt_alloc(f.dev_id, f.ioas, IOMMU_HWPT_FAULT_ID_VALID, fault_id, 0, &[])
+            .hwpt_alloc(
+                f.dev_id,
+                f.ioas,
+                IOMMU_HWPT_FAULT_ID_VALID,
+                fault_id,
+                0,
+                &[],
+            )
             .unwrap();
 
         let e = f
@@ -61,11 +68,16 @@ fn a_fault_capable_hwpt_on_a_device_without_pri_is_refused() {
             .unwrap_err();
 
         assert_eq!(e.errno_name(), "ENODEV", "{e}");
-        assert_eq!(f.ictx.attached_hwpt(f.dev_id, IOMMU_NO_PASID).unwrap(), None);
+        assert_eq!(
+            f.ictx.attached_hwpt(f.dev_id, IOMMU_NO_PASID).unwrap(),
+            None
+        );
         assert!(iommu_core::iopf_stats(f.ep.device()).is_none());
         // A plain HWPT still attaches: the refusal left nothing behind.
         let plain = f.ictx.hwpt_alloc(f.dev_id, f.ioas, 0, 0, 0, &[]).unwrap();
-        f.ictx.device_attach(f.dev_id, IOMMU_NO_PASID, plain).unwrap();
+        f.ictx
+            .device_attach(f.dev_id, IOMMU_NO_PASID, plain)
+            .unwrap();
     }
 }
 
@@ -74,7 +86,7 @@ fn an_ioas_map_whose_range_wraps_is_eoverflow_and_maps_nothing() {
     let f = fx(EndpointConfig::default());
     let hwpt = f.ictx.hwpt_alloc(f.dev_id, f.ioas, 0, 0, 0, &[]).unwrap();
     let domain = f.ictx.hwpt_domain(hwpt).unwrap();
-    let top = u64::MAX & !0xfff;
+    let top: u64 = !0xfff;
 
     let pa_wrap = f
         .ictx
@@ -103,7 +115,10 @@ fn an_ioas_map_whose_range_wraps_is_eoverflow_and_maps_nothing() {
     // Unmap: a zero length is EINVAL, a wrapping range EOVERFLOW; both leave the map.
     let unmap = |iova: u64, len: u64| f.ictx.ioas_unmap(f.ioas, iova, len);
     assert_eq!(unmap(0x10_0000, 0).unwrap_err().errno_name(), "EINVAL");
-    assert_eq!(unmap(0x10_0000, u64::MAX).unwrap_err().errno_name(), "EOVERFLOW");
+    assert_eq!(
+        unmap(0x10_0000, u64::MAX).unwrap_err().errno_name(),
+        "EOVERFLOW"
+    );
     assert_eq!(domain.iova_to_phys(0x10_0000), Some(frame.addr().0));
     // [0, u64::MAX) is Linux's "everything" and does not wrap.
     assert_eq!(unmap(0, u64::MAX).unwrap(), 0x1000);

@@ -74,9 +74,9 @@ use crate::prq::Prq;
 use crate::tlb::Tlb;
 
 pub use config::EmuIommuConfig;
-pub use nested::{VtdS1, HWPT_DATA_VTD_S1, VTD_S1_FLAGS, VTD_S1_SIZE};
 use context::HwState;
 pub use fault::{FaultReason, FaultRecord, TranslationFault};
+pub use nested::{VtdS1, HWPT_DATA_VTD_S1, VTD_S1_FLAGS, VTD_S1_SIZE};
 pub use response::PageResponseSink;
 use response::Requester;
 use stats::Counters;

@@ -95,10 +95,7 @@ fn double_and_foreign_frees_are_einval_and_change_nothing() {
 
 #[test]
 fn too_many_frames_is_einval() {
-    assert_eq!(
-        PhysMem::new(usize::MAX).unwrap_err().errno_name(),
-        "EINVAL"
-    );
+    assert_eq!(PhysMem::new(usize::MAX).unwrap_err().errno_name(), "EINVAL");
 }
 
 #[test]

@@ -184,8 +184,7 @@ fn physical_memory(scenario: &Scenario) -> Arc<PhysMem> {
         .iter()
         .filter(|j| matches!(j.target, JobTarget::Owner(..)))
         .fold(0u64, |n, j| n.saturating_add(j.len.div_ceil(PAGE)));
-    let flood_pages =
-        (FLOOD_PAGES * FLOOD_THREADS).saturating_mul(scenario.devices.len() as u64);
+    let flood_pages = (FLOOD_PAGES * FLOOD_THREADS).saturating_mul(scenario.devices.len() as u64);
     let pages = vma_pages
         .saturating_add(owner_pages)
         .saturating_add(flood_pages);
