@@ -136,6 +136,11 @@ fn pasids_beyond_20_bits_are_refused() {
 
     let ep = fx.endpoint("dev1", EndpointConfig::default());
     let d = Domain::alloc_paging(ep.device()).unwrap();
+    assert_eq!(
+        group.devices().len(),
+        0,
+        "the refused endpoint left no device"
+    );
     let e = iommu_core::attach_device_pasid(&d, ep.device(), 1 << 20, ()).unwrap_err();
     assert_eq!(e.errno_name(), "EINVAL", "{e}");
     // A DMA tagged with a PASID the bus cannot carry fails; it does not panic.
@@ -223,4 +228,22 @@ fn a_device_without_pri_cannot_have_fault_reporting() {
         assert_eq!(e.errno_name(), "ENODEV", "{e}");
         assert!(iommu_core::iopf_stats(ep.device()).is_none(), "not enabled");
     }
+}
+
+#[test]
+fn cache_sizes_beyond_their_limits_are_einval() {
+    let phys = Arc::new(PhysMem::new(64).unwrap());
+    let cfg = EmuIommuConfig {
+        iotlb_entries: usize::MAX,
+        ..EmuIommuConfig::default()
+    };
+    let e = EmuIommu::new("dmar0", &phys, cfg).unwrap_err();
+    assert_eq!(e.errno_name(), "EINVAL", "{e}");
+
+    let fx = Fx::new();
+    let group = Group::new(fx.iommu.driver(), "grp");
+    let cfg = ep_cfg(|c| c.atc_entries = EndpointConfig::MAX_ATC_ENTRIES + 1);
+    let e = fx.iommu.add_endpoint(&group, "dev0", 16, cfg).unwrap_err();
+    assert_eq!(e.errno_name(), "EINVAL", "{e}");
+    assert_eq!(group.devices().len(), 0, "nothing probed");
 }

@@ -368,6 +368,12 @@ impl EmuIommu {
         if !self.owns_group(group) {
             return Err(einval("group is behind another IOMMU"));
         }
+        if cfg.atc_entries > EndpointConfig::MAX_ATC_ENTRIES {
+            return Err(iommu_core::error::einval_v(
+                "atc_entries above EndpointConfig::MAX_ATC_ENTRIES (1 << 20)",
+                cfg.atc_entries as u64,
+            ));
+        }
         let dev = group.add_device(name, max_pasids)?;
         let sid = self
             .sid_of(dev.id())

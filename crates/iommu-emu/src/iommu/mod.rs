@@ -130,12 +130,19 @@ impl Drop for DmaWindow<'_> {
 impl EmuIommu {
     /// A new IOMMU named `name` over `phys`, with its page request queue thread `prq/<name>`
     /// running (unless [`EmuIommuConfig::prq_thread`] is false). `EINVAL` for a PASID width
-    /// above 20, `ENOMEM` if the thread cannot start.
+    /// above 20 or more IOTLB entries than [`EmuIommuConfig::MAX_IOTLB_ENTRIES`], `ENOMEM` if
+    /// the thread cannot start.
     ///
     /// The queue thread runs under the `tracing` dispatcher that is current here.
     pub fn new(name: &str, phys: &Arc<PhysMem>, cfg: EmuIommuConfig) -> Result<Arc<EmuIommu>> {
         if cfg.pasid_bits > PASID_WIDTH_MAX {
             return Err(einval_v("PASID width above 20 bits", cfg.pasid_bits.into()));
+        }
+        if cfg.iotlb_entries > EmuIommuConfig::MAX_IOTLB_ENTRIES {
+            return Err(einval_v(
+                "iotlb_entries above EmuIommuConfig::MAX_IOTLB_ENTRIES (1 << 20)",
+                cfg.iotlb_entries as u64,
+            ));
         }
         let prq = Prq::new(cfg.prq_depth, !cfg.prq_thread);
         let spawn_thread = cfg.prq_thread;
