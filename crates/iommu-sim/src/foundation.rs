@@ -374,3 +374,45 @@ fn read_loop(tenants: &[Tenant], groups: &[Arc<Group>; 2], done: &AtomicBool) ->
     }
     (hit, enoent, ebusy, violations)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_beyond_their_limits_are_refused_before_anything_runs() {
+        let ok = Config {
+            rounds: 1,
+            readers: 1,
+            tenants: 2,
+        };
+        for (cfg, knob) in [
+            (
+                Config {
+                    readers: usize::MAX,
+                    ..ok.clone()
+                },
+                "readers",
+            ),
+            (
+                Config {
+                    tenants: MAX_TENANTS + 1,
+                    ..ok.clone()
+                },
+                "tenants",
+            ),
+            (
+                Config {
+                    rounds: u64::MAX,
+                    ..ok.clone()
+                },
+                "rounds",
+            ),
+        ] {
+            let e = run(&cfg).unwrap_err();
+            assert!(e.starts_with(knob), "{e}");
+        }
+        let r = run(&ok).unwrap();
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+}
