@@ -69,7 +69,7 @@ fn side_figures<S: PtSide>(
 }
 
 fn iommu_pt(c: &mut Criterion) {
-    let mem = ArenaTableMem::new(WALK_TABLES as usize + 1024);
+    let mem = ArenaTableMem::new(WALK_TABLES as usize + 1024).expect("page-table arena");
     let mut pt = PageTable::<FirstStage4, _>::new(&mem).expect("table");
     prepare(&mut pt);
     // Root, L3, L2 and the 4 leaf tables of the first 8 MiB.

@@ -36,7 +36,7 @@ impl SvaFaultPath {
             Handler::Queue(n) => n,
             Handler::Inline => 1,
         };
-        let phys = Arc::new(PhysMem::new(2 * chunk as usize + 256));
+        let phys = Arc::new(PhysMem::new(2 * chunk as usize + 256).expect("physical memory"));
         let iommu = EmuIommu::new("bench", &phys, EmuIommuConfig::default()).expect("iommu");
         let queue = IopfQueue::new("bench", workers).expect("queue");
         let group = Group::new(iommu.driver(), "g");

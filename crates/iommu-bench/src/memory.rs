@@ -19,7 +19,7 @@ pub struct FrameWrites {
 impl FrameWrites {
     /// Allocates the frames.
     pub fn new() -> Self {
-        let phys = PhysMem::new(4);
+        let phys = PhysMem::new(4).expect("physical memory");
         let frame = phys.alloc_frame().expect("frame").addr();
         let locked = (0..4).map(|_| Mutex::new(Box::new([0u8; 4096]))).collect();
         Self {
@@ -61,7 +61,7 @@ impl ResidentDma {
 
     /// Maps 16 fresh frames.
     pub fn new() -> Self {
-        let phys = Arc::new(PhysMem::new(1024));
+        let phys = Arc::new(PhysMem::new(1024).expect("physical memory"));
         let iommu = EmuIommu::new("bench-dma", &phys, EmuIommuConfig::default()).expect("iommu");
         let group = Group::new(iommu.driver(), "g0");
         let ep = iommu

@@ -41,7 +41,7 @@ pub struct Translate {
 impl Translate {
     /// Maps [`PAGES`] pages (all to one frame) in the three places.
     pub fn new() -> Self {
-        let phys = Arc::new(PhysMem::new(1024));
+        let phys = Arc::new(PhysMem::new(1024).expect("physical memory"));
         let iommu = EmuIommu::new("bench-tr", &phys, EmuIommuConfig::default()).expect("iommu");
         let group = Group::new(iommu.driver(), "g0");
         let ep = iommu
@@ -49,7 +49,8 @@ impl Translate {
             .expect("endpoint");
         let domain = group.default_domain().expect("default domain");
         let frame = phys.alloc_frame().expect("frame");
-        let mut bare = PageTable::new(Arc::new(ArenaTableMem::new(512))).expect("table");
+        let mut bare =
+            PageTable::new(Arc::new(ArenaTableMem::new(512).expect("arena"))).expect("table");
         let mut map = HashMap::new();
         for p in 0..PAGES {
             let iova = BASE + p * 4096;

@@ -29,6 +29,8 @@ impl VmmDma {
     /// Builds the world, makes the buffer resident and warms the IOTLB.
     pub fn new() -> Self {
         let world = SvaWorld::new(1024, EndpointConfig::default()).expect("SVA world");
+        // Measure the emulator, not the host's first-touch faults.
+        world.phys.prefault();
         let va = world
             .mm
             .mmap(Self::BYTES as u64, Prot::READ_WRITE)

@@ -205,13 +205,19 @@ impl Domain {
     }
 
     /// Maps `len` bytes at `iova` to `pa` (Linux `iommu_map`). `EINVAL` for a domain that is not
-    /// a paging domain, a zero or unaligned (4 KiB) range, or no permission in `prot`; otherwise
+    /// a paging domain, a zero or unaligned (4 KiB) range, an IOVA or physical range that wraps,
+    /// or no permission in `prot`; otherwise
     /// the driver's answer (`EEXIST` for an overlap). Nothing changes on error.
     pub fn map(&self, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
         self.check_paging()?;
         check_range(iova, len)?;
         if pa & 0xfff != 0 {
             return Err(einval_v("physical address not 4 KiB aligned", pa));
+        }
+        // Checked here, not left to the driver: one that adds unchecked would map at a
+        // wrapped address.
+        if pa.checked_add(len).is_none() {
+            return Err(einval_v("physical range wraps the address space", pa));
         }
         if prot & (IOMMU_READ | IOMMU_WRITE) == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
             return Err(einval_v(

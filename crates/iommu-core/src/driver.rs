@@ -138,6 +138,14 @@ pub trait IommuDriver: Send + Sync + 'static {
     /// A device leaves this IOMMU. Nothing is attached to it any more.
     fn release_device(&self, _dev: &Device) {}
 
+    /// Whether `dev` itself has a usable Page Request Interface (Linux: the driver's
+    /// `pri_supported`, PRI needing ATS too). Fault reporting is refused (`ENODEV`) for a device
+    /// without, as Linux's drivers refuse to enable IOPF for it: its faults could never be
+    /// reported, so a fault-capable attach would silently never fault.
+    fn dev_has_pri(&self, _dev: &Device) -> bool {
+        true
+    }
+
     /// Allocates a domain of the requested kind for use with `dev` (and compatible devices).
     /// Unsupported kinds fail with `EOPNOTSUPP`.
     fn domain_alloc(&self, dev: &Device, req: &DomainRequest<'_>) -> Result<DriverDomain>;

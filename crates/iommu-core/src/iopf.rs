@@ -98,8 +98,8 @@ impl FaultStats {
 
 /// Enables fault reporting for `dev` (Linux `iopf_queue_add_device`).
 ///
-/// `ENODEV` if the device is not behind an IOMMU; `EOPNOTSUPP` if its IOMMU has no PRI;
-/// `EBUSY` if already enabled.
+/// `ENODEV` if the device is not behind an IOMMU or has no PRI itself; `EOPNOTSUPP` if its
+/// IOMMU has no PRI; `EBUSY` if already enabled.
 pub fn iopf_enable(dev: &Device) -> Result<()> {
     publish_fault_param(
         dev,
@@ -116,6 +116,9 @@ pub(crate) fn publish_fault_param(dev: &Device, param: FaultParam) -> Result<()>
     let iommu = dev.iommu().ok_or(enodev("device is not behind an IOMMU"))?;
     if !iommu.capabilities().pri {
         return Err(eopnotsupp("IOMMU has no page request interface"));
+    }
+    if !iommu.dev_has_pri(dev) {
+        return Err(enodev("device has no page request interface"));
     }
     let mut slot = dev.fault_param.write();
     if slot.is_some() {

@@ -31,6 +31,13 @@ pub trait AddressSpace: Any + Send + Sync {
     /// the page present. Any error answers the page request Invalid; an mm that is exiting must
     /// fail.
     fn handle_mm_fault(&self, addr: u64, perm: u32) -> Result<()>;
+
+    /// The process has exited (Linux: `mm_users` reached 0). A bind needs a live mm — Linux's
+    /// callers hold a user reference, and the driver registers an MMU notifier that requires
+    /// one — so binding an exited mm is refused (`EINVAL`).
+    fn has_exited(&self) -> bool {
+        false
+    }
 }
 
 /// The core's SVA state of one mm: its PASID and the SVA domains sharing it.

@@ -110,7 +110,8 @@ impl fmt::Debug for SvaBond {
 
 /// Binds `mm` to `dev` (Linux `iommu_sva_bind_device`, SPEC §3.2).
 ///
-/// Errors: `ENODEV` without a group; `EOPNOTSUPP` if the IOMMU has no SVA; `EOVERFLOW` if the
+/// Errors: `ENODEV` without a group; `EOPNOTSUPP` if the IOMMU has no SVA; `EINVAL` if the mm
+/// has exited ([`AddressSpace::has_exited`]); `EOVERFLOW` if the
 /// mm's PASID is beyond `dev`'s range; `ENOSPC` if no PASID is left (or the device has none);
 /// `EBUSY` if the PASID slot holds another owner's attachment or a bond of another mm; attach
 /// and driver errors pass through. On failure nothing changes except that a PASID allocated for
@@ -119,6 +120,12 @@ pub fn sva_bind_device(dev: &Arc<Device>, mm: &Arc<dyn AddressSpace>) -> Result<
     let group = dev.group()?;
     if !group.iommu().capabilities().sva {
         return Err(crate::error::eopnotsupp("IOMMU does not support SVA"));
+    }
+    if mm.has_exited() {
+        return Err(crate::error::einval_v(
+            "mm has exited (no user reference)",
+            mm.mm_id(),
+        ));
     }
     let mut st = mm.iommu_mm().lock();
     let pasid = match &st.pasid {

@@ -62,7 +62,7 @@ fn lookup_ns(group: &Group, pasids: &[u32]) -> f64 {
 
 fn main() -> ExitCode {
     // One page-table root frame per mm, plus slack.
-    let phys = Arc::new(PhysMem::new(BONDS + 1024));
+    let phys = Arc::new(PhysMem::new(BONDS + 1024).expect("physical memory"));
     let iommus = [
         EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).expect("iommu"),
         EmuIommu::new("dmar1", &phys, EmuIommuConfig::default()).expect("iommu"),

@@ -88,11 +88,21 @@ pub fn pattern(d: usize, off: u64) -> u8 {
 /// Runs the flow. `Err` only for setup failures (an errno message); the report says whether
 /// the run itself was correct ([`DemoReport::ok`]).
 pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
-    let bytes = cfg.bytes_per_device.div_ceil(4096) * 4096;
-    let pages = bytes / 4096 * cfg.devices as u64;
+    let too_big = || {
+        format!(
+            "bytes_per_device {} × devices {} overflows",
+            cfg.bytes_per_device, cfg.devices
+        )
+    };
+    let per_device = cfg.bytes_per_device.div_ceil(4096);
+    let bytes = per_device.checked_mul(4096).ok_or_else(too_big)?;
+    let pages = per_device
+        .checked_mul(cfg.devices as u64)
+        .ok_or_else(too_big)?;
     // Data pages plus first-stage tables (one per 512 pages, plus upper levels) plus slack.
-    let frames = (pages + pages / 256 + 256) as usize;
-    let phys = Arc::new(PhysMem::new(frames));
+    let frames = usize::try_from(pages.saturating_add(pages / 256).saturating_add(256))
+        .unwrap_or(usize::MAX);
+    let phys = Arc::new(PhysMem::new(frames).map_err(errno)?);
     // Back the emulated RAM before timing: the host's first-touch faults are not the emulator's.
     phys.prefault();
     let (iommu, queue) = iommu_and_queue(&phys, cfg)?;

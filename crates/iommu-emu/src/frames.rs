@@ -30,7 +30,8 @@ struct State {
     next: usize,
     /// Freed frames, reused last-in first-out.
     free: Vec<usize>,
-    /// One bit per frame, set while it is allocated.
+    /// One bit per frame handed out so far (`0..next`), set while it is allocated. It grows
+    /// with `next`, so a large budget costs nothing until used.
     live: Vec<u64>,
 }
 
@@ -50,7 +51,7 @@ impl FrameAllocator {
             state: Mutex::new(State {
                 next: 0,
                 free: Vec::new(),
-                live: vec![0; capacity.div_ceil(64)],
+                live: Vec::new(),
             }),
             in_use: AtomicUsize::new(0),
         }
@@ -75,6 +76,9 @@ impl FrameAllocator {
             Some(i) => (i, true),
             None if st.next < self.capacity => {
                 st.next += 1;
+                if st.live.len() < st.next.div_ceil(64) {
+                    st.live.push(0);
+                }
                 (st.next - 1, false)
             }
             None => return None,
@@ -91,7 +95,7 @@ impl FrameAllocator {
         }
         let mut st = self.state.lock();
         let bit = 1u64 << (index % 64);
-        if st.live[index / 64] & bit == 0 {
+        if st.live.get(index / 64).is_none_or(|w| w & bit == 0) {
             return Err(FreeError::NotAllocated);
         }
         st.live[index / 64] &= !bit;

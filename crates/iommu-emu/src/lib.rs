@@ -29,7 +29,7 @@
 //! use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue};
 //! use iommu_emu::{EmuIommu, EmuIommuConfig, EndpointConfig, Mm, PhysMem, Prot};
 //!
-//! let phys = Arc::new(PhysMem::new(1024));
+//! let phys = Arc::new(PhysMem::new(1024).unwrap());
 //! let iommu = EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).unwrap();
 //! let queue = IopfQueue::new("dmar0", 1).unwrap();
 //! let group = Group::new(iommu.driver(), "grp0");

@@ -48,7 +48,7 @@ use vm_memory::{
     MmapRegion, VolatileMemory, VolatileSlice,
 };
 
-use crate::frames::FrameAllocator;
+use crate::frames::{FrameAllocator, FreeError};
 
 /// Bytes in one frame.
 pub const PAGE_SIZE: u64 = 4096;
@@ -79,20 +79,25 @@ pub struct PhysMem {
 }
 
 impl PhysMem {
-    /// Memory of `frames` frames. Frame numbers start at [`ArenaTableMem::DEFAULT_BASE`], so the
-    /// first frame's physical address is 64 GiB.
-    ///
-    /// # Panics
-    /// Only if the host refuses to map `frames × 4 KiB` of address space (the mapping is lazy
-    /// and unreserved, so untouched frames cost no host memory) or the frames would leave the
-    /// 52-bit physical-address space. [`PhysMem::try_new`] returns these as errors.
-    pub fn new(frames: usize) -> PhysMem {
-        Self::try_new(frames).unwrap_or_else(|e| panic!("PhysMem::new({frames}): {e}"))
-    }
+    /// The most frames one memory may hold: 1 TiB of address space. The mapping is lazy and
+    /// unreserved, so only frames handed out cost host memory, but the host must still be able
+    /// to reserve the address range.
+    pub const MAX_FRAMES: usize = 1 << 28;
 
-    /// Memory of `frames` frames, as [`PhysMem::new`]: `EINVAL` when the frames would leave
-    /// the physical-address space, `ENOMEM` when the host cannot map them.
-    pub fn try_new(frames: usize) -> Result<PhysMem> {
+    /// Memory of up to `frames` frames. Frame numbers start at [`ArenaTableMem::DEFAULT_BASE`],
+    /// so the first frame's physical address is 64 GiB. The frames are a budget, not an
+    /// allocation: the host backs a frame only once it is written, so a large memory costs
+    /// nothing until used.
+    ///
+    /// `EINVAL` when `frames` is above [`PhysMem::MAX_FRAMES`]; `ENOMEM` when the host cannot
+    /// reserve the address range.
+    pub fn new(frames: usize) -> Result<PhysMem> {
+        if frames > Self::MAX_FRAMES {
+            return Err(einval_v(
+                "frames above PhysMem::MAX_FRAMES (1 << 28, 1 TiB)",
+                frames as u64,
+            ));
+        }
         let base = ArenaTableMem::DEFAULT_BASE.addr().0;
         let bytes = (frames as u64)
             .checked_mul(PAGE_SIZE)
@@ -123,9 +128,11 @@ impl PhysMem {
         })
     }
 
-    /// Memory of `bytes` (rounded up to whole frames).
-    pub fn with_bytes(bytes: u64) -> PhysMem {
-        Self::new(bytes.div_ceil(PAGE_SIZE) as usize)
+    /// Memory of `bytes` (rounded up to whole frames), as [`PhysMem::new`].
+    pub fn with_bytes(bytes: u64) -> Result<PhysMem> {
+        let frames = usize::try_from(bytes.div_ceil(PAGE_SIZE))
+            .map_err(|_| einval_v("bytes above PhysMem::MAX_FRAMES frames", bytes))?;
+        Self::new(frames)
     }
 
     /// The `vm-memory` backend holding every frame: one region, whose guest addresses are this
@@ -176,15 +183,25 @@ impl PhysMem {
     /// Returns a frame. The caller guarantees nothing still uses it: no mapping, no cached
     /// translation (IOTLB or device TLB) and no DMA in flight.
     ///
-    /// # Panics
-    /// If `pfn` is not an allocated frame of this memory (a double free is a bug in the caller,
-    /// not a runtime condition: carrying on would give one frame two owners).
-    pub fn free_frame(&self, pfn: Pfn) {
+    /// `EINVAL` if `pfn` is not an allocated frame of this memory (a double free or a foreign
+    /// frame); then nothing changes, so one frame never gets two owners.
+    pub fn free_frame(&self, pfn: Pfn) -> Result<()> {
         let index = usize::try_from(pfn.0.wrapping_sub(ArenaTableMem::DEFAULT_BASE.0))
             .unwrap_or(usize::MAX);
-        if let Err(e) = self.frames.free(index) {
-            panic!("free_frame: {pfn:?} is not an allocated frame of this memory ({e:?})");
-        }
+        self.frames.free(index).map_err(|e| {
+            let why = match e {
+                FreeError::OutOfRange => "frame is not in this memory",
+                FreeError::NotAllocated => "frame is not allocated (double free?)",
+            };
+            einval_v(why, pfn.0)
+        })
+    }
+
+    /// [`PhysMem::free_frame`] for a frame this crate allocated itself (a process's page):
+    /// a refusal is a bug here, never caller input, and leaking the frame is the safe answer.
+    pub(crate) fn release_frame(&self, pfn: Pfn) {
+        let freed = self.free_frame(pfn);
+        debug_assert!(freed.is_ok(), "{freed:?}");
     }
 
     /// Offset of `[pa, pa + len)` in the region, if the whole range is inside this memory.
@@ -306,7 +323,9 @@ impl TableMem for PhysMem {
     }
 
     fn free_table(&self, pfn: Pfn) {
-        self.free_frame(pfn);
+        // Page tables free only tables they allocated from this memory; a refusal would be a
+        // page-table bug, and leaking the frame is the safe answer to it.
+        self.release_frame(pfn);
     }
 }
 

@@ -96,7 +96,12 @@ pub(crate) struct Tlb {
 
 impl Tlb {
     /// A cache of `entries` slots (rounded up to a power of two, at least 1).
+    /// Most entries one cache may have: its slots are allocated up front.
+    pub const MAX_ENTRIES: usize = 1 << 20;
+
+    /// A cache of `entries` (at most [`Tlb::MAX_ENTRIES`], clamped) rounded up to a power of two.
     pub fn new(entries: usize) -> Tlb {
+        let entries = entries.min(Self::MAX_ENTRIES);
         let n = entries.max(1).next_power_of_two();
         Tlb {
             slots: (0..n).map(|_| Slot::default()).collect(),

@@ -53,7 +53,7 @@ fn dma_after_munmap_never_sees_the_reused_frame() {
             r => panic!("DMA after munmap: {r:?}, data {:x?}", &b[..4]),
         }
         assert!(!b.contains(&MARKER));
-        fx.phys.free_frame(reused);
+        fx.phys.free_frame(reused).unwrap();
         // Map it again for the next device.
         mm.mmap_fixed(va, 4096, Prot::READ_WRITE).unwrap();
         mm.write(va, &[OLD; 4096]).unwrap();
@@ -131,7 +131,7 @@ fn concurrent_dma_reads_racing_munmap_never_see_the_reused_frame() {
                 r.join().unwrap();
             }
             for f in reused {
-                fx.phys.free_frame(f);
+                fx.phys.free_frame(f).unwrap();
             }
         });
     }

@@ -110,12 +110,18 @@ fn nested_domain_translates_through_its_parent_and_replace_flushes_the_pasid() {
     fx.iommu
         .map(&other, IOVA, fb.addr(), 4096, Perms::READ_WRITE)
         .unwrap();
+    let s1 = iommu_emu::iommu::VtdS1 {
+        flags: 0,
+        pgtbl_addr: 0,
+        addr_width: 48,
+    }
+    .to_bytes();
     let nested = Domain::alloc(
         dev,
         DomainRequest::Nested {
             parent: &parent,
-            data_type: 0,
-            data: &[],
+            data_type: iommu_emu::iommu::HWPT_DATA_VTD_S1,
+            data: &s1,
         },
         None,
     )

@@ -34,7 +34,7 @@ fn answer(iommu: &EmuIommu, domain: &Domain, g: IopfGroup, code: PageResponseCod
                 .map(domain, f.addr, frame.addr(), 4096, Perms::READ_WRITE)
                 .is_err()
             {
-                iommu.phys().free_frame(frame);
+                iommu.phys().free_frame(frame).unwrap();
             }
         }
     }

@@ -27,7 +27,7 @@ fn resolve(iommu: &EmuIommu, domain: &Domain, g: IopfGroup) {
             .map(domain, f.addr, frame.addr(), 4096, Perms::READ_WRITE)
             .is_err()
         {
-            iommu.phys().free_frame(frame); // another group mapped it first
+            iommu.phys().free_frame(frame).unwrap(); // another group mapped it first
         }
     }
     g.respond(PageResponseCode::Success);

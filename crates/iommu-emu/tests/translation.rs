@@ -58,7 +58,7 @@ proptest! {
                         match model.entry(vpn) {
                             std::collections::btree_map::Entry::Occupied(_) => {
                                 prop_assert_eq!(r.unwrap_err().errno_name(), "EEXIST");
-                                fx.phys.free_frame(frame);
+                                fx.phys.free_frame(frame).unwrap();
                             }
                             std::collections::btree_map::Entry::Vacant(v) => {
                                 r.unwrap();
@@ -81,7 +81,7 @@ proptest! {
                     }
                     for v in gone {
                         let (f, _) = model.remove(&v).unwrap();
-                        fx.phys.free_frame(f);
+                        fx.phys.free_frame(f).unwrap();
                     }
                 }
             }

@@ -19,7 +19,7 @@
 //! ```
 //! use iommu_pt::{walk, Access, ArenaTableMem, FirstStage4, PageSize, PageTable, Perms, PhysAddr};
 //!
-//! let mem = ArenaTableMem::new(64);
+//! let mem = ArenaTableMem::new(64)?;
 //! let mut pt = PageTable::<FirstStage4, _>::new(&mem)?;
 //!
 //! // 4 MiB at a 2 MiB-aligned IOVA and PA: two 2 MiB leaves, no 4 KiB table.

@@ -13,7 +13,7 @@ use crate::addr::Pfn;
 use crate::error::PtError;
 use zerocopy::FromZeros;
 
-use crate::spec::ENTRIES;
+use crate::spec::{ENTRIES, TABLE_BYTES};
 
 /// A resolved page-table page: atomic access to its [`ENTRIES`] entries.
 ///
@@ -123,7 +123,8 @@ struct AllocState {
     next: usize,
     /// Freed table indices, reused last-in first-out (the most recently freed is cache-hot).
     free: Vec<usize>,
-    /// One bit per table: set while allocated (catches double frees).
+    /// One bit per table handed out so far (`0..next`): set while allocated (catches double
+    /// frees). Grows with `next`.
     live: Vec<u64>,
 }
 
@@ -149,39 +150,42 @@ impl ArenaTableMem {
     /// numbers tests like to map, so table frames and data frames are easy to tell apart.
     pub const DEFAULT_BASE: Pfn = Pfn(0x100_0000);
 
-    /// An arena of at most `capacity` tables at [`DEFAULT_BASE`](Self::DEFAULT_BASE).
-    ///
-    /// # Panics
-    /// If `capacity` × 4 KiB cannot be allocated.
-    pub fn new(capacity: usize) -> Self {
+    /// An arena of at most `capacity` tables at [`DEFAULT_BASE`](Self::DEFAULT_BASE), as
+    /// [`with_base`](Self::with_base).
+    pub fn new(capacity: usize) -> Result<Self, PtError> {
         Self::with_base(Self::DEFAULT_BASE, capacity)
     }
 
     /// An arena of at most `capacity` tables whose first table is frame `base`.
     ///
-    /// # Panics
-    /// If the frames `base..base + capacity` leave the 52-bit physical-address space, or
-    /// `capacity` × 4 KiB cannot be allocated.
-    pub fn with_base(base: Pfn, capacity: usize) -> Self {
-        let end = base.0.checked_add(capacity as u64);
-        assert!(
-            end.is_some_and(|e| e <= crate::PhysAddr::LIMIT >> crate::spec::PAGE_SHIFT),
-            "arena frames {:#x}+{capacity:#x} exceed the physical-address width",
-            base.0
-        );
+    /// [`PhysOutOfRange`](PtError::PhysOutOfRange) if the frames `base..base + capacity` leave
+    /// the 52-bit physical-address space; [`NoMemory`](PtError::NoMemory) if `capacity` × 4 KiB
+    /// cannot be allocated.
+    pub fn with_base(base: Pfn, capacity: usize) -> Result<Self, PtError> {
+        let limit = crate::PhysAddr::LIMIT >> crate::spec::PAGE_SHIFT;
+        if base
+            .0
+            .checked_add(capacity as u64)
+            .is_none_or(|e| e > limit)
+        {
+            return Err(PtError::PhysOutOfRange {
+                pa: base.0.saturating_mul(TABLE_BYTES),
+                len: (capacity as u64).saturating_mul(TABLE_BYTES),
+            });
+        }
         let tables = <[[AtomicU64; ENTRIES]]>::new_box_zeroed_with_elems(capacity)
-            .unwrap_or_else(|_| panic!("cannot allocate {capacity} page-table pages"));
-        ArenaTableMem {
+            .map_err(|_| PtError::NoMemory { tables: capacity })?;
+        Ok(ArenaTableMem {
             base: base.0,
             capacity,
             tables,
             state: spin::Mutex::new(AllocState {
                 next: 0,
                 free: Vec::new(),
-                live: alloc::vec![0; capacity.div_ceil(64)],
+                live: Vec::new(),
             }),
             in_use: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// The most tables this arena can hold at once.
@@ -221,6 +225,9 @@ impl TableMem for ArenaTableMem {
                 Some(index) => (index, true),
                 None if state.next < self.capacity => {
                     state.next += 1;
+                    if state.live.len() < state.next.div_ceil(64) {
+                        state.live.push(0);
+                    }
                     (state.next - 1, false)
                 }
                 None => return Err(PtError::NoMemory { tables: 1 }),
@@ -238,22 +245,23 @@ impl TableMem for ArenaTableMem {
         Ok(Pfn(self.base + index as u64))
     }
 
+    /// A frame that is not an allocated table of this arena (foreign, or freed twice) is
+    /// refused and nothing changes: handing it out again would give one table two owners.
     fn free_table(&self, pfn: Pfn) {
-        let index = pfn
+        let Some(index) = pfn
             .0
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
-            .filter(|&i| i < self.capacity);
-        let Some(index) = index else {
-            panic!("free_table: {pfn:?} is not a table of this arena");
+            .filter(|&i| i < self.capacity)
+        else {
+            return;
         };
         let mut state = self.state.lock();
         let bit = 1 << (index % 64);
-        assert!(
-            state.live[index / 64] & bit != 0,
-            "free_table: {pfn:?} freed twice"
-        );
-        state.live[index / 64] &= !bit;
+        match state.live.get_mut(index / 64) {
+            Some(w) if *w & bit != 0 => *w &= !bit,
+            _ => return,
+        }
         state.free.push(index);
         self.in_use.fetch_sub(1, Ordering::Relaxed);
     }
@@ -265,7 +273,7 @@ mod tests {
 
     #[test]
     fn alloc_returns_zeroed_tables_even_when_recycled() {
-        let mem = ArenaTableMem::new(2);
+        let mem = ArenaTableMem::new(2).unwrap();
         let pfn = mem.alloc_table().unwrap();
         mem.table(pfn).unwrap().store(7, 0xdead_b000);
         mem.free_table(pfn);
@@ -278,7 +286,7 @@ mod tests {
 
     #[test]
     fn exhausted_arena_returns_no_memory() {
-        let mem = ArenaTableMem::new(1);
+        let mem = ArenaTableMem::new(1).unwrap();
         mem.alloc_table().unwrap();
 
         assert_eq!(mem.alloc_table(), Err(PtError::NoMemory { tables: 1 }));
@@ -287,7 +295,7 @@ mod tests {
 
     #[test]
     fn frames_outside_the_arena_resolve_to_none() {
-        let mem = ArenaTableMem::new(100);
+        let mem = ArenaTableMem::new(100).unwrap();
         mem.alloc_table().unwrap();
 
         assert!(mem.table(Pfn(0)).is_none());
@@ -298,11 +306,15 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "freed twice")]
-    fn double_free_panics() {
-        let mem = ArenaTableMem::new(1);
+    fn double_and_foreign_frees_change_nothing() {
+        let mem = ArenaTableMem::new(2).unwrap();
         let pfn = mem.alloc_table().unwrap();
         mem.free_table(pfn);
         mem.free_table(pfn);
+        mem.free_table(Pfn(3));
+
+        assert_eq!(mem.tables_in_use(), 0);
+        // Freed once, so handed out once: the next two tables differ.
+        assert_ne!(mem.alloc_table().unwrap(), mem.alloc_table().unwrap());
     }
 }

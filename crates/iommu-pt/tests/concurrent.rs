@@ -38,7 +38,7 @@ enum Slot {
 
 #[test]
 fn walkers_see_old_or_new_translation_or_fault_never_garbage() {
-    let mem = ArenaTableMem::new(1 << 12);
+    let mem = ArenaTableMem::new(1 << 12).unwrap();
     let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
     let root = pt.root();
     let stop = AtomicBool::new(false);

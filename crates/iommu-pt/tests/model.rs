@@ -95,7 +95,7 @@ fn check_against_model<F: Format>(
     ops: &[Op],
     probes: &[(u64, u64)],
 ) -> Result<(), TestCaseError> {
-    let mem = ArenaTableMem::new(1 << 12);
+    let mem = ArenaTableMem::new(1 << 12).unwrap();
     let mut pt = PageTable::<F, _>::new(&mem).unwrap();
     let mut model: BTreeMap<u64, (u64, Perms)> = BTreeMap::new();
     let choices = perm_choices::<F>();

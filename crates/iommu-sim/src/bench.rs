@@ -182,7 +182,7 @@ fn pt_side_ns<S: PtSide>(side: &mut S, iters: u64) -> [f64; 5] {
 /// each beside the `x86_64` crate's mapper doing the same work (its floor), measured in this
 /// run. `iters` single operations per run (a range counts as 512).
 pub fn pt_vs_x86_64_figures(iters: u64) -> Vec<Figure> {
-    let mem = ArenaTableMem::new(64);
+    let mem = ArenaTableMem::new(64).expect("page-table arena");
     let mut pt = PageTable::<FirstStage4, _>::new(&mem).expect("table");
     let ours = pt_side_ns(&mut pt, iters);
     assert_eq!(

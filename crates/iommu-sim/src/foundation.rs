@@ -64,6 +64,30 @@ pub struct Config {
     pub tenants: usize,
 }
 
+/// Most reader threads: each is an OS thread, and the machine runs a handful usefully.
+pub const MAX_READERS: usize = 256;
+/// Most tenants: one PASID each from the NICs' 2^16 (the global allocator is shared).
+pub const MAX_TENANTS: usize = 4096;
+/// Most rounds: a round's generations are `2 × round` and `2 × round + 1`.
+pub const MAX_ROUNDS: u64 = u32::MAX as u64;
+
+impl Config {
+    /// Refuses knobs beyond their limits, naming the knob, its value and the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        let over = |what: &str, v: u64, max: u64| format!("{what} {v} is above the limit {max}");
+        if self.readers > MAX_READERS {
+            return Err(over("readers", self.readers as u64, MAX_READERS as u64));
+        }
+        if self.tenants > MAX_TENANTS {
+            return Err(over("tenants", self.tenants as u64, MAX_TENANTS as u64));
+        }
+        if self.rounds > MAX_ROUNDS {
+            return Err(over("rounds", self.rounds, MAX_ROUNDS));
+        }
+        Ok(())
+    }
+}
+
 /// What the run did and found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -96,30 +120,36 @@ struct Rig {
 }
 
 impl Rig {
-    fn build() -> Self {
+    fn build() -> Result<Self, String> {
         let iommus: [Arc<MockDriver>; 2] = [MockDriver::new("iommu0"), MockDriver::new("iommu1")];
         let g0 = Group::new(iommus[0].clone() as Arc<dyn IommuDriver>, "group0");
         let nics = [
-            g0.add_device("nic0", 1 << 16).expect("probe nic0"),
-            g0.add_device("nic1", 1 << 16).expect("probe nic1"),
+            g0.add_device("nic0", 1 << 16).map_err(probe("nic0"))?,
+            g0.add_device("nic1", 1 << 16).map_err(probe("nic1"))?,
         ];
         let g1 = Group::new(iommus[1].clone() as Arc<dyn IommuDriver>, "group1");
-        let gpu = g1.add_device("gpu0", 1 << 20).expect("probe gpu0");
-        let legacy = g1.add_device("legacy0", 0).expect("probe legacy0");
-        Rig {
+        let gpu = g1.add_device("gpu0", 1 << 20).map_err(probe("gpu0"))?;
+        let legacy = g1.add_device("legacy0", 0).map_err(probe("legacy0"))?;
+        Ok(Rig {
             iommus,
             groups: [g0, g1],
             nics,
             gpu,
             _legacy: legacy,
-        }
+        })
     }
 }
 
-/// Runs the scenario.
-pub fn run(cfg: &Config) -> Report {
+fn probe(what: &'static str) -> impl Fn(iommu_core::Error) -> String {
+    move |e| format!("probe {what}: {e}")
+}
+
+/// Runs the scenario. `Err` for knobs beyond their limits ([`Config::validate`]) and for
+/// setup failures (no PASID left, a reader thread the host would not start).
+pub fn run(cfg: &Config) -> Result<Report, String> {
+    cfg.validate()?;
     let start = Instant::now();
-    let rig = Rig::build();
+    let rig = Rig::build()?;
     let mut report = Report::default();
 
     // The VMM owns group1 for DMA; processes share group0 with the kernel's default domain.
@@ -132,27 +162,36 @@ pub fn run(cfg: &Config) -> Report {
     let ida = PasidAllocator::global();
     let tenants: Arc<Vec<Tenant>> = Arc::new(
         (0..cfg.tenants)
-            .map(|_| Tenant {
-                pasid: ida.alloc(rig.nics[0].max_pasids()).expect("PASID space"),
-                retired: AtomicU64::new(0),
+            .map(|i| {
+                Ok(Tenant {
+                    pasid: ida
+                        .alloc(rig.nics[0].max_pasids())
+                        .map_err(|e| format!("PASID for tenant {i}: {e}"))?,
+                    retired: AtomicU64::new(0),
+                })
             })
-            .collect(),
+            .collect::<Result<_, String>>()?,
     );
     let groups = rig.groups.clone();
     let done = Arc::new(AtomicBool::new(false));
 
     let readers = spawn_readers(cfg.readers, &tenants, &groups, &done);
+    let readers = match readers {
+        Ok(r) => r,
+        Err((started, e)) => {
+            let n = started.len();
+            done.store(true, SeqCst);
+            tally_readers(&mut report, started);
+            return Err(format!("starting reader {} of {}: {e}", n + 1, cfg.readers));
+        }
+    };
 
     let devs: [&Arc<Device>; 2] = [&rig.nics[1], &rig.gpu];
     let doms: Vec<[Arc<Domain>; 2]> = devs
         .iter()
-        .map(|d| {
-            [
-                Domain::alloc_paging(d).unwrap(),
-                Domain::alloc_paging(d).unwrap(),
-            ]
-        })
-        .collect();
+        .map(|d| Ok([Domain::alloc_paging(d)?, Domain::alloc_paging(d)?]))
+        .collect::<iommu_core::Result<_>>()
+        .map_err(|e| format!("paging domains: {e}"))?;
 
     for round in 1..=cfg.rounds {
         for (i, t) in tenants.iter().enumerate() {
@@ -184,31 +223,40 @@ pub fn run(cfg: &Config) -> Report {
     check_left_clean(&mut report, &rig);
     drop(tenants);
     report.elapsed = start.elapsed();
-    report
+    Ok(report)
 }
 
-/// Starts `n` reader threads playing the fault path until `done`.
+type Readers = Vec<thread::JoinHandle<ReaderTally>>;
+
+/// Starts `n` reader threads playing the fault path until `done`. If the host refuses a
+/// thread, the ones started so far are returned with the error (the caller stops them).
 fn spawn_readers(
     n: usize,
     tenants: &Arc<Vec<Tenant>>,
     groups: &[Arc<Group>; 2],
     done: &Arc<AtomicBool>,
-) -> Vec<thread::JoinHandle<ReaderTally>> {
-    (0..n)
-        .map(|_| {
-            let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
-            thread::Builder::new()
-                .name("fault-path".into())
-                .spawn(move || read_loop(&tenants, &groups, &done))
-                .expect("spawn reader")
-        })
-        .collect()
+) -> Result<Readers, (Readers, std::io::Error)> {
+    let mut started = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
+        match thread::Builder::new()
+            .name("fault-path".into())
+            .spawn(move || read_loop(&tenants, &groups, &done))
+        {
+            Ok(h) => started.push(h),
+            Err(e) => return Err((started, e)),
+        }
+    }
+    Ok(started)
 }
 
 /// Waits for the readers and adds up what they saw.
 fn tally_readers(report: &mut Report, readers: Vec<thread::JoinHandle<ReaderTally>>) {
     for r in readers {
-        let (hit, enoent, ebusy, violations) = r.join().expect("reader panicked");
+        let Ok((hit, enoent, ebusy, violations)) = r.join() else {
+            report.violations.push("a reader thread panicked".into());
+            continue;
+        };
         report.lookups_hit += hit;
         report.lookups_enoent += enoent;
         report.lookups_ebusy += ebusy;
@@ -325,4 +373,46 @@ fn read_loop(tenants: &[Tenant], groups: &[Arc<Group>; 2], done: &AtomicBool) ->
         }
     }
     (hit, enoent, ebusy, violations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_beyond_their_limits_are_refused_before_anything_runs() {
+        let ok = Config {
+            rounds: 1,
+            readers: 1,
+            tenants: 2,
+        };
+        for (cfg, knob) in [
+            (
+                Config {
+                    readers: usize::MAX,
+                    ..ok.clone()
+                },
+                "readers",
+            ),
+            (
+                Config {
+                    tenants: MAX_TENANTS + 1,
+                    ..ok.clone()
+                },
+                "tenants",
+            ),
+            (
+                Config {
+                    rounds: u64::MAX,
+                    ..ok.clone()
+                },
+                "rounds",
+            ),
+        ] {
+            let e = run(&cfg).unwrap_err();
+            assert!(e.starts_with(knob), "{e}");
+        }
+        let r = run(&ok).unwrap();
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
 }

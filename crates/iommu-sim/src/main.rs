@@ -271,7 +271,13 @@ fn main() -> ExitCode {
         "iommu-sim: foundation scenario — {} tenants, {} rounds, {} fault-path readers",
         cfg.tenants, cfg.rounds, cfg.readers
     );
-    let r = foundation::run(&cfg);
+    let r = match foundation::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("iommu-sim: foundation: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let lookups = r.lookups_hit + r.lookups_enoent + r.lookups_ebusy;
     println!(
         "  configuration: {} attaches, {} replaces, {} detaches, {} bad calls refused as expected",

@@ -41,7 +41,7 @@
 //! use iommu_vmm::{iommu_memory, AtsIommu};
 //! use vm_memory::{Bytes, GuestAddress};
 //!
-//! let phys = Arc::new(PhysMem::new(1024));
+//! let phys = Arc::new(PhysMem::new(1024).unwrap());
 //! let iommu = EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).unwrap();
 //! let queue = IopfQueue::new("dmar0", 1).unwrap();
 //! let group = Group::new(iommu.driver(), "grp0");

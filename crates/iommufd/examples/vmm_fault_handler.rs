@@ -208,7 +208,9 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     let bytes = bytes.max(1).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let pages = bytes / PAGE_SIZE;
     // Guest pages, second-stage tables (one per 512 pages plus upper levels) and slack.
-    let phys = Arc::new(PhysMem::new((pages + pages / 256 + 256) as usize));
+    let frames = usize::try_from(pages.saturating_add(pages / 256).saturating_add(256))
+        .unwrap_or(usize::MAX);
+    let phys = Arc::new(PhysMem::new(frames).map_err(e("physical memory"))?);
     phys.prefault();
 
     // 1. The platform: an IOMMU with PRI/ATS, a group, one PRI-capable endpoint.
@@ -263,7 +265,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
         match ictx.ioas_map(ioas, Some(iova), pa.0, PAGE_SIZE, IOMMU_READ | IOMMU_WRITE) {
             Ok(_) => Ok((pa.0, pfn)),
             Err(err) => {
-                phys.free_frame(pfn);
+                let _ = phys.free_frame(pfn); // allocated above: cannot be refused
                 Err(format!("map {iova:#x}: {err}"))
             }
         }
@@ -349,7 +351,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     ictx.destroy(fault_id).map_err(e("destroy fault"))?;
     ictx.unbind_device(dev_id).map_err(e("unbind_device"))?;
     for (_, (_, frame)) in pages {
-        phys.free_frame(frame);
+        let _ = phys.free_frame(frame); // allocated above: cannot be refused
     }
     report.leaked_frames = phys.frames_in_use() as i64 - frames_before;
     Ok(report)

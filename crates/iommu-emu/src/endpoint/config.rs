@@ -12,7 +12,8 @@ pub struct EndpointConfig {
     /// Address Translation Services: the device caches translations in its device TLB and may
     /// use PRI. Ignored (off) when the IOMMU has no ATS support.
     pub ats: bool,
-    /// Device TLB (ATC) entries.
+    /// Device TLB (ATC) entries (at most [`EndpointConfig::MAX_ATC_ENTRIES`]: they are
+    /// allocated up front).
     pub atc_entries: usize,
     /// Page Request Interface enabled (needs `ats` and an IOMMU with PRI).
     pub pri: bool,
@@ -24,6 +25,11 @@ pub struct EndpointConfig {
     /// How long a DMA waits for a page response before failing with
     /// [`DmaError::ResponseTimeout`] (a guard against a lost response, not a protocol timer).
     pub response_timeout: Duration,
+}
+
+impl EndpointConfig {
+    /// Most device-TLB entries.
+    pub const MAX_ATC_ENTRIES: usize = crate::tlb::Tlb::MAX_ENTRIES;
 }
 
 impl Default for EndpointConfig {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use iommu_core::PageResponseCode;
 use iommu_pt::{Access, PhysAddr};
 
-use super::pri::{Group, Outstanding};
+use super::pri::{Deadline, Group, Outstanding};
 use super::{DmaError, Endpoint, MAX_AUTO_ROUNDS, MAX_ROUNDS_WITHOUT_PROGRESS};
 use crate::iommu::{DmaWindow, FaultRecord, TranslationFault};
 use crate::phys::{PhysMem, PAGE_SHIFT, PAGE_SIZE};
@@ -40,7 +40,7 @@ pub(super) struct Machine {
     /// Blocking: when the current run of overflow answers began.
     auto_since: Option<Instant>,
     /// Blocking: deadline of the current group (credits and response).
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
     pub outstanding: Option<Outstanding>,
     /// Polled: the last attempt to send the group found no PRG index or credit.
     pub credit_wait: bool,
@@ -96,7 +96,9 @@ impl Machine {
     ) -> Result<bool, DmaError> {
         if let Some(o) = self.outstanding {
             let r = if self.block {
-                let deadline = self.deadline.unwrap_or_else(Instant::now);
+                let deadline = self
+                    .deadline
+                    .unwrap_or_else(|| Deadline::At(Instant::now()));
                 ep.wait_response(o, deadline)
             } else {
                 match ep.try_take(o) {
@@ -197,7 +199,7 @@ impl Machine {
             Some(
                 *self
                     .deadline
-                    .get_or_insert_with(|| Instant::now() + timeout),
+                    .get_or_insert_with(|| Deadline::after(timeout)),
             )
         } else {
             None

@@ -96,7 +96,6 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use iommu_core::error::{einval, enodev};
 use iommu_core::{Device, Group, PageResponse};
@@ -238,9 +237,15 @@ impl Endpoint {
     /// translations must not be used; caches above the device TLB see
     /// [`Endpoint::atc_generation`] move), and the call waits (up to the response timeout)
     /// until no page request group for it is outstanding. `EAGAIN` if groups are still
-    /// outstanding then.
+    /// outstanding then; `EINVAL` for a PASID beyond 20 bits.
     pub fn stop_pasid(&self, pasid: u32) -> iommu_core::Result<()> {
-        let deadline = Instant::now() + self.sh.cfg.response_timeout;
+        if pasid >= iommu_core::PASID_LIMIT {
+            return Err(iommu_core::error::einval_v(
+                "PASID beyond 20 bits (limit 1 << 20)",
+                pasid.into(),
+            ));
+        }
+        let deadline = pri::Deadline::after(self.sh.cfg.response_timeout);
         {
             let mut st = self.sh.pri.lock();
             st.stopped.insert(pasid);
@@ -258,7 +263,7 @@ impl Endpoint {
             .flatten()
             .any(|s| s.pasid == Some(pasid) && s.outcome.is_none() && !s.abandoned)
         {
-            if self.sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+            if deadline.wait(&self.sh.pri_cv, &mut st) {
                 return Err(iommu_core::error::eagain_v(
                     "page requests still outstanding on the PASID",
                     pasid.into(),
@@ -367,13 +372,20 @@ impl EmuIommu {
         if !self.owns_group(group) {
             return Err(einval("group is behind another IOMMU"));
         }
+        if cfg.atc_entries > EndpointConfig::MAX_ATC_ENTRIES {
+            return Err(iommu_core::error::einval_v(
+                "atc_entries above EndpointConfig::MAX_ATC_ENTRIES (1 << 20)",
+                cfg.atc_entries as u64,
+            ));
+        }
         let dev = group.add_device(name, max_pasids)?;
         let sid = self
             .sid_of(dev.id())
             .ok_or(enodev("device was not probed"))?;
         let ep = Endpoint::new(self.clone(), group.clone(), dev.clone(), sid, cfg);
         let sink: Weak<dyn PageResponseSink> = Arc::downgrade(&ep.sh) as Weak<dyn PageResponseSink>;
-        self.connect_requester(&dev, sid, ep.sh.atc.clone(), sink);
+        let pri = ep.sh.cfg.pri && ep.sh.cfg.ats;
+        self.connect_requester(&dev, sid, ep.sh.atc.clone(), sink, pri);
         Ok(ep)
     }
 }

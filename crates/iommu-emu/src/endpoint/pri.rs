@@ -19,6 +19,38 @@ use crate::prq::Pushed;
 /// How long a DMA waiting for a page response yields before it parks.
 const YIELD_WAIT: Duration = Duration::from_micros(200);
 
+/// When a blocking wait gives up. `Never` is a timeout too long to be an instant
+/// (`Duration::MAX` is the natural "no timeout"): the wait then has no deadline.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Deadline {
+    At(Instant),
+    Never,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub(super) fn after(timeout: Duration) -> Deadline {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Deadline::Never, Deadline::At)
+    }
+
+    /// Waits on `cv` until notified or the deadline passes; true if it passed.
+    pub(super) fn wait<T>(
+        self,
+        cv: &parking_lot::Condvar,
+        guard: &mut parking_lot::MutexGuard<'_, T>,
+    ) -> bool {
+        match self {
+            Deadline::At(at) => cv.wait_until(guard, at).timed_out(),
+            Deadline::Never => {
+                cv.wait(guard);
+                false
+            }
+        }
+    }
+}
+
 /// One allocated PRG index: the group sent with it.
 pub(super) struct PrgSlot {
     pub pasid: Option<u32>,
@@ -118,7 +150,7 @@ impl Endpoint {
         pasid: Option<u32>,
         faulted: &[u64],
         write: bool,
-        deadline: Option<Instant>,
+        deadline: Option<Deadline>,
     ) -> Result<Option<Outstanding>, DmaError> {
         let sh = &*self.sh;
         let mut st = sh.pri.lock();
@@ -159,7 +191,7 @@ impl Endpoint {
             let Some(deadline) = deadline else {
                 return Ok(None);
             };
-            if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+            if deadline.wait(&sh.pri_cv, &mut st) {
                 return Err(DmaError::PriStalled);
             }
         }
@@ -246,7 +278,7 @@ impl Endpoint {
     pub(super) fn wait_response(
         &self,
         o: Outstanding,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Group, DmaError> {
         let sh = &*self.sh;
         // Yield-poll before parking (see "Waiting" in the module documentation).
@@ -270,7 +302,7 @@ impl Endpoint {
             if let Some(code) = self.take_outcome(&mut st, o) {
                 return Ok(Group::Answered(code));
             }
-            if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
+            if deadline.wait(&sh.pri_cv, &mut st) {
                 sh.free_slot(&mut st, o.grpid as usize, o.pages);
                 sh.counters.abandoned.fetch_add(1, Relaxed);
                 trace_abandoned(&sh.dev, o.grpid);

@@ -23,7 +23,8 @@ pub struct EmuIommuConfig {
     pub sva: bool,
     /// Kind of each group's default (DMA API) domain.
     pub default_domain: DefaultDomainKind,
-    /// IOTLB entries (rounded up to a power of two).
+    /// IOTLB entries (rounded up to a power of two; at most [`Self::MAX_IOTLB_ENTRIES`]: they
+    /// are allocated up front).
     pub iotlb_entries: usize,
     /// Page request queue depth (VT-d: 2,048).
     pub prq_depth: usize,
@@ -34,6 +35,11 @@ pub struct EmuIommuConfig {
     /// `remove_dev_pasid`'s drain), so a single-threaded scheduler can drive the IOMMU step by
     /// step.
     pub prq_thread: bool,
+}
+
+impl EmuIommuConfig {
+    /// Most IOTLB entries.
+    pub const MAX_IOTLB_ENTRIES: usize = crate::tlb::Tlb::MAX_ENTRIES;
 }
 
 impl Default for EmuIommuConfig {

@@ -187,7 +187,14 @@ impl EmuIommu {
             DomainRequest::Identity => (Pfn(0), Backing::Identity),
             DomainRequest::Paging { .. } => self.paging_backing()?,
             DomainRequest::Sva(mm) => self.sva_backing(mm, did.did)?,
-            DomainRequest::Nested { parent, .. } => nested_backing(parent)?,
+            DomainRequest::Nested {
+                parent,
+                data_type,
+                data,
+            } => {
+                super::nested::VtdS1::parse(*data_type, data)?;
+                nested_backing(parent)?
+            }
         };
         let inner = Arc::new(DomainInner { did, root, backing });
         Ok(DriverDomain {

@@ -35,6 +35,10 @@ impl IommuDriver for EmuIommu {
         }
     }
 
+    fn dev_has_pri(&self, dev: &Device) -> bool {
+        self.requester_has_pri(dev.id())
+    }
+
     fn probe_device(&self, dev: &Device) -> Result<()> {
         let mut hw = self.hw.write();
         if hw.by_id.contains_key(&dev.id()) {

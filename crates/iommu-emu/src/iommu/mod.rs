@@ -52,6 +52,7 @@ mod driver;
 mod fault;
 mod hash;
 mod invalidate;
+mod nested;
 mod response;
 mod stats;
 mod translate;
@@ -75,6 +76,7 @@ use crate::tlb::Tlb;
 pub use config::EmuIommuConfig;
 use context::HwState;
 pub use fault::{FaultReason, FaultRecord, TranslationFault};
+pub use nested::{VtdS1, HWPT_DATA_VTD_S1, VTD_S1_FLAGS, VTD_S1_SIZE};
 pub use response::PageResponseSink;
 use response::Requester;
 use stats::Counters;
@@ -128,12 +130,19 @@ impl Drop for DmaWindow<'_> {
 impl EmuIommu {
     /// A new IOMMU named `name` over `phys`, with its page request queue thread `prq/<name>`
     /// running (unless [`EmuIommuConfig::prq_thread`] is false). `EINVAL` for a PASID width
-    /// above 20, `ENOMEM` if the thread cannot start.
+    /// above 20 or more IOTLB entries than [`EmuIommuConfig::MAX_IOTLB_ENTRIES`], `ENOMEM` if
+    /// the thread cannot start.
     ///
     /// The queue thread runs under the `tracing` dispatcher that is current here.
     pub fn new(name: &str, phys: &Arc<PhysMem>, cfg: EmuIommuConfig) -> Result<Arc<EmuIommu>> {
         if cfg.pasid_bits > PASID_WIDTH_MAX {
             return Err(einval_v("PASID width above 20 bits", cfg.pasid_bits.into()));
+        }
+        if cfg.iotlb_entries > EmuIommuConfig::MAX_IOTLB_ENTRIES {
+            return Err(einval_v(
+                "iotlb_entries above EmuIommuConfig::MAX_IOTLB_ENTRIES (1 << 20)",
+                cfg.iotlb_entries as u64,
+            ));
         }
         let prq = Prq::new(cfg.prq_depth, !cfg.prq_thread);
         let spawn_thread = cfg.prq_thread;

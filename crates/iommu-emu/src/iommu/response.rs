@@ -29,6 +29,8 @@ pub trait PageResponseSink: Send + Sync {
 pub(super) struct Requester {
     sid: u32,
     sink: Weak<dyn PageResponseSink>,
+    /// The function has PRI (and the ATS it needs).
+    pri: bool,
 }
 
 impl EmuIommu {
@@ -40,13 +42,14 @@ impl EmuIommu {
         sid: u32,
         atc: Arc<Tlb>,
         sink: Weak<dyn PageResponseSink>,
+        pri: bool,
     ) {
         if let Some(Some(ctx)) = self.hw.write().devices.get_mut(sid as usize) {
             ctx.atc = Some(atc);
         }
         self.requesters
             .write()
-            .insert(dev.id(), Requester { sid, sink });
+            .insert(dev.id(), Requester { sid, sink, pri });
         self.prq.add_device(dev);
     }
 
@@ -61,6 +64,12 @@ impl EmuIommu {
             return;
         };
         sink.page_response(PageGroupResponse::new(sid, req, resp));
+    }
+
+    /// Whether the function driving `id` has PRI. A device no function drives (core tests report
+    /// its faults by hand) counts as having it.
+    pub(super) fn requester_has_pri(&self, id: DeviceId) -> bool {
+        self.requesters.read().get(&id).is_none_or(|r| r.pri)
     }
 
     /// Forgets the requester `id` (its device was released).

@@ -44,7 +44,7 @@ impl MmInner {
         });
         if let Err(e) = mapped {
             if fresh {
-                phys.free_frame(pfn);
+                phys.release_frame(pfn);
             }
             return Err(e);
         }

@@ -219,7 +219,7 @@ impl Mm {
         self.invalidate_secondary(addr, end);
         for vpn in vpns {
             if let Some(pfn) = inner.pages.remove(&vpn) {
-                self.phys.free_frame(pfn);
+                self.phys.release_frame(pfn);
             }
         }
         inner.pt.free_tables(tables);
@@ -279,7 +279,7 @@ impl Mm {
         let tables = inner.clear_ptes(0, USER_TOP);
         self.invalidate_secondary(0, USER_TOP);
         for (_, pfn) in std::mem::take(&mut inner.pages) {
-            self.phys.free_frame(pfn);
+            self.phys.release_frame(pfn);
         }
         inner.pt.free_tables(tables);
     }
@@ -336,6 +336,10 @@ impl AddressSpace for Mm {
         }
         Ok(())
     }
+
+    fn has_exited(&self) -> bool {
+        Mm::has_exited(self)
+    }
 }
 
 impl Drop for Mm {
@@ -343,7 +347,7 @@ impl Drop for Mm {
         // No SVA domain can exist any more (each holds the mm), so no IOMMU caches it.
         let inner = self.inner.get_mut();
         for (_, pfn) in std::mem::take(&mut inner.pages) {
-            self.phys.free_frame(pfn);
+            self.phys.release_frame(pfn);
         }
         // The page table frees its own table pages when dropped.
     }

@@ -43,7 +43,7 @@ impl Mm {
                 inner.swapped.insert(vpn, saved);
             }
             inner.pages.remove(&vpn);
-            self.phys.free_frame(pfn);
+            self.phys.release_frame(pfn);
         }
         inner.pt.free_tables(tables);
         Ok(victims.len())

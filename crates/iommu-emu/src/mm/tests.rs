@@ -4,7 +4,7 @@ use super::*;
 use iommu_core::{IOMMU_FAULT_PERM_EXEC, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE};
 
 fn mm() -> Arc<Mm> {
-    Mm::new(&Arc::new(PhysMem::new(256))).unwrap()
+    Mm::new(&Arc::new(PhysMem::new(256).unwrap())).unwrap()
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn faults_check_vma_and_permissions() {
 
 #[test]
 fn munmap_frees_frames_and_splits_vmas() {
-    let phys = Arc::new(PhysMem::new(256));
+    let phys = Arc::new(PhysMem::new(256).unwrap());
     let mm = Mm::new(&phys).unwrap();
     let base = phys.frames_in_use();
     let a = mm.mmap(4 * PAGE_SIZE, Prot::READ_WRITE).unwrap();

@@ -29,17 +29,20 @@ impl Fx {
     }
 
     pub fn with(frames: usize, cfg: EmuIommuConfig) -> Fx {
-        let phys = Arc::new(PhysMem::new(frames));
+        let phys = Arc::new(PhysMem::new(frames).unwrap());
         let iommu = EmuIommu::new("dmar0", &phys, cfg).unwrap();
         let queue = IopfQueue::new("dmar0", 1).unwrap();
         Fx { phys, iommu, queue }
     }
 
-    /// A PCIe function in its own group, with fault reporting enabled on the IOPF queue.
+    /// A PCIe function in its own group, with fault reporting enabled on the IOPF queue if it
+    /// has PRI (a function without is refused it).
     pub fn endpoint(&self, name: &str, cfg: EndpointConfig) -> Endpoint {
         let group = Group::new(self.iommu.driver(), format!("grp-{name}"));
         let ep = self.iommu.add_endpoint(&group, name, 1 << 20, cfg).unwrap();
-        iopf_queue_add_device(&self.queue, ep.device()).unwrap();
+        if ep.pri_enabled() {
+            iopf_queue_add_device(&self.queue, ep.device()).unwrap();
+        }
         ep
     }
 

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn five_level_table_maps_above_the_4_level_limit() {
-    let mem = ArenaTableMem::new(16);
+    let mem = ArenaTableMem::new(16).unwrap();
     let mut pt = PageTable::<FirstStage5, _>::new(&mem).unwrap();
     let low = 0x00ff_ffff_ffe0_0000; // top 2 MiB of the lower half
     let high = 0xff00_0000_0000_0000; // bottom of the upper half
@@ -36,7 +36,7 @@ fn five_level_table_maps_above_the_4_level_limit() {
 
 #[test]
 fn top_page_of_the_upper_half_maps_and_unmaps() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     let top = 0xffff_ffff_ffff_f000;
 
@@ -51,7 +51,7 @@ fn top_page_of_the_upper_half_maps_and_unmaps() {
 
 #[test]
 fn drop_frees_every_table_page() {
-    let mem = ArenaTableMem::new(32);
+    let mem = ArenaTableMem::new(32).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(0), 3 * M2 + K4, Perms::READ).unwrap();
     pt.map(0xffff_8000_0000_0000, PhysAddr(0), K4, Perms::READ)

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn aligned_2m_range_maps_one_2m_leaf() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
 
     pt.map(4 * M2, PhysAddr(8 * M2), M2, Perms::READ_WRITE)
@@ -20,7 +20,7 @@ fn aligned_2m_range_maps_one_2m_leaf() {
 
 #[test]
 fn aligned_1g_range_maps_one_1g_leaf() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
 
     pt.map(G1, PhysAddr(3 * G1), G1, Perms::READ).unwrap();
@@ -35,7 +35,7 @@ fn aligned_1g_range_maps_one_1g_leaf() {
 
 #[test]
 fn misaligned_pa_falls_back_to_4k_leaves() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
 
     pt.map(M2, PhysAddr(M2 + K4), M2, Perms::READ).unwrap();
@@ -46,7 +46,7 @@ fn misaligned_pa_falls_back_to_4k_leaves() {
 
 #[test]
 fn unaligned_range_uses_4k_edges_around_a_2m_middle() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
 
     pt.map(M2 - K4, PhysAddr(3 * M2 - K4), K4 + M2 + K4, Perms::READ)
@@ -65,7 +65,7 @@ fn unaligned_range_uses_4k_edges_around_a_2m_middle() {
 
 #[test]
 fn max_page_size_restricts_leaf_choice() {
-    let mem = ArenaTableMem::new(16);
+    let mem = ArenaTableMem::new(16).unwrap();
     let mut only_4k =
         PageTable::<FirstStage4, _>::with_max_page_size(&mem, PageSize::Size4K).unwrap();
     let mut up_to_2m =

@@ -157,7 +157,7 @@ fn map_over_a_large_leaf_returns_eexist_and_changes_nothing() {
 #[test]
 fn map_without_table_memory_returns_enomem_and_changes_nothing() {
     // Root + 3 tables for the first page leave one free; a page at 1 GiB needs two more.
-    let mem = ArenaTableMem::new(5);
+    let mem = ArenaTableMem::new(5).unwrap();
     let mut pt = populated(&mem);
     let before = snapshot(&pt);
 
@@ -170,7 +170,7 @@ fn map_without_table_memory_returns_enomem_and_changes_nothing() {
 
 #[test]
 fn second_stage_rejects_iova_beyond_48_bits_and_user_perms() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
     let before = snapshot(&pt);
 

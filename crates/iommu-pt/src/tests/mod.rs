@@ -54,7 +54,7 @@ pub(super) fn populated(mem: &ArenaTableMem) -> Fs4<'_> {
 }
 
 pub(super) fn assert_map_rejected(iova: u64, pa: u64, len: u64, perms: Perms, expected: PtError) {
-    let mem = ArenaTableMem::new(64);
+    let mem = ArenaTableMem::new(64).unwrap();
     let mut pt = populated(&mem);
     let before = snapshot(&pt);
 
@@ -65,7 +65,7 @@ pub(super) fn assert_map_rejected(iova: u64, pa: u64, len: u64, perms: Perms, ex
 }
 
 pub(super) fn assert_unmap_rejected(iova: u64, len: u64, expected: PtError) {
-    let mem = ArenaTableMem::new(64);
+    let mem = ArenaTableMem::new(64).unwrap();
     let mut pt = populated(&mem);
     let before = snapshot(&pt);
 

@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn unmap_inside_a_1g_leaf_splits_down_to_4k_and_keeps_the_rest() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(G1, PhysAddr(2 * G1), G1, Perms::READ_WRITE).unwrap();
     pt.walk(G1, Access::WRITE).unwrap();
@@ -41,7 +41,7 @@ fn unmap_inside_a_1g_leaf_splits_down_to_4k_and_keeps_the_rest() {
 
 #[test]
 fn unmap_across_two_2m_leaves_splits_both_ends() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(0), 2 * M2, Perms::READ).unwrap();
 
@@ -56,7 +56,7 @@ fn unmap_across_two_2m_leaves_splits_both_ends() {
 
 #[test]
 fn unmap_of_a_whole_table_span_unlinks_it_for_deferred_free() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(M2, PhysAddr(K4), M2, Perms::READ).unwrap();
     assert_eq!(mem.tables_in_use(), 4);
@@ -73,7 +73,7 @@ fn unmap_of_a_whole_table_span_unlinks_it_for_deferred_free() {
 
 #[test]
 fn unmap_skips_holes_and_counts_only_mapped_bytes() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0x10_0000, PhysAddr(0), K4, Perms::READ).unwrap();
     pt.map(0x10_3000, PhysAddr(0), K4, Perms::READ).unwrap();
@@ -86,7 +86,7 @@ fn unmap_skips_holes_and_counts_only_mapped_bytes() {
 
 #[test]
 fn unmap_reclaims_empty_tables_it_covers_when_it_removes_something() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(M2 + K4, PhysAddr(0), K4, Perms::READ).unwrap();
     let _ = pt.unmap(M2 + K4, K4).unwrap();
@@ -102,7 +102,7 @@ fn unmap_reclaims_empty_tables_it_covers_when_it_removes_something() {
 
 #[test]
 fn map_over_an_empty_table_reuses_it_with_4k_leaves() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(M2 + K4, PhysAddr(0), K4, Perms::READ).unwrap();
     let _ = pt.unmap(M2 + K4, K4).unwrap();

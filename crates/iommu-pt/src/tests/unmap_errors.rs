@@ -49,7 +49,7 @@ fn unmap_of_nothing_mapped_returns_enoent_and_changes_nothing() {
 #[test]
 fn unmap_split_without_table_memory_returns_enomem_and_changes_nothing() {
     // Root + PDPT hold the 1 GiB leaf; splitting it down to 4 KiB needs two more, one is free.
-    let mem = ArenaTableMem::new(3);
+    let mem = ArenaTableMem::new(3).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(G1, PhysAddr(G1), G1, Perms::READ).unwrap();
     let before = snapshot(&pt);
@@ -62,7 +62,7 @@ fn unmap_split_without_table_memory_returns_enomem_and_changes_nothing() {
 
 #[test]
 fn unmap_over_only_empty_tables_returns_enoent_and_keeps_them() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(M2 + K4, PhysAddr(0), K4, Perms::READ).unwrap();
     let _ = pt.unmap(M2 + K4, K4).unwrap(); // leaves an empty leaf table behind

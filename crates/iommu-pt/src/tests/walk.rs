@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn read_walk_sets_accessed_on_every_level_and_not_dirty() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0x40_0000, PhysAddr(0x9000), K4, Perms::READ_WRITE)
         .unwrap();
@@ -28,7 +28,7 @@ fn read_walk_sets_accessed_on_every_level_and_not_dirty() {
 
 #[test]
 fn write_walk_sets_dirty_on_the_leaf_only() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
     pt.map(M2, PhysAddr(G1), M2, Perms::READ_WRITE).unwrap();
 
@@ -43,7 +43,7 @@ fn write_walk_sets_dirty_on_the_leaf_only() {
 
 #[test]
 fn denied_access_sets_no_accessed_or_dirty_bit_on_the_leaf() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
 
@@ -63,7 +63,7 @@ fn denied_access_sets_no_accessed_or_dirty_bit_on_the_leaf() {
 
 #[test]
 fn user_access_to_supervisor_page_faults() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(M2), M2, Perms::READ_WRITE).unwrap();
 
@@ -81,7 +81,7 @@ fn user_access_to_supervisor_page_faults() {
 
 #[test]
 fn fetch_from_no_execute_page_faults_and_executable_user_page_translates() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
     pt.map(
@@ -101,7 +101,7 @@ fn fetch_from_no_execute_page_faults_and_executable_user_page_translates() {
 
 #[test]
 fn second_stage_read_of_write_only_page_faults() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = PageTable::<SecondStage, _>::new(&mem).unwrap();
     let write_only = Perms {
         read: false,
@@ -120,7 +120,7 @@ fn second_stage_read_of_write_only_page_faults() {
 
 #[test]
 fn not_present_fault_reports_the_level_where_the_walk_stopped() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let mut pt = Fs4::new(&mem).unwrap();
     pt.map(0, PhysAddr(0x9000), K4, Perms::READ).unwrap();
 
@@ -140,7 +140,7 @@ fn not_present_fault_reports_the_level_where_the_walk_stopped() {
 
 #[test]
 fn walk_through_a_corrupt_entry_reports_bad_table() {
-    let mem = ArenaTableMem::new(8);
+    let mem = ArenaTableMem::new(8).unwrap();
     let pt = Fs4::new(&mem).unwrap();
     mem.table(pt.root()).unwrap().store(0, 0x5000 | fs::P);
 

@@ -89,7 +89,7 @@ impl Owner {
                 Ok(())
             }
             Err(e) => {
-                phys.free_frame(pfn);
+                let _ = phys.free_frame(pfn); // allocated above: cannot be refused
                 Err(format!("map {iova:#x}: {e}"))
             }
         }

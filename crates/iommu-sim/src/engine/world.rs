@@ -167,26 +167,39 @@ fn job_lengths(scenario: &Scenario, scale: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Enough prefaulted frames for every VMA, every owner job and every flood region, plus slack
-/// for page tables.
+/// Physical memory for the run: a budget of frames for every VMA, every owner job and every
+/// flood region plus slack for page tables, capped at [`PhysMem::MAX_FRAMES`]. It follows use:
+/// nothing is prefaulted, and a frame costs host memory only once a fault or a DMA writes it,
+/// so a large lazy VMA costs what the run touches. Running out is `ENOMEM` where a frame is
+/// allocated (a fault answered Invalid), never a panic. If the host cannot reserve the
+/// budget's address range, the budget halves until it can.
 fn physical_memory(scenario: &Scenario) -> Arc<PhysMem> {
-    let vma_pages: u64 = scenario
+    let vma_pages = scenario
         .processes
         .iter()
         .flat_map(|p| &p.vmas)
-        .map(|v| v.size / PAGE)
-        .sum();
-    let owner_pages: u64 = scenario
+        .fold(0u64, |n, v| n.saturating_add(v.size / PAGE));
+    let owner_pages = scenario
         .jobs
         .iter()
         .filter(|j| matches!(j.target, JobTarget::Owner(..)))
-        .map(|j| j.len.div_ceil(PAGE))
-        .sum();
-    let flood_pages = FLOOD_PAGES * FLOOD_THREADS * scenario.devices.len() as u64;
-    let pages = vma_pages + owner_pages + flood_pages;
-    let phys = Arc::new(PhysMem::new((pages + pages / 128 + 1024) as usize));
-    phys.prefault();
-    phys
+        .fold(0u64, |n, j| n.saturating_add(j.len.div_ceil(PAGE)));
+    let flood_pages = (FLOOD_PAGES * FLOOD_THREADS).saturating_mul(scenario.devices.len() as u64);
+    let pages = vma_pages
+        .saturating_add(owner_pages)
+        .saturating_add(flood_pages);
+    let wanted = pages.saturating_add(pages / 128).saturating_add(1024);
+    let mut budget = usize::try_from(wanted)
+        .unwrap_or(usize::MAX)
+        .min(PhysMem::MAX_FRAMES);
+    loop {
+        match PhysMem::new(budget) {
+            Ok(phys) => return Arc::new(phys),
+            Err(_) if budget > 0 => budget /= 2,
+            // The host cannot map a single page: as an allocation failure, nothing can run.
+            Err(e) => panic!("cannot map one page of physical memory: {e}"),
+        }
+    }
 }
 
 /// One emulated IOMMU and one IOPF queue per scenario IOMMU.

@@ -5,7 +5,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use iommu_core::error::{eexist_v, einval_v, enoent_v, enospc};
+use iommu_core::error::{eexist_v, einval_v, enoent_v, enospc, eoverflow_v};
 use iommu_core::{Domain, Result, IOMMU_READ, IOMMU_WRITE};
 
 use super::{Ictx, Object};
@@ -74,10 +74,18 @@ impl IoasObj {
 
     /// Checks that `[iova, iova + len)` is aligned, inside the aperture and free.
     fn check_fixed_iova(&self, iova: u64, len: u64) -> Result<u64> {
-        if !iova.is_multiple_of(PAGE_SIZE)
-            || iova.checked_add(len).is_none_or(|e| e > IOAS_APERTURE_END)
-        {
-            return Err(einval_v("IOVA not aligned or outside the aperture", iova));
+        if !iova.is_multiple_of(PAGE_SIZE) {
+            return Err(einval_v("IOVA not 4 KiB aligned", iova));
+        }
+        // Linux `iopt_check_iova`: a range whose last byte wraps is EOVERFLOW.
+        if iova.checked_add(len - 1).is_none() {
+            return Err(eoverflow_v("IOVA + length wraps the address space", iova));
+        }
+        if iova.checked_add(len).is_none_or(|e| e > IOAS_APERTURE_END) {
+            return Err(einval_v(
+                "IOVA range beyond the aperture (end 1 << 48)",
+                iova,
+            ));
         }
         let end = iova + len;
         if let Some((&at, _)) = self
@@ -132,8 +140,9 @@ impl Ictx {
     /// The mapping is pushed into every paging HWPT on the IOAS through `Domain::map`; if one
     /// refuses, the others are rolled back. `ENOENT` for an unknown IOAS; `EINVAL` for a zero
     /// or unaligned (4 KiB) range, a range outside the allowed IOVA ranges, or `prot` not a
-    /// non-empty subset of `IOMMU_READ | IOMMU_WRITE`; `EEXIST` for an overlap; `ENOSPC` when
-    /// no free IOVA range is large enough.
+    /// non-empty subset of `IOMMU_READ | IOMMU_WRITE`; `EOVERFLOW` when `pa + len` or
+    /// `iova + len` wraps (Linux's `check_add_overflow` on the user range); `EEXIST` for an
+    /// overlap; `ENOSPC` when no free IOVA range is large enough.
     pub fn ioas_map(
         &self,
         ioas_id: u32,
@@ -150,6 +159,9 @@ impl Ictx {
         if prot == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
             return Err(einval_v("bad prot", prot.into()));
         }
+        if pa.checked_add(len - 1).is_none() {
+            return Err(eoverflow_v("physical address + length wraps", pa));
+        }
         let iova = match iova {
             Some(iova) => ioas.check_fixed_iova(iova, len)?,
             None => ioas.find_free_iova(len)?,
@@ -162,11 +174,18 @@ impl Ictx {
 
     /// `IOMMU_IOAS_UNMAP`: removes every mapping inside `[iova, iova + len)` from the IOAS and
     /// its paging HWPTs; returns the bytes unmapped. `ENOENT` for an unknown IOAS or when
-    /// nothing is mapped there; `EINVAL` if a mapping straddles the range's edge (mappings are
-    /// not split).
+    /// nothing is mapped there; `EINVAL` for a zero length or if a mapping straddles the
+    /// range's edge (mappings are not split); `EOVERFLOW` if the range wraps (Linux
+    /// `iopt_unmap_iova`).
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, len: u64) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
+        if len == 0 {
+            return Err(einval_v("zero-length unmap at IOVA", iova));
+        }
+        if iova.checked_add(len - 1).is_none() {
+            return Err(eoverflow_v("IOVA + length wraps the address space", iova));
+        }
         let end = iova.saturating_add(len);
         let hit: Vec<(u64, u64)> = ioas
             .maps
