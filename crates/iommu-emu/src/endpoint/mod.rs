@@ -67,8 +67,9 @@
 //! * `kind = "response"`: `dev`, `grpid`, `code` (u64: 0 Success, 1 Invalid, 2 Failure),
 //!   `applied` (bool: matched an outstanding unanswered group), `auto` (bool: the IOMMU
 //!   answered on overflow) — every response reaching the endpoint, strays included.
-//! * `kind = "abandoned"`: `dev`, `grpid` — a group given up without its response being
-//!   consumed (reset, one event per slot; response timeout; dropped [`DmaJob`]).
+//! * `kind = "abandoned"`: `dev`, `grpid`, `cause` (`reset`, one event per slot; `timeout`;
+//!   `dropped` [`DmaJob`]; see [`crate::trace::cause`]) — a group given up without its response
+//!   being consumed.
 //!
 //! Responses and abandons are emitted under the endpoint's PRI lock, so one device's events
 //! come in the order its state changed.
@@ -289,7 +290,7 @@ impl Endpoint {
             // A slot a dropped job abandoned was counted then.
             if slot.take().is_some_and(|s| !s.abandoned) {
                 abandoned += 1;
-                trace_abandoned(&sh.dev, i as u32);
+                trace_abandoned(&sh.dev, i as u32, crate::trace::cause::RESET);
             }
         }
         sh.counters.abandoned.fetch_add(abandoned, Relaxed);

@@ -98,12 +98,13 @@ fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: boo
     );
 }
 
-pub(super) fn trace_abandoned(dev: &Device, grpid: u32) {
+pub(super) fn trace_abandoned(dev: &Device, grpid: u32, cause: &'static str) {
     tracing::trace!(
         target: crate::trace::TARGET,
         kind = crate::trace::kind::ABANDONED,
         dev = dev.id().0,
         grpid = u64::from(grpid),
+        cause,
     );
 }
 
@@ -264,7 +265,7 @@ impl Endpoint {
             if sh.pri_cv.wait_until(&mut st, deadline).timed_out() {
                 sh.free_slot(&mut st, o.grpid as usize, o.pages);
                 sh.counters.abandoned.fetch_add(1, Relaxed);
-                trace_abandoned(&sh.dev, o.grpid);
+                trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::TIMEOUT);
                 return Err(DmaError::ResponseTimeout { grpid: o.grpid });
             }
         }
@@ -303,7 +304,7 @@ impl Endpoint {
             sh.free_slot(&mut st, i, o.pages);
         }
         sh.counters.abandoned.fetch_add(1, Relaxed);
-        trace_abandoned(&sh.dev, o.grpid);
+        trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::DROPPED);
     }
 }
 

@@ -12,7 +12,8 @@ use iommu_core::Device;
 use iommu_core::{IOMMU_READ, IOMMU_WRITE};
 use iommu_emu::{Pfn, PhysMem};
 use iommufd::uapi::{
-    IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_SUCCESS, IOMMU_HWPT_FAULT_ID_VALID,
+    IommuHwptPageResponse, IommuHwptPgfault, IOMMUFD_PAGE_RESP_INVALID, IOMMUFD_PAGE_RESP_SUCCESS,
+    IOMMU_HWPT_FAULT_ID_VALID,
 };
 use iommufd::{FaultFd, Ictx, FAULT_RECORD_SIZE, IOMMU_NO_PASID};
 use zerocopy::{FromBytes, IntoBytes};
@@ -31,7 +32,14 @@ pub(super) struct Owner {
     pub(super) records: AtomicU64,
     /// How long each batch of the fault handler took.
     pub(super) batches: Mutex<StageLatency>,
+    /// Handler errors (a page it could not back, a read or write of the fault fd that
+    /// failed): each is counted, the first few kept, and the group answered Invalid.
+    pub(super) errors: AtomicU64,
+    pub(super) first_errors: Mutex<Vec<String>>,
 }
+
+/// How many handler errors an owner keeps verbatim (all are counted).
+const KEEP_ERRORS: usize = 4;
 
 /// An owner's fault handler state: its read buffer and the pages it already backed.
 pub(super) struct Serving {
@@ -71,6 +79,8 @@ impl Owner {
             frames: Mutex::new(Vec::new()),
             records: AtomicU64::new(0),
             batches: Mutex::new(StageLatency::default()),
+            errors: AtomicU64::new(0),
+            first_errors: Mutex::new(Vec::new()),
         })
     }
 
@@ -95,38 +105,73 @@ impl Owner {
         }
     }
 
+    /// Counts a handler error and keeps its message if it is among the first.
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut kept = self.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < KEEP_ERRORS {
+            kept.push(what);
+        }
+    }
+
     /// One batch of the fault handler: reads whole groups, backs every page, answers each
-    /// group once. Returns the records handled (0: nothing was queued).
+    /// group once: Success if every page of it is backed, Invalid (and an error counted) if
+    /// one could not be. Returns the records handled (0: nothing was queued).
     pub(super) fn serve_once(&self, phys: &PhysMem, s: &mut Serving) -> usize {
         let Some(fd) = &self.fault else { return 0 };
         let t0 = Instant::now();
-        let n: usize = fd.read(&mut s.buf).unwrap_or_default();
+        let n = match fd.read(&mut s.buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error(format!("read fault fd: {e}"));
+                return 0;
+            }
+        };
         if n == 0 {
             return 0;
         }
         let mut resp: Vec<u8> = Vec::new();
-        let mut last_cookie = None;
+        // The group being read (records of one group are contiguous) and whether all its
+        // pages are backed so far.
+        let mut group: Option<(u32, bool)> = None;
+        let answer = |resp: &mut Vec<u8>, (cookie, ok): (u32, bool)| {
+            let code = if ok {
+                IOMMUFD_PAGE_RESP_SUCCESS
+            } else {
+                IOMMUFD_PAGE_RESP_INVALID
+            };
+            resp.extend_from_slice(IommuHwptPageResponse { cookie, code }.as_bytes());
+        };
         for rec in s.buf[..n].chunks_exact(FAULT_RECORD_SIZE) {
             // The read buffer is a byte vector, not 8-byte aligned: copy each record out.
-            let rec = IommuHwptPgfault::read_from_bytes(rec).expect("a whole fault record");
+            let Ok(rec) = IommuHwptPgfault::read_from_bytes(rec) else {
+                continue; // chunks_exact gives whole records only
+            };
             self.records.fetch_add(1, Relaxed);
-            let iova = rec.addr & !(PAGE - 1);
-            if s.backed.insert(iova) && self.back(phys, iova).is_err() {
-                s.backed.remove(&iova);
+            if group.is_some_and(|g| g.0 != rec.cookie) {
+                answer(&mut resp, group.take().unwrap_or_default());
             }
-            if last_cookie != Some(rec.cookie) {
-                last_cookie = Some(rec.cookie);
-                let answer = IommuHwptPageResponse {
-                    cookie: rec.cookie,
-                    code: IOMMUFD_PAGE_RESP_SUCCESS,
-                };
-                resp.extend_from_slice(answer.as_bytes());
+            let ok = &mut group.get_or_insert((rec.cookie, true)).1;
+            let iova = rec.addr & !(PAGE - 1);
+            if s.backed.insert(iova) {
+                if let Err(e) = self.back(phys, iova) {
+                    s.backed.remove(&iova);
+                    *ok = false;
+                    self.error(format!("back page {iova:#x}: {e}"));
+                }
             }
         }
-        let _ = fd.write(&resp);
+        if let Some(g) = group {
+            answer(&mut resp, g);
+        }
+        match fd.write(&resp) {
+            Ok(w) if w == resp.len() => {}
+            Ok(w) => self.error(format!("wrote {w} of {} response bytes", resp.len())),
+            Err(e) => self.error(format!("write {} response bytes: {e}", resp.len())),
+        }
         self.batches
             .lock()
-            .expect("batches")
+            .unwrap_or_else(|p| p.into_inner())
             .record(t0.elapsed().as_nanos() as u64);
         n / FAULT_RECORD_SIZE
     }
