@@ -242,3 +242,40 @@ fn a_failure_no_event_explains_is_a_violation() {
     assert!(!inv.passed(), "{}", r.text());
     assert!(inv.count(Invariant::DataVerified) > 0, "{}", r.text());
 }
+
+/// An owner whose setup fails leaves a hole, not a shift: the owners after it keep their own
+/// index, so a job of the next owner runs through that owner (it used to find "owner was not
+/// set up", or another owner's device).
+#[test]
+fn a_failed_owner_does_not_shift_the_owners_after_it() {
+    let text = ScenarioText::new("owner-hole", "iommu0")
+        .device("dev0", "iommu0", &[])
+        .device("dev1", "iommu0", &[])
+        .text()
+        .to_string()
+        + "\n[[owner]]\nname = \"a\"\ndevice = \"dev0\"\n\n[[owner]]\nname = \"c\"\ndevice = \"dev1\"\n\
+           \n[[job]]\nname = \"c-write\"\ndevice = \"dev1\"\nop = \"write\"\nowner = \"c\"\n\
+           iova = \"1GiB\"\nlen = \"64KiB\"\n";
+    let mut s = Scenario::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    // A second owner of dev0 between them (refused by validation; built here by hand): its
+    // setup fails at run time.
+    s.owners.insert(1, ("b".into(), 0, false));
+    for j in &mut s.jobs {
+        if let iommu_sim::scenario::JobTarget::Owner(o, _) = &mut j.target {
+            *o += 1;
+        }
+    }
+    let r = run_scenario(&s, 1, Mode::Threads);
+    let inv = r.invariants.as_ref().expect("checked");
+    let msgs: Vec<String> = inv.violations.iter().map(|v| v.to_string()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("owner b: setup failed")),
+        "{msgs:?}"
+    );
+    assert!(
+        !msgs.iter().any(|m| m.contains("c-write")),
+        "c's job ran through the wrong owner:\n{}",
+        r.text()
+    );
+    assert_eq!(r.bytes, 64 << 10, "{}", r.text());
+}

@@ -54,7 +54,8 @@ fn sample(violate: bool) -> RunReport {
         event_log_hash: Some(0xabcdef),
         ..RunReport::default()
     };
-    r.counters.insert("requests/sva_pages_faulted_in".into(), 2048);
+    r.counters
+        .insert("requests/sva_pages_faulted_in".into(), 2048);
     r.latency.insert("fault_in".into(), fault_in);
     r.trace.push(TraceSpan {
         name: "reset_device".into(),
@@ -170,7 +171,10 @@ fn a_ledger_that_does_not_add_up_says_so() {
     let mut r = sample(false);
     r.groups_ledger.outstanding = 1;
     r.groups_ledger.sent += 1;
-    assert!(!r.groups_ledger.reconciles(), "an unanswered group never reconciles");
+    assert!(
+        !r.groups_ledger.reconciles(),
+        "an unanswered group never reconciles"
+    );
 }
 
 #[test]
@@ -183,7 +187,10 @@ fn threads_mode_text_and_json_carry_no_seed_and_say_wall_clock() {
     r.elapsed_s = Some(0.5);
     let (t, v) = (r.text(), r.json());
     assert!(!t.contains("seed") && v.get("seed").is_none(), "{t}");
-    assert!(t.contains("µs, wall clock") && t.contains("(wall clock)"), "{t}");
+    assert!(
+        t.contains("µs, wall clock") && t.contains("(wall clock)"),
+        "{t}"
+    );
     assert_eq!(v["elapsed_s"], 0.5);
     assert_eq!(v["latency_time"], "wall_clock");
 }
@@ -194,7 +201,8 @@ fn names_are_printed_escaped() {
     assert_eq!(escape("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
     let mut r = sample(true);
     r.scenario = hostile.into();
-    r.latency.insert(hostile.into(), r.latency["fault_in"].clone());
+    r.latency
+        .insert(hostile.into(), r.latency["fault_in"].clone());
     r.counters.insert(hostile.into(), 1);
     if let Some(inv) = r.invariants.as_mut() {
         inv.violations[0].message = format!("job '{hostile}' read back 1 wrong bytes");

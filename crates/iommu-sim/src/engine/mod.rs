@@ -214,3 +214,66 @@ fn add_violation(check: &mut CheckReport, v: Violation) {
 fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balanced() -> (GroupLedger, DeviceTotals) {
+        let l = GroupLedger {
+            sent: 10,
+            handler: [5, 1, 0],
+            auto_iommufd: 1,
+            iommu_overflow: 2,
+            abandoned_reset: 1,
+            stray_responses: 1,
+            ..GroupLedger::default()
+        };
+        let d = DeviceTotals {
+            groups_sent: 10,
+            answered_by_software: 7,
+            answered_by_iommu: 2,
+            stray: 1,
+        };
+        (l, d)
+    }
+
+    #[test]
+    fn a_balanced_ledger_agreeing_with_the_devices_passes() {
+        let (l, d) = balanced();
+        assert!(reconcile(&l, &d).is_empty());
+    }
+
+    /// Every way the figures can disagree fails the run as `every_group_accounted`.
+    #[test]
+    fn every_disagreement_is_a_violation() {
+        let cases: [(&str, fn(&mut GroupLedger, &mut DeviceTotals)); 5] = [
+            ("a group nobody accounts for", |l, d| {
+                l.sent += 1;
+                d.groups_sent += 1;
+            }),
+            ("an unattributed answer", |l, d| {
+                l.sent += 1;
+                l.unattributed += 1;
+                d.groups_sent += 1;
+                d.answered_by_software += 1;
+            }),
+            ("devices sent more", |_, d| d.groups_sent += 1),
+            ("devices saw more IOMMU answers", |_, d| {
+                d.answered_by_iommu += 1;
+            }),
+            ("devices saw more strays", |_, d| d.stray += 1),
+        ];
+        for (what, break_it) in cases {
+            let (mut l, mut d) = balanced();
+            break_it(&mut l, &mut d);
+            let v = reconcile(&l, &d);
+            assert!(!v.is_empty(), "{what}: not caught");
+            assert!(
+                v.iter()
+                    .all(|v| v.invariant == Invariant::EveryGroupAccounted),
+                "{what}: {v:?}"
+            );
+        }
+    }
+}

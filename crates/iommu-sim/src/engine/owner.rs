@@ -176,3 +176,59 @@ impl Owner {
         n / FAULT_RECORD_SIZE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_core::Group;
+    use iommu_emu::{DmaError, DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, EndpointConfig};
+
+    /// A page the handler cannot back is answered Invalid (the DMA fails with Invalid, not
+    /// retried as if backed) and counted as a handler error; a page it can back is answered
+    /// Success and the DMA completes.
+    #[test]
+    fn a_page_the_handler_cannot_back_is_answered_invalid_and_counted() {
+        let phys = Arc::new(PhysMem::try_new(4096).expect("phys"));
+        let cfg = EmuIommuConfig {
+            prq_thread: false,
+            ..EmuIommuConfig::default()
+        };
+        let iommu = EmuIommu::new("owner-test", &phys, cfg).expect("iommu");
+        let group = Group::new(iommu.driver(), "g".to_string());
+        let ep_cfg = EndpointConfig {
+            ats: true,
+            pri: true,
+            ..EndpointConfig::default()
+        };
+        let ep = iommu
+            .add_endpoint(&group, "0000:00:04.0", 0, ep_cfg)
+            .expect("endpoint");
+        let owner = Owner::open(ep.device(), true).expect("owner");
+        let mut serving = Serving::new();
+        // Runs one DMA to completion, the queue and the handler stepped by hand, the handler
+        // backing pages from `backing`.
+        let dma = |iova: u64, backing: &PhysMem, serving: &mut Serving| {
+            let mut job = ep.start_dma(None, iova, PAGE, DmaKind::Read);
+            for _ in 0..1000 {
+                if let DmaPoll::Ready(r) = ep.poll_dma(&mut job) {
+                    return r;
+                }
+                iommu.prq_step(16);
+                owner.serve_once(backing, serving);
+            }
+            panic!("DMA at {iova:#x} never finished");
+        };
+        let exhausted = PhysMem::try_new(0).expect("empty memory");
+        let r = dma(0x10_0000, &exhausted, &mut serving);
+        assert!(
+            matches!(r, Err(DmaError::PageRequestInvalid { .. })),
+            "{r:?}"
+        );
+        assert_eq!(owner.errors.load(Relaxed), 1);
+        let kept = owner.first_errors.lock().expect("errors").clone();
+        assert!(kept[0].contains("back page 0x100000"), "{kept:?}");
+        // The same handler backs the next page from memory that has room: Success.
+        assert!(dma(0x20_0000, &phys, &mut serving).is_ok());
+        assert_eq!(owner.errors.load(Relaxed), 1);
+    }
+}
