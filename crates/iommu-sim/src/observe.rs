@@ -76,11 +76,19 @@ struct Groups {
     open: HashSet<(u64, u32)>,
     /// Per thread: the last core response (device, PRG index, path).
     responder: HashMap<ThreadId, (u64, u32, &'static str)>,
+    /// Per device: the reset epoch of its last traced reset.
+    reset_epoch: HashMap<u64, u64>,
 }
 
 impl Groups {
-    fn sent(&mut self, key: (u64, u32)) {
+    fn sent(&mut self, key: (u64, u32), epoch: u64) {
         self.ledger.sent += 1;
+        if self.reset_epoch.get(&key.0).is_some_and(|&e| epoch < e) {
+            // Allocated before a reset that already gave its slot up: the device sent a group
+            // it no longer waits for (its answer, if any, is a stray).
+            self.ledger.abandoned_reset += 1;
+            return;
+        }
         if !self.open.insert(key) {
             // The index was reused while its group was open: that group is lost to the ledger.
             self.ledger.unattributed += 1;
@@ -116,7 +124,11 @@ impl Groups {
         }
     }
 
-    fn abandoned(&mut self, key: (u64, u32), cause: &str) {
+    fn abandoned(&mut self, key: (u64, u32), cause: &str, epoch: u64) {
+        if cause == emu_ev_cause::RESET {
+            let e = self.reset_epoch.entry(key.0).or_default();
+            *e = (*e).max(epoch);
+        }
         // An answered group whose job went away before taking its answer is concluded already.
         if self.open.remove(&key) {
             if cause == emu_ev_cause::RESET {
@@ -319,10 +331,10 @@ impl State {
             self.time(f.kind, d, grpid, f.bad_path);
             let key = (d, grpid);
             match f.kind {
-                emu_ev::GROUP_SENT => self.groups.sent(key),
+                emu_ev::GROUP_SENT => self.groups.sent(key, f.epoch),
                 core_ev::RESPONDED => self.groups.core_responded(key, f.path),
                 emu_ev::RESPONSE => self.groups.device_response(key, f),
-                emu_ev::ABANDONED => self.groups.abandoned(key, f.cause),
+                emu_ev::ABANDONED => self.groups.abandoned(key, f.cause, f.epoch),
                 _ => {}
             }
         }
@@ -385,6 +397,8 @@ struct Fields {
     auto: bool,
     /// Why a group was abandoned (`iommu_emu::trace::cause`).
     cause: &'static str,
+    /// A device's reset epoch (of a group sent, or after a reset).
+    epoch: u64,
     dev: Option<u64>,
     pasid: i64,
     grpid: u64,
@@ -434,6 +448,7 @@ impl Visit for Fields {
             "grpid" => self.grpid = v,
             "handle" => self.handle = v,
             "code" => self.code = v,
+            "epoch" => self.epoch = v,
             "pasid" => self.pasid = v as i64,
             _ => {}
         }

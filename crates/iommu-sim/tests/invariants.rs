@@ -367,3 +367,26 @@ fn observer_ledger_does_not_reconcile_an_unexplained_or_missing_answer() {
     assert_eq!((l.sent, l.unattributed, l.outstanding), (2, 1, 1));
     assert!(!l.reconciles());
 }
+
+/// A reset between a group's allocation and its sending gives the group up before the trace
+/// saw it sent: sent with an epoch older than the reset's, it is abandoned on reset at once
+/// (it used to stay open for ever, its answer counted stray), and a later group at that index
+/// is followed as usual.
+#[test]
+fn observer_ledger_abandons_a_group_sent_after_its_reset() {
+    use iommu_emu::trace::{cause, kind as emu_kind, TARGET as EMU};
+    use iommu_sim::observe::Observer;
+    let obs = Observer::new();
+    obs.set_devices([77]);
+    tracing::dispatcher::with_default(&obs.dispatch(), || {
+        tracing::trace!(target: EMU, kind = emu_kind::ABANDONED, dev = 77u64, grpid = 1u64, cause = cause::RESET, epoch = 1u64);
+        tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = 1u64, pages = 1u64, epoch = 0u64);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 1u64, code = 0u64, applied = false, auto = true);
+        tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = 1u64, pages = 1u64, epoch = 1u64);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 1u64, code = 0u64, applied = true, auto = true);
+    });
+    let l = obs.ledger();
+    assert_eq!((l.sent, l.abandoned_reset, l.iommu_overflow), (2, 1, 1));
+    assert_eq!((l.stray_iommu_responses, l.outstanding), (1, 0));
+    assert!(l.reconciles(), "{l:?}");
+}

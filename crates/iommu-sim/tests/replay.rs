@@ -52,6 +52,36 @@ fn same_seed_replays_the_same_events_and_another_seed_differs() {
     assert!(a.groups_ledger.reconciles(), "{}", a.text());
     // The run went through every kind of event of the default scenario.
     assert_eq!(a.counters["events/fired"], 7, "{}", a.text());
+    // The trace names its tracks after the agents and its events as the file spells them.
+    let spans = |cat: &'static str| a.trace.iter().filter(move |t| t.category == cat);
+    for ev in spans("event") {
+        assert!(
+            [
+                "unbind",
+                "exit",
+                "munmap",
+                "mprotect",
+                "replace_hwpt",
+                "reset_device",
+                "overflow"
+            ]
+            .contains(&ev.name.as_str()),
+            "{ev:?}"
+        );
+    }
+    let has = |name: &str, track: &str| {
+        spans("event").any(|t| t.name == name && t.track.starts_with(track))
+    };
+    assert!(has("reset_device", "device "), "{:?}", a.trace);
+    assert!(has("mprotect", "process "), "{:?}", a.trace);
+    assert!(has("replace_hwpt", "owner vmm"), "{:?}", a.trace);
+    assert!(has("overflow", "queue "), "{:?}", a.trace);
+    let jobs: Vec<_> = spans("job").collect();
+    assert_eq!(jobs.len() as u64, a.jobs);
+    assert!(
+        jobs.iter().all(|t| t.track.starts_with("device ")),
+        "{jobs:?}"
+    );
 
     // A threads-mode run is not reproducible and carries no hash.
     let t = run_scenario(&s, SCALE, Mode::Threads);

@@ -172,6 +172,9 @@ fn reconcile(l: &GroupLedger, d: &DeviceTotals) -> Vec<Violation> {
             l.accounted()
         ));
     }
+    if l.outstanding != 0 {
+        fail(format!("{} groups never concluded ({l:?})", l.outstanding));
+    }
     if l.unattributed != 0 {
         fail(format!(
             "{} groups answered by no traced responder",
