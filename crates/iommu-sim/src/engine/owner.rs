@@ -36,6 +36,9 @@ pub(super) struct Owner {
     /// failed): each is counted, the first few kept, and the group answered Invalid.
     pub(super) errors: AtomicU64,
     pub(super) first_errors: Mutex<Vec<String>>,
+    /// Responses to groups iommufd had already answered on its own (auto-response on
+    /// replace or detach): refused by the fd, discarded (Linux discards them too).
+    pub(super) stale: AtomicU64,
 }
 
 /// How many handler errors an owner keeps verbatim (all are counted).
@@ -81,6 +84,7 @@ impl Owner {
             batches: Mutex::new(StageLatency::default()),
             errors: AtomicU64::new(0),
             first_errors: Mutex::new(Vec::new()),
+            stale: AtomicU64::new(0),
         })
     }
 
@@ -101,6 +105,37 @@ impl Owner {
             Err(e) => {
                 phys.free_frame(pfn);
                 Err(format!("map {iova:#x}: {e}"))
+            }
+        }
+    }
+
+    /// Writes `resp` (whole response records). The fd stops at a record it refuses (Linux
+    /// does): a cookie iommufd already answered on its own (auto-response on replace or
+    /// detach, EINVAL) is a stale response, counted and skipped; any other refusal is an
+    /// error. The records after it are written again.
+    fn write_responses(&self, fd: &FaultFd, resp: &[u8]) {
+        let record = std::mem::size_of::<IommuHwptPageResponse>();
+        let mut rest = resp;
+        while !rest.is_empty() {
+            match fd.write(rest) {
+                Ok(w) if w >= rest.len() => return,
+                Ok(0) => {
+                    self.error(format!("fault fd took none of {} bytes", rest.len()));
+                    return;
+                }
+                Ok(w) => rest = &rest[w..],
+                Err(e) => {
+                    let cookie = IommuHwptPageResponse::read_from_bytes(&rest[..record])
+                        .map_or(0, |r| r.cookie);
+                    if matches!(e, iommu_core::Error::InvalidArgument(_))
+                        && fd.stats().auto_responses > 0
+                    {
+                        self.stale.fetch_add(1, Relaxed);
+                    } else {
+                        self.error(format!("write response to cookie {cookie}: {e}"));
+                    }
+                    rest = &rest[record..];
+                }
             }
         }
     }
@@ -164,11 +199,7 @@ impl Owner {
         if let Some(g) = group {
             answer(&mut resp, g);
         }
-        match fd.write(&resp) {
-            Ok(w) if w == resp.len() => {}
-            Ok(w) => self.error(format!("wrote {w} of {} response bytes", resp.len())),
-            Err(e) => self.error(format!("write {} response bytes: {e}", resp.len())),
-        }
+        self.write_responses(fd, &resp);
         self.batches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -230,5 +261,42 @@ mod tests {
         // The same handler backs the next page from memory that has room: Success.
         assert!(dma(0x20_0000, &phys, &mut serving).is_ok());
         assert_eq!(owner.errors.load(Relaxed), 1);
+
+        // A response to a cookie the fd does not know, before any auto-response: an error.
+        let fd = owner.fault.as_ref().expect("fault fd");
+        let bogus = IommuHwptPageResponse {
+            cookie: 0xdead,
+            code: IOMMUFD_PAGE_RESP_SUCCESS,
+        };
+        owner.write_responses(fd, bogus.as_bytes());
+        assert_eq!(
+            (owner.errors.load(Relaxed), owner.stale.load(Relaxed)),
+            (2, 0)
+        );
+        // A group queued, then auto-answered by a HWPT replace: the handler's late answer to
+        // it is stale, counted and skipped, not an error.
+        let mut job = ep.start_dma(None, 0x30_0000, PAGE, DmaKind::Read);
+        for _ in 0..100 {
+            let _ = ep.poll_dma(&mut job);
+            iommu.prq_step(16);
+            if fd.pending() > 0 {
+                break;
+            }
+        }
+        assert_eq!(fd.pending(), 1);
+        let h = owner
+            .ictx
+            .hwpt_alloc(owner.dev_id, owner.ioas, 0, 0, 0, &[])
+            .expect("hwpt");
+        owner
+            .ictx
+            .device_replace(owner.dev_id, iommufd::IOMMU_NO_PASID, h)
+            .expect("replace");
+        assert_eq!(fd.stats().auto_responses, 1);
+        owner.write_responses(fd, bogus.as_bytes());
+        assert_eq!(
+            (owner.errors.load(Relaxed), owner.stale.load(Relaxed)),
+            (2, 1)
+        );
     }
 }

@@ -225,6 +225,13 @@ fn count(
             .sum(),
     );
     put(
+        "iommufd/stale_responses",
+        world
+            .live_owners()
+            .map(|(_, o)| o.stale.load(Relaxed))
+            .sum(),
+    );
+    put(
         "prq/overflows",
         world.iommus.iter().map(|m| m.stats().prq_overflows).sum(),
     );
