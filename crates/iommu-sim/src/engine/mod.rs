@@ -247,10 +247,13 @@ mod tests {
         assert!(reconcile(&l, &d).is_empty());
     }
 
+    /// Breaks a balanced ledger or the devices' totals one way.
+    type Break = fn(&mut GroupLedger, &mut DeviceTotals);
+
     /// Every way the figures can disagree fails the run as `every_group_accounted`.
     #[test]
     fn every_disagreement_is_a_violation() {
-        let cases: [(&str, fn(&mut GroupLedger, &mut DeviceTotals)); 5] = [
+        let cases: [(&str, Break); 5] = [
             ("a group nobody accounts for", |l, d| {
                 l.sent += 1;
                 d.groups_sent += 1;

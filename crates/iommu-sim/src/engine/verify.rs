@@ -270,7 +270,8 @@ fn gather_latencies(
 ) {
     report.latency.insert("dma_job".into(), dma_lat);
     for (stage, lat) in world.obs.stage_latencies() {
-        if !lat.is_empty() && !(virtual_time && stage == "fault_handler") {
+        let within_one_step = virtual_time && stage == "fault_handler";
+        if !lat.is_empty() && !within_one_step {
             report.latency.insert(stage.into(), lat);
         }
     }
