@@ -268,6 +268,15 @@ impl IopfGroup {
             inner.send(code, crate::trace::path::GROUP);
         }
     }
+
+    /// Sends the group's one page response on behalf of a handler that will never answer it
+    /// (iommufd's auto-response on detach, replace or close): the same response as
+    /// [`IopfGroup::respond`], traced as `auto` so an observer can tell who answered.
+    pub fn respond_auto(mut self, code: PageResponseCode) {
+        if let Some(inner) = self.inner.take() {
+            inner.send(code, crate::trace::path::AUTO);
+        }
+    }
 }
 
 impl Drop for IopfGroup {

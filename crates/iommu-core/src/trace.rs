@@ -9,7 +9,7 @@
 //! | `iommu_core::attach` | `attached` | `group`, `pasid`, `handle` | after the handle is published |
 //! | `iommu_core::attach` | `detached` | `group`, `pasid`, `handle` | after the handle is unpublished (the detach fence has passed: no report holds it) |
 //! | `iommu_core::iopf` | `delivered` | `dev`, `pasid`, `grpid`, `handle` | inside the fence, just before the handler gets the group |
-//! | `iommu_core::iopf` | `responded` | `dev`, `pasid`, `grpid`, `code`, `path` | before the driver's `page_response`; `path` is `group` (answered), `dropped` (dropped unanswered) or `bad` (no handler took the request) |
+//! | `iommu_core::iopf` | `responded` | `dev`, `pasid`, `grpid`, `code`, `path` | before the driver's `page_response`; `path` is `group` (answered), `auto` (answered on user space's behalf), `dropped` (dropped unanswered) or `bad` (no handler took the request) |
 //! | `iommu_core::pasid` | `alloc` / `free` | `pasid` | after taking / before returning a global PASID |
 //!
 //! `handle` is the attach handle's address ([`crate::Attachment::addr`]): an identity while the
@@ -51,6 +51,9 @@ pub mod path {
     pub const DROPPED: &str = "dropped";
     /// No handler took the request (Linux's bad path).
     pub const BAD: &str = "bad";
+    /// The group's owner answered it on user space's behalf (iommufd auto-response on
+    /// detach, replace or close) instead of a handler.
+    pub const AUTO: &str = "auto";
 }
 
 /// A fault's PASID as traced: `-1` when the request carried none.

@@ -155,8 +155,15 @@ impl Prq {
     /// requester `rid` (its source ID), each as a VT-d page request descriptor.
     ///
     /// Emits the `group_sent` trace event under the queue lock when the group was written or
-    /// answered by the hardware, so it precedes any response to the group.
-    pub fn push_group(&self, rid: u32, dev: &Arc<Device>, reqs: &[PageRequest]) -> Pushed {
+    /// answered by the hardware, so it precedes any response to the group; it carries `epoch`,
+    /// the sender's reset epoch when it allocated the group (trace only).
+    pub fn push_group(
+        &self,
+        rid: u32,
+        dev: &Arc<Device>,
+        reqs: &[PageRequest],
+        epoch: u64,
+    ) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
         let mut wrote = false;
@@ -198,6 +205,7 @@ impl Prq {
                 pasid,
                 grpid = u64::from(last.grpid),
                 pages = reqs.len() as u64,
+                epoch,
             );
         }
         if wrote || st.overflow {
@@ -359,12 +367,18 @@ mod tests {
     fn overflow_auto_answers_last_drops_partials_and_stays_set_until_cleared() {
         let prq = Prq::new(3, false);
         let dev = Device::new_unmanaged("d", 0).unwrap();
-        assert_eq!(prq.push_group(0, &dev, &group(1, 2)), Pushed::Queued);
+        assert_eq!(prq.push_group(0, &dev, &group(1, 2), 0), Pushed::Queued);
         // One slot left: the partial fits, the LAST overflows and is answered by hardware.
-        assert_eq!(prq.push_group(0, &dev, &group(2, 2)), Pushed::AutoSuccess);
+        assert_eq!(
+            prq.push_group(0, &dev, &group(2, 2), 0),
+            Pushed::AutoSuccess
+        );
         assert!(prq.overflowed());
         // While the flag is set nothing is written, even a group that would fit.
-        assert_eq!(prq.push_group(0, &dev, &group(3, 1)), Pushed::AutoSuccess);
+        assert_eq!(
+            prq.push_group(0, &dev, &group(3, 1), 0),
+            Pushed::AutoSuccess
+        );
         let c = &prq.counters;
         assert_eq!(c.requests.load(Relaxed), 3);
         assert_eq!(c.overflows.load(Relaxed), 1);
@@ -384,7 +398,7 @@ mod tests {
         }
         assert!(!prq.overflowed());
         assert_eq!(c.discards.load(Relaxed), 1);
-        assert_eq!(prq.push_group(0, &dev, &group(4, 1)), Pushed::Queued);
+        assert_eq!(prq.push_group(0, &dev, &group(4, 1), 0), Pushed::Queued);
         prq.shutdown();
         t.join().unwrap();
     }

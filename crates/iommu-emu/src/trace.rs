@@ -14,3 +14,13 @@ pub mod kind {
     /// A group was given up without its response being consumed.
     pub const ABANDONED: &str = "abandoned";
 }
+
+/// The values of the `cause` field of an [`kind::ABANDONED`] event: why the group was given up.
+pub mod cause {
+    /// A function-level reset dropped every outstanding group.
+    pub const RESET: &str = "reset";
+    /// The DMA waited longer than the response timeout.
+    pub const TIMEOUT: &str = "timeout";
+    /// The polled job waiting for it was dropped.
+    pub const DROPPED: &str = "dropped";
+}

@@ -8,6 +8,7 @@
 //! | no DMA through a PASID after its unbind | a DMA translated through (device, PASID) after unbind returned and before a new bind |
 //! | no PASID reuse while outstanding | a PASID allocated while still live, or while groups for it are unanswered |
 //! | every DMA job's data verified | a job whose data read back differs |
+//! | every group accounted for | groups sent ≠ answered by a handler + auto-answered + answered by the IOMMU + abandoned, a response no responder traced, or the trace's figures differ from the devices' own counters (checked at the end of a run, [`crate::report::GroupLedger`]) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -124,16 +125,20 @@ pub enum Invariant {
     NoPasidReuse,
     /// Every DMA job's data verified.
     DataVerified,
+    /// Every page request group sent is accounted for, and the accounts agree with the
+    /// devices' counters.
+    EveryGroupAccounted,
 }
 
 impl Invariant {
     /// All invariants, in report order.
-    pub const ALL: [Invariant; 5] = [
+    pub const ALL: [Invariant; 6] = [
         Self::ExactlyOneResponse,
         Self::NoDeliveryAfterDetach,
         Self::NoDmaAfterUnbind,
         Self::NoPasidReuse,
         Self::DataVerified,
+        Self::EveryGroupAccounted,
     ];
 
     /// The snake_case name used in reports and JSON.
@@ -144,6 +149,7 @@ impl Invariant {
             Self::NoDmaAfterUnbind => "no_dma_after_unbind",
             Self::NoPasidReuse => "no_pasid_reuse",
             Self::DataVerified => "data_verified",
+            Self::EveryGroupAccounted => "every_group_accounted",
         }
     }
 }

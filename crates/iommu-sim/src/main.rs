@@ -101,7 +101,7 @@ fn check(files: &[std::path::PathBuf]) -> ExitCode {
             Ok(s) => println!(
                 "{}: ok: scenario '{}': {} IOMMUs, {} devices, {} processes, {} bonds, {} owners, {} jobs, {} events",
                 f.display(),
-                s.name,
+                iommu_sim::report::escape(&s.name),
                 s.iommus.len(),
                 s.devices.len(),
                 s.processes.len(),
@@ -135,7 +135,8 @@ struct RunArgs {
     /// `threads` (real concurrency) or `deterministic` (one seeded scheduler).
     #[arg(long, value_enum, default_value_t = ModeArg::Threads)]
     mode: ModeArg,
-    /// The deterministic scheduler's seed (default: the scenario's `seed`).
+    /// The deterministic scheduler's seed (default: the scenario's `seed`); refused in
+    /// threads mode, which has none.
     #[arg(long)]
     seed: Option<u64>,
     /// Write the report as JSON here.
@@ -176,17 +177,19 @@ fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(seed), ModeArg::Threads) = (args.seed, args.mode) {
+        eprintln!(
+            "--seed {seed}: a seed applies to --mode deterministic only (threads mode is not reproducible and has no seed)"
+        );
+        return ExitCode::FAILURE;
+    }
     let mode = match args.mode {
         ModeArg::Threads => iommu_sim::engine::Mode::Threads,
         ModeArg::Deterministic => iommu_sim::engine::Mode::Deterministic {
             seed: args.seed.unwrap_or(scenario.seed),
         },
     };
-    if args.seed.is_some() && args.mode == ModeArg::Threads {
-        eprintln!("--seed needs --mode deterministic (threads mode is not reproducible)");
-        return ExitCode::FAILURE;
-    }
-    println!("iommu-sim: running {name}");
+    println!("iommu-sim: running {}", iommu_sim::report::escape(&name));
     let opts = iommu_sim::engine::RunOptions {
         scale: args.scale,
         trace: args.trace.is_some(),

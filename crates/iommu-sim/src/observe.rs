@@ -12,9 +12,10 @@
 //! reached for the first time by another thread can never be cached as "not interesting" while
 //! a run's dispatcher is registered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Once};
+use std::thread::ThreadId;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -23,10 +24,11 @@ use tracing::{Metadata, Subscriber};
 use std::time::Instant;
 
 use iommu_core::trace::kind as core_ev;
+use iommu_emu::trace::cause as emu_ev_cause;
 use iommu_emu::trace::kind as emu_ev;
 
 use crate::invariants::{CheckReport, Checker, Event};
-use crate::report::StageLatency;
+use crate::report::{GroupLedger, StageLatency};
 
 /// The FNV-1a 64-bit hash of the event log, updated line by line.
 #[derive(Debug, Clone, Copy)]
@@ -63,9 +65,85 @@ struct Stages {
     handler: StageLatency,
 }
 
+/// Follows every page request group from its sending to its first conclusion at the device,
+/// and who concluded it: a core response is traced on the responding thread just before the
+/// device takes it (synchronously, on that thread), so the thread's last core response names
+/// the responder of the device's next software response.
+#[derive(Default)]
+struct Groups {
+    ledger: GroupLedger,
+    /// Groups sent and not yet concluded, by (device, PRG index).
+    open: HashSet<(u64, u32)>,
+    /// Per thread: the last core response (device, PRG index, path).
+    responder: HashMap<ThreadId, (u64, u32, &'static str)>,
+    /// Per device: the reset epoch of its last traced reset.
+    reset_epoch: HashMap<u64, u64>,
+}
+
+impl Groups {
+    fn sent(&mut self, key: (u64, u32), epoch: u64) {
+        self.ledger.sent += 1;
+        if self.reset_epoch.get(&key.0).is_some_and(|&e| epoch < e) {
+            // Allocated before a reset that already gave its slot up: the device sent a group
+            // it no longer waits for (its answer, if any, is a stray).
+            self.ledger.abandoned_reset += 1;
+            return;
+        }
+        if !self.open.insert(key) {
+            // The index was reused while its group was open: that group is lost to the ledger.
+            self.ledger.unattributed += 1;
+        }
+    }
+
+    fn core_responded(&mut self, key: (u64, u32), path: &'static str) {
+        self.responder
+            .insert(std::thread::current().id(), (key.0, key.1, path));
+    }
+
+    fn device_response(&mut self, key: (u64, u32), f: &Fields) {
+        let l = &mut self.ledger;
+        let responder = self.responder.remove(&std::thread::current().id());
+        if !f.applied {
+            if f.auto {
+                l.stray_iommu_responses += 1;
+            } else {
+                l.stray_responses += 1;
+            }
+            return;
+        }
+        self.open.remove(&key);
+        use iommu_core::trace::path;
+        let code = (f.code as usize).min(2);
+        match responder.filter(|r| (r.0, r.1) == key).map(|r| r.2) {
+            _ if f.auto => l.iommu_overflow += 1,
+            Some(path::GROUP) => l.handler[code] += 1,
+            Some(path::AUTO) => l.auto_iommufd += 1,
+            Some(path::DROPPED) => l.auto_dropped += 1,
+            Some(path::BAD) => l.no_handler += 1,
+            _ => l.unattributed += 1,
+        }
+    }
+
+    fn abandoned(&mut self, key: (u64, u32), cause: &str, epoch: u64) {
+        if cause == emu_ev_cause::RESET {
+            let e = self.reset_epoch.entry(key.0).or_default();
+            *e = (*e).max(epoch);
+        }
+        // An answered group whose job went away before taking its answer is concluded already.
+        if self.open.remove(&key) {
+            if cause == emu_ev_cause::RESET {
+                self.ledger.abandoned_reset += 1;
+            } else {
+                self.ledger.abandoned_dma += 1;
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     checker: Checker,
+    groups: Groups,
     stages: Stages,
     /// Virtual time in ns (deterministic mode); `None`: wall time since the observer started.
     virtual_ns: Option<u64>,
@@ -131,6 +209,14 @@ impl Observer {
         ]
     }
 
+    /// Where every page request group went so far; groups still open count as outstanding.
+    pub fn ledger(&self) -> GroupLedger {
+        let st = self.lock();
+        let mut l = st.groups.ledger.clone();
+        l.outstanding = st.groups.open.len() as u64;
+        l
+    }
+
     /// Logs a line that is not a checked event (a scheduler decision, an event fired).
     pub fn log(&self, line: &str) {
         let mut st = self.lock();
@@ -181,6 +267,16 @@ impl State {
         }
     }
 
+    /// The duration of a stage that started at `t0`: in virtual time, a stage that ends in the
+    /// step it started in costs that one step (as a DMA chunk does).
+    fn since(&mut self, t0: u64) -> u64 {
+        let t = self.now_ns();
+        match self.virtual_ns {
+            Some(_) => t.saturating_sub(t0) + crate::engine::VIRTUAL_STEP_NS,
+            None => t.saturating_sub(t0).max(1),
+        }
+    }
+
     /// Times the stages from the trace points that open and close them.
     fn time(&mut self, kind: &str, dev: u64, grpid: u32, bad_path: bool) {
         let key = (dev, grpid);
@@ -195,8 +291,8 @@ impl State {
             }
             emu_ev::RESPONSE => {
                 if let Some(t0) = self.stages.sent.remove(&key) {
-                    let t = self.now_ns();
-                    self.stages.group.record(t.saturating_sub(t0).max(1));
+                    let d = self.since(t0);
+                    self.stages.group.record(d);
                 }
             }
             emu_ev::ABANDONED => {
@@ -204,8 +300,8 @@ impl State {
             }
             core_ev::RESPONDED if !bad_path => {
                 if let Some(t0) = self.stages.delivered.remove(&key) {
-                    let t = self.now_ns();
-                    self.stages.handler.record(t.saturating_sub(t0).max(1));
+                    let d = self.since(t0);
+                    self.stages.handler.record(d);
                 }
             }
             _ => {}
@@ -233,6 +329,14 @@ impl State {
         let pasid = u32::try_from(f.pasid).ok();
         if let Some(d) = dev {
             self.time(f.kind, d, grpid, f.bad_path);
+            let key = (d, grpid);
+            match f.kind {
+                emu_ev::GROUP_SENT => self.groups.sent(key, f.epoch),
+                core_ev::RESPONDED => self.groups.core_responded(key, f.path),
+                emu_ev::RESPONSE => self.groups.device_response(key, f),
+                emu_ev::ABANDONED => self.groups.abandoned(key, f.cause, f.epoch),
+                _ => {}
+            }
         }
         let e = match (f.kind, dev) {
             (core_ev::ATTACHED, _) => Event::Attached {
@@ -285,6 +389,16 @@ struct Fields {
     kind: &'static str,
     /// The response came from the core's "bad" path.
     bad_path: bool,
+    /// A core response's `path` (`iommu_core::trace::path`).
+    path: &'static str,
+    /// A device response matched an outstanding group.
+    applied: bool,
+    /// The IOMMU answered the group itself (queue full).
+    auto: bool,
+    /// Why a group was abandoned (`iommu_emu::trace::cause`).
+    cause: &'static str,
+    /// A device's reset epoch (of a group sent, or after a reset).
+    epoch: u64,
     dev: Option<u64>,
     pasid: i64,
     grpid: u64,
@@ -298,7 +412,32 @@ impl Visit for Fields {
     fn record_str(&mut self, f: &Field, v: &str) {
         match f.name() {
             "kind" => self.kind = KINDS.iter().find(|k| **k == v).copied().unwrap_or(""),
-            "path" => self.bad_path = v == iommu_core::trace::path::BAD,
+            "path" => {
+                use iommu_core::trace::path;
+                self.bad_path = v == path::BAD;
+                self.path = [path::GROUP, path::AUTO, path::DROPPED, path::BAD]
+                    .into_iter()
+                    .find(|p| *p == v)
+                    .unwrap_or("");
+            }
+            "cause" => {
+                self.cause = [
+                    emu_ev_cause::RESET,
+                    emu_ev_cause::TIMEOUT,
+                    emu_ev_cause::DROPPED,
+                ]
+                .into_iter()
+                .find(|c| *c == v)
+                .unwrap_or("");
+            }
+            _ => {}
+        }
+    }
+
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        match f.name() {
+            "applied" => self.applied = v,
+            "auto" => self.auto = v,
             _ => {}
         }
     }
@@ -309,6 +448,7 @@ impl Visit for Fields {
             "grpid" => self.grpid = v,
             "handle" => self.handle = v,
             "code" => self.code = v,
+            "epoch" => self.epoch = v,
             "pasid" => self.pasid = v as i64,
             _ => {}
         }

@@ -291,3 +291,102 @@ fn traced_second_response_fails_the_run_through_the_observer() {
         "Responded { dev: 0, grpid: 3, code: 0 }",
     );
 }
+
+/// The observer's ledger follows every group to its first conclusion at its device and names
+/// who concluded it: the core's response traced on the same thread just before (a handler,
+/// iommufd's auto-response, a dropped group, the bad path), the IOMMU itself, or an abandon
+/// (by reset, or by its DMA); responses that concluded nothing are discarded strays.
+#[test]
+fn observer_ledger_accounts_for_every_group_by_who_answered_it() {
+    use iommu_core::trace::{kind as core_kind, path, target as core_target};
+    use iommu_emu::trace::{cause, kind as emu_kind, TARGET as EMU};
+    use iommu_sim::observe::Observer;
+    let obs = Observer::new();
+    obs.set_devices([77]);
+    tracing::dispatcher::with_default(&obs.dispatch(), || {
+        for g in 0..8u64 {
+            tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = g, pages = 1u64);
+        }
+        // Groups 0-4: answered through the core, by each kind of responder.
+        for (g, p, code) in [
+            (0u64, path::GROUP, 0u64),
+            (1, path::GROUP, 2),
+            (2, path::AUTO, 1),
+            (3, path::DROPPED, 1),
+            (4, path::BAD, 1),
+        ] {
+            tracing::trace!(target: core_target::IOPF, kind = core_kind::RESPONDED, dev = 77u64, pasid = 5i64, grpid = g, code, path = p);
+            tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = g, code, applied = true, auto = false);
+        }
+        // Group 5: the IOMMU answered it itself (queue full).
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 5u64, code = 0u64, applied = true, auto = true);
+        // Group 6: a reset gave it up; its late answer is a stray.
+        tracing::trace!(target: EMU, kind = emu_kind::ABANDONED, dev = 77u64, grpid = 6u64, cause = cause::RESET);
+        tracing::trace!(target: core_target::IOPF, kind = core_kind::RESPONDED, dev = 77u64, pasid = 5i64, grpid = 6u64, code = 0u64, path = path::GROUP);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 6u64, code = 0u64, applied = false, auto = false);
+        // Group 7: its DMA gave up on it (timeout).
+        tracing::trace!(target: EMU, kind = emu_kind::ABANDONED, dev = 77u64, grpid = 7u64, cause = cause::TIMEOUT);
+        // An abandon of an answered group concludes nothing more.
+        tracing::trace!(target: EMU, kind = emu_kind::ABANDONED, dev = 77u64, grpid = 0u64, cause = cause::DROPPED);
+    });
+    let l = obs.ledger();
+    assert_eq!(l.sent, 8);
+    assert_eq!(l.handler, [1, 0, 1]);
+    assert_eq!(
+        (
+            l.auto_iommufd,
+            l.auto_dropped,
+            l.no_handler,
+            l.iommu_overflow
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!((l.abandoned_reset, l.abandoned_dma), (1, 1));
+    assert_eq!(
+        (l.stray_responses, l.unattributed, l.outstanding),
+        (1, 0, 0)
+    );
+    assert!(l.reconciles(), "{l:?}");
+}
+
+/// A device response that no core response preceded on its thread is unattributed, and a
+/// group never concluded is outstanding: either keeps the ledger from reconciling.
+#[test]
+fn observer_ledger_does_not_reconcile_an_unexplained_or_missing_answer() {
+    use iommu_emu::trace::{kind as emu_kind, TARGET as EMU};
+    use iommu_sim::observe::Observer;
+    let obs = Observer::new();
+    obs.set_devices([77]);
+    tracing::dispatcher::with_default(&obs.dispatch(), || {
+        for g in 0..2u64 {
+            tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = g, pages = 1u64);
+        }
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 0u64, code = 0u64, applied = true, auto = false);
+    });
+    let l = obs.ledger();
+    assert_eq!((l.sent, l.unattributed, l.outstanding), (2, 1, 1));
+    assert!(!l.reconciles());
+}
+
+/// A reset between a group's allocation and its sending gives the group up before the trace
+/// saw it sent: sent with an epoch older than the reset's, it is abandoned on reset at once
+/// (it used to stay open for ever, its answer counted stray), and a later group at that index
+/// is followed as usual.
+#[test]
+fn observer_ledger_abandons_a_group_sent_after_its_reset() {
+    use iommu_emu::trace::{cause, kind as emu_kind, TARGET as EMU};
+    use iommu_sim::observe::Observer;
+    let obs = Observer::new();
+    obs.set_devices([77]);
+    tracing::dispatcher::with_default(&obs.dispatch(), || {
+        tracing::trace!(target: EMU, kind = emu_kind::ABANDONED, dev = 77u64, grpid = 1u64, cause = cause::RESET, epoch = 1u64);
+        tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = 1u64, pages = 1u64, epoch = 0u64);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 1u64, code = 0u64, applied = false, auto = true);
+        tracing::trace!(target: EMU, kind = emu_kind::GROUP_SENT, dev = 77u64, pasid = 5i64, grpid = 1u64, pages = 1u64, epoch = 1u64);
+        tracing::trace!(target: EMU, kind = emu_kind::RESPONSE, dev = 77u64, grpid = 1u64, code = 0u64, applied = true, auto = true);
+    });
+    let l = obs.ledger();
+    assert_eq!((l.sent, l.abandoned_reset, l.iommu_overflow), (2, 1, 1));
+    assert_eq!((l.stray_iommu_responses, l.outstanding), (1, 0));
+    assert!(l.reconciles(), "{l:?}");
+}

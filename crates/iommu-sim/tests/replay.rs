@@ -34,17 +34,61 @@ fn same_seed_replays_the_same_events_and_another_seed_differs() {
     assert_eq!(ha, hb, "same seed, different event sequence");
     assert_ne!(ha, hc, "seeds 1 and 2 gave the same event sequence");
     // Same seed: the same figures too, not only the same hash.
-    assert_eq!(
-        (a.groups, a.page_requests, a.responses, a.bytes),
-        (b.groups, b.page_requests, b.responses, b.bytes)
+    // Same seed: the same report, byte for byte (every figure is virtual time).
+    let (ja, jb) = (
+        serde_json::to_string_pretty(&a.json()).expect("json"),
+        serde_json::to_string_pretty(&b.json()).expect("json"),
     );
-    assert_eq!(a.faults_by_stage, b.faults_by_stage);
-    assert_eq!(a.json()["event_log_hash"], b.json()["event_log_hash"]);
+    assert_eq!(ja, jb, "same seed, different JSON");
+    assert_eq!(a.text(), b.text(), "same seed, different text");
+    assert!(a.json().get("elapsed_s").is_none(), "{ja}");
+    assert_eq!(a.json()["latency_time"], "virtual");
+    assert!(!a.text().contains("elapsed"), "{}", a.text());
+    // No stage shows as taking no time: the shortest costs one scheduler step.
+    for (stage, h) in &a.latency {
+        assert!(h.quantile(0.0) >= 1_000, "{stage}: {}", a.text());
+    }
+    assert!(!a.text().contains(" 0.00 "), "{}", a.text());
+    assert!(a.groups_ledger.reconciles(), "{}", a.text());
     // The run went through every kind of event of the default scenario.
-    assert_eq!(a.faults_by_stage["events_fired"], 7, "{}", a.text());
+    assert_eq!(a.counters["events/fired"], 7, "{}", a.text());
+    // The trace names its tracks after the agents and its events as the file spells them.
+    let spans = |cat: &'static str| a.trace.iter().filter(move |t| t.category == cat);
+    for ev in spans("event") {
+        assert!(
+            [
+                "unbind",
+                "exit",
+                "munmap",
+                "mprotect",
+                "replace_hwpt",
+                "reset_device",
+                "overflow"
+            ]
+            .contains(&ev.name.as_str()),
+            "{ev:?}"
+        );
+    }
+    let has = |name: &str, track: &str| {
+        spans("event").any(|t| t.name == name && t.track.starts_with(track))
+    };
+    assert!(has("reset_device", "device "), "{:?}", a.trace);
+    assert!(has("mprotect", "process "), "{:?}", a.trace);
+    assert!(has("replace_hwpt", "owner vmm"), "{:?}", a.trace);
+    assert!(has("overflow", "queue "), "{:?}", a.trace);
+    let jobs: Vec<_> = spans("job").collect();
+    assert_eq!(jobs.len() as u64, a.jobs);
+    assert!(
+        jobs.iter().all(|t| t.track.starts_with("device ")),
+        "{jobs:?}"
+    );
 
     // A threads-mode run is not reproducible and carries no hash.
     let t = run_scenario(&s, SCALE, Mode::Threads);
     assert_eq!(t.event_log_hash, None);
     assert!(t.json().get("event_log_hash").is_none());
+    // ... and no seed: it does not use one.
+    assert_eq!(t.seed, None);
+    assert!(t.json().get("seed").is_none());
+    assert!(t.groups_ledger.reconciles(), "{}", t.text());
 }

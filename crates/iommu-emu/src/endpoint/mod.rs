@@ -62,13 +62,16 @@
 //! # Tracing
 //! Events with target `iommu_emu::pri` (level TRACE) let a checker follow every group:
 //! * `kind = "group_sent"`: `dev` (u64 device id), `pasid` (i64, -1 without PASID), `grpid`,
-//!   `pages` (u64) — the group was written to the queue or answered by the IOMMU; emitted under
-//!   the queue lock, so before any response to it.
+//!   `pages` (u64), `epoch` (u64: the reset epoch the group was allocated in; one older than
+//!   the epoch of a reset already traced means the reset gave the group up before it was
+//!   sent) — the group was written to the queue or answered by the IOMMU; emitted under the
+//!   queue lock, so before any response to it.
 //! * `kind = "response"`: `dev`, `grpid`, `code` (u64: 0 Success, 1 Invalid, 2 Failure),
 //!   `applied` (bool: matched an outstanding unanswered group), `auto` (bool: the IOMMU
 //!   answered on overflow) — every response reaching the endpoint, strays included.
-//! * `kind = "abandoned"`: `dev`, `grpid` — a group given up without its response being
-//!   consumed (reset, one event per slot; response timeout; dropped [`DmaJob`]).
+//! * `kind = "abandoned"`: `dev`, `grpid`, `cause` (`reset`, one event per slot; `timeout`;
+//!   `dropped` [`DmaJob`]; see [`crate::trace::cause`]), `epoch` (after a reset, its new epoch)
+//!   — a group given up without its response being consumed.
 //!
 //! Responses and abandons are emitted under the endpoint's PRI lock, so one device's events
 //! come in the order its state changed.
@@ -288,6 +291,7 @@ impl Endpoint {
         let sh = &self.sh;
         let mut st = sh.pri.lock();
         st.epoch += 1;
+        let epoch = st.epoch;
         st.enabled = sh.cfg.pri && sh.cfg.ats && sh.iommu.config().pri;
         let mut abandoned = 0;
         for (i, slot) in st.slots.iter_mut().enumerate() {
@@ -298,7 +302,7 @@ impl Endpoint {
                 .is_some_and(|s| !s.abandoned && s.outcome.is_none())
             {
                 abandoned += 1;
-                trace_abandoned(&sh.dev, i as u32);
+                trace_abandoned(&sh.dev, i as u32, crate::trace::cause::RESET, epoch);
             }
         }
         sh.counters.abandoned.fetch_add(abandoned, Relaxed);

@@ -130,12 +130,15 @@ fn trace_response(dev: &Device, grpid: u32, code: PageResponseCode, applied: boo
     );
 }
 
-pub(super) fn trace_abandoned(dev: &Device, grpid: u32) {
+/// `epoch`: the reset epoch after the abandon (a reset's new epoch, else the group's).
+pub(super) fn trace_abandoned(dev: &Device, grpid: u32, cause: &'static str, epoch: u64) {
     tracing::trace!(
         target: crate::trace::TARGET,
         kind = crate::trace::kind::ABANDONED,
         dev = dev.id().0,
         grpid = u64::from(grpid),
+        cause,
+        epoch,
     );
 }
 
@@ -214,7 +217,7 @@ impl Endpoint {
         let reqs = page_requests(pasid, pages, write, o.grpid);
         let pushed = {
             let win = sh.iommu.dma_window();
-            win.page_request(sh.sid, &sh.dev, pasid, &reqs)
+            win.page_request(sh.sid, &sh.dev, pasid, &reqs, o.epoch)
         };
         if pushed.is_some() {
             sh.counters.groups_sent.fetch_add(1, Relaxed);
@@ -305,7 +308,7 @@ impl Endpoint {
             if deadline.wait(&sh.pri_cv, &mut st) {
                 sh.free_slot(&mut st, o.grpid as usize, o.pages);
                 sh.counters.abandoned.fetch_add(1, Relaxed);
-                trace_abandoned(&sh.dev, o.grpid);
+                trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::TIMEOUT, o.epoch);
                 return Err(DmaError::ResponseTimeout { grpid: o.grpid });
             }
         }
@@ -346,7 +349,7 @@ impl Endpoint {
             return;
         }
         sh.counters.abandoned.fetch_add(1, Relaxed);
-        trace_abandoned(&sh.dev, o.grpid);
+        trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::DROPPED, o.epoch);
     }
 }
 

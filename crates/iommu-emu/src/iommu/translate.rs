@@ -156,18 +156,19 @@ impl DmaWindow<'_> {
 
     /// Writes a page request group into the queue, if the context still takes page requests
     /// (checked inside the window, so `remove_dev_pasid`'s drain sees it, H2). `None`: the
-    /// context is gone.
+    /// context is gone. `epoch`: the endpoint's reset epoch of the group, for the trace.
     pub(crate) fn page_request(
         &self,
         sid: u32,
         dev: &Arc<Device>,
         pasid: Option<u32>,
         reqs: &[PageRequest],
+        epoch: u64,
     ) -> Option<Pushed> {
         if !self.fault_capable(sid, pasid) {
             return None;
         }
-        Some(self.iommu.prq.push_group(sid, dev, reqs))
+        Some(self.iommu.prq.push_group(sid, dev, reqs, epoch))
     }
 
     /// The IOMMU this window belongs to.

@@ -30,7 +30,7 @@ use crate::scenario::{Action, JobTarget, Scenario, Trigger};
 use actors::{Actor, Actors, JobRun, Reader, Step};
 
 /// Virtual nanoseconds per scheduler step.
-pub const STEP_NS: u64 = 1_000;
+pub const STEP_NS: u64 = super::VIRTUAL_STEP_NS;
 
 /// Requests a page request queue step reports.
 const PRQ_BATCH: usize = 1;
@@ -145,7 +145,7 @@ impl<'w, 's> Scheduler<'w, 's> {
             .obs
             .log(&format!("{now} event {i} {:?}", e.action));
         self.progress
-            .message(format!("{:?}", e.action).to_lowercase());
+            .message(super::events::action_name(e.action).to_string());
         if e.action == Action::Overflow {
             for (d, pasid, base) in self.world.flood_targets(i) {
                 self.act.floods.push(Reader::new(
@@ -203,7 +203,7 @@ impl<'w, 's> Scheduler<'w, 's> {
                 runnable.push(Actor::Iopf(k));
             }
         }
-        for (k, o) in self.world.owners.iter().enumerate() {
+        for (k, o) in self.world.live_owners() {
             if o.fault.as_ref().is_some_and(|f| f.pending() > 0) {
                 runnable.push(Actor::Owner(k));
             }

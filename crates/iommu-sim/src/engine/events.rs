@@ -9,7 +9,7 @@ use iommufd::IOMMU_NO_PASID;
 use super::world::{to_emu_prot, World};
 use super::{FLOOD_PAGES, FLOOD_THREADS, PAGE};
 use crate::invariants::Event;
-use crate::scenario::{Action, EventSpec, JobTarget};
+use crate::scenario::{Action, EventSpec, JobTarget, Scenario};
 
 impl World<'_> {
     /// Whether the fired events explain a failure of job `i`.
@@ -57,7 +57,7 @@ impl World<'_> {
                 }
             }
             Action::ReplaceHwpt => {
-                if let Some(o) = e.owner.and_then(|o| self.owners.get(o)) {
+                if let Some(o) = e.owner.and_then(|o| self.owner(o)) {
                     if let Ok(h) = o.ictx.hwpt_alloc(o.dev_id, o.ioas, 0, 0, 0, &[]) {
                         let _ = o.ictx.device_replace(o.dev_id, IOMMU_NO_PASID, h);
                     }
@@ -107,5 +107,42 @@ impl World<'_> {
                 (0..FLOOD_THREADS).map(move |t| (d, pasid, base + t * FLOOD_PAGES * PAGE))
             })
             .collect()
+    }
+}
+
+/// An action's name as a scenario file spells it.
+pub(crate) fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Unbind => "unbind",
+        Action::Exit => "exit",
+        Action::Munmap => "munmap",
+        Action::Mprotect => "mprotect",
+        Action::ReplaceHwpt => "replace_hwpt",
+        Action::ResetDevice => "reset_device",
+        Action::Overflow => "overflow",
+    }
+}
+
+/// The agent an event acts on, as a trace track name: the device reset or unbound, the
+/// process that exits or changes its memory, the owner whose HWPT is replaced, the IOMMU
+/// queue flooded.
+pub(super) fn event_agent(s: &Scenario, e: &EventSpec) -> String {
+    match e.action {
+        Action::Unbind | Action::ResetDevice => e
+            .device
+            .and_then(|d| s.devices.get(d))
+            .map_or("device ?".into(), |d| format!("device {}", d.name)),
+        Action::Exit | Action::Munmap | Action::Mprotect => e
+            .process
+            .and_then(|p| s.processes.get(p))
+            .map_or("process ?".into(), |p| format!("process {}", p.name)),
+        Action::ReplaceHwpt => e
+            .owner
+            .and_then(|o| s.owners.get(o))
+            .map_or("owner ?".into(), |o| format!("owner {}", o.0)),
+        Action::Overflow => e
+            .iommu
+            .and_then(|i| s.iommus.get(i))
+            .map_or("queue ?".into(), |i| format!("queue {}", i.name)),
     }
 }

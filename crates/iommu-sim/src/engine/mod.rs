@@ -25,9 +25,9 @@ mod world;
 
 use std::time::{Duration, Instant};
 
-use crate::invariants::{CheckReport, Violation};
+use crate::invariants::{CheckReport, Invariant, Violation};
 use crate::observe::Observer;
-use crate::report::{RunReport, StageLatency};
+use crate::report::{GroupLedger, RunReport, StageLatency};
 use crate::scenario::Scenario;
 use world::World;
 
@@ -39,6 +39,9 @@ const CHUNK: u64 = 256 << 10;
 const FLOOD_PAGES: u64 = 32;
 /// Flooding actors per device on an `overflow` event.
 const FLOOD_THREADS: u64 = 8;
+/// Virtual nanoseconds per deterministic scheduler step: a stage that completes within the
+/// step it started in costs one step.
+pub const VIRTUAL_STEP_NS: u64 = 1_000;
 
 /// How the scenario's actors are interleaved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,22 +115,94 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
             Mode::Threads => threads::run(&world, opts, &dispatch),
             Mode::Deterministic { seed } => deterministic::run(&world, seed, opts),
         };
-        let (mut report, late) = verify::verify(&world, &ran, opts);
+        let (mut report, mut late) = verify::verify(&world, &ran, opts);
         world.teardown();
+        // Teardown's detaches answer what owners still held: the ledger is taken after them.
+        report.groups_ledger = obs.ledger();
+        report.page_requests = world.eps.iter().map(|e| e.stats().page_requests).sum();
+        late.extend(reconcile(&report.groups_ledger, &world.device_totals()));
         drop(world);
         let (mut check, hash, _lines) = obs.finish();
         for v in late {
             add_violation(&mut check, v);
         }
-        if let Mode::Deterministic { seed } = opts.mode {
-            report.mode = "deterministic".into();
-            report.seed = Some(seed);
-            report.event_log_hash = Some(hash);
+        match opts.mode {
+            Mode::Deterministic { seed } => {
+                report.mode = "deterministic".into();
+                report.seed = Some(seed);
+                report.event_log_hash = Some(hash);
+                report.virtual_time = true;
+            }
+            Mode::Threads => {
+                report.mode = "threads".into();
+                report.elapsed_s = Some(start.elapsed().as_secs_f64());
+            }
         }
         report.invariants = Some(check);
-        report.elapsed_s = start.elapsed().as_secs_f64();
         report
     })
+}
+
+/// The devices' own counters, summed, to check the ledger against.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeviceTotals {
+    groups_sent: u64,
+    /// Software responses applied (Success + Invalid + Failure).
+    answered_by_software: u64,
+    /// Groups the IOMMU answered itself.
+    answered_by_iommu: u64,
+    stray: u64,
+}
+
+/// Checks that every group sent went exactly one way, and that the trace's figures agree
+/// with the devices' counters; each disagreement is an `every_group_accounted` violation.
+fn reconcile(l: &GroupLedger, d: &DeviceTotals) -> Vec<Violation> {
+    let mut v = Vec::new();
+    let mut fail = |message: String| {
+        v.push(Violation {
+            invariant: Invariant::EveryGroupAccounted,
+            event_index: None,
+            message,
+        })
+    };
+    if l.accounted() != l.sent {
+        fail(format!(
+            "{} groups sent but {} accounted for ({l:?})",
+            l.sent,
+            l.accounted()
+        ));
+    }
+    if l.outstanding != 0 {
+        fail(format!("{} groups never concluded ({l:?})", l.outstanding));
+    }
+    if l.unattributed != 0 {
+        fail(format!(
+            "{} groups answered by no traced responder",
+            l.unattributed
+        ));
+    }
+    let checks = [
+        ("groups sent", l.sent, d.groups_sent),
+        (
+            "groups answered by software",
+            l.handler_total() + l.auto_total(),
+            d.answered_by_software,
+        ),
+        (
+            "groups answered by the IOMMU",
+            l.iommu_overflow + l.stray_iommu_responses,
+            d.answered_by_iommu,
+        ),
+        ("stray responses", l.stray_responses, d.stray),
+    ];
+    for (what, traced, counted) in checks {
+        if traced != counted {
+            fail(format!(
+                "{what}: {traced} in the trace, {counted} in the devices' counters"
+            ));
+        }
+    }
+    v
 }
 
 /// Adds a violation found after the run to the checker's report.
@@ -141,4 +216,70 @@ fn add_violation(check: &mut CheckReport, v: Violation) {
 /// Keeps wall-clock durations in nanoseconds.
 fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balanced() -> (GroupLedger, DeviceTotals) {
+        let l = GroupLedger {
+            sent: 10,
+            handler: [5, 1, 0],
+            auto_iommufd: 1,
+            iommu_overflow: 2,
+            abandoned_reset: 1,
+            stray_responses: 1,
+            ..GroupLedger::default()
+        };
+        let d = DeviceTotals {
+            groups_sent: 10,
+            answered_by_software: 7,
+            answered_by_iommu: 2,
+            stray: 1,
+        };
+        (l, d)
+    }
+
+    #[test]
+    fn a_balanced_ledger_agreeing_with_the_devices_passes() {
+        let (l, d) = balanced();
+        assert!(reconcile(&l, &d).is_empty());
+    }
+
+    /// Breaks a balanced ledger or the devices' totals one way.
+    type Break = fn(&mut GroupLedger, &mut DeviceTotals);
+
+    /// Every way the figures can disagree fails the run as `every_group_accounted`.
+    #[test]
+    fn every_disagreement_is_a_violation() {
+        let cases: [(&str, Break); 5] = [
+            ("a group nobody accounts for", |l, d| {
+                l.sent += 1;
+                d.groups_sent += 1;
+            }),
+            ("an unattributed answer", |l, d| {
+                l.sent += 1;
+                l.unattributed += 1;
+                d.groups_sent += 1;
+                d.answered_by_software += 1;
+            }),
+            ("devices sent more", |_, d| d.groups_sent += 1),
+            ("devices saw more IOMMU answers", |_, d| {
+                d.answered_by_iommu += 1;
+            }),
+            ("devices saw more strays", |_, d| d.stray += 1),
+        ];
+        for (what, break_it) in cases {
+            let (mut l, mut d) = balanced();
+            break_it(&mut l, &mut d);
+            let v = reconcile(&l, &d);
+            assert!(!v.is_empty(), "{what}: not caught");
+            assert!(
+                v.iter()
+                    .all(|v| v.invariant == Invariant::EveryGroupAccounted),
+                "{what}: {v:?}"
+            );
+        }
+    }
 }

@@ -29,7 +29,7 @@ pub(super) fn run(world: &World<'_>, opts: &RunOptions, dispatch: &tracing::Disp
     };
     let shared = &run;
     let (outcomes, owner_reads) = std::thread::scope(|s| {
-        for o in &world.owners {
+        for (_, o) in world.live_owners() {
             s.spawn(move || shared.traced(|| shared.serve_faults(o)));
         }
         let events = s.spawn(|| shared.traced(|| shared.fire_events()));
@@ -132,7 +132,7 @@ impl Shared<'_, '_> {
         let e = &self.world.scenario.events[i];
         let t0 = Instant::now();
         self.progress
-            .message(format!("{:?}", e.action).to_lowercase());
+            .message(super::events::action_name(e.action).to_string());
         if e.action == Action::Overflow {
             flood(self.world, i);
         } else {

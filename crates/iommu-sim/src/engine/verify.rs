@@ -1,6 +1,7 @@
 //! The end of a run: every job's data is read back and compared with what it should be (each
 //! comparison goes to the checker as a `JobVerified` event), nothing may be left outstanding at
-//! a device, and the report's counters, latencies and trace spans are gathered.
+//! a device, and the report's counters, latencies and trace spans are gathered (the groups'
+//! ledger is taken after teardown, in `engine::run`).
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -22,9 +23,8 @@ pub(super) fn verify(
     let fired: Vec<usize> = ran.fired.iter().map(|f| f.0).collect();
     let mut report = RunReport {
         scenario: scenario.name.clone(),
-        mode: "threads".into(),
-        seed: Some(scenario.seed),
         jobs: scenario.jobs.len() as u64,
+        virtual_time: ran.steps.is_some(),
         ..RunReport::default()
     };
     if opts.trace {
@@ -37,10 +37,11 @@ pub(super) fn verify(
         report.bytes += out.bytes;
         dma_lat.merge(&out.latency);
         if let (true, Some((st, dur))) = (opts.trace, out.span) {
+            let j = &scenario.jobs[i];
             report.trace.push(TraceSpan {
-                name: scenario.jobs[i].name.clone(),
+                name: j.name.clone(),
                 category: "job".into(),
-                thread: i as u64,
+                track: format!("device {}", scenario.devices[j.device].name),
                 start_ns: st,
                 duration_ns: dur,
             });
@@ -56,6 +57,17 @@ pub(super) fn verify(
         }
     }
 
+    for (k, o) in world.live_owners() {
+        let n = o.errors.load(Relaxed);
+        if n > 0 {
+            let first = o.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+            extra.push(format!(
+                "owner {}: {n} fault handler errors (groups answered Invalid), first: {}",
+                scenario.owners[k].0,
+                first.join("; ")
+            ));
+        }
+    }
     let mut late: Vec<Violation> = ran
         .stuck
         .iter()
@@ -65,33 +77,33 @@ pub(super) fn verify(
             message: m.clone(),
         })
         .collect();
-    let strays = count_responses(world, &mut report, &mut late);
+    check_outstanding(world, &mut late);
     late.extend(extra.into_iter().map(|m| Violation {
         invariant: Invariant::DataVerified,
         event_index: None,
         message: m,
     }));
-    count_faults(
+    count(
         world,
         ran,
         &mut report,
         expected_failures,
         fired.len() as u64,
-        strays,
     );
-    gather_latencies(world, &mut report, dma_lat);
+    gather_latencies(world, &mut report, dma_lat, ran.steps.is_some());
     (report, late)
 }
 
-/// A trace span per event fired, on a track after the jobs'.
+/// A trace span per event fired, named by its action as the file spells it, on the track of
+/// the agent it acts on (device, process, owner, IOMMU's queue).
 fn trace_events(world: &World<'_>, ran: &Ran, report: &mut RunReport) {
     let scenario = world.scenario;
     for &(k, st, dur) in &ran.fired {
         let e = &scenario.events[k];
         report.trace.push(TraceSpan {
-            name: format!("{:?}", e.action).to_lowercase(),
+            name: super::events::action_name(e.action).into(),
             category: "event".into(),
-            thread: scenario.jobs.len() as u64,
+            track: super::events::event_agent(scenario, e),
             start_ns: st,
             duration_ns: dur.max(1),
         });
@@ -165,18 +177,9 @@ fn mismatched(j: &JobSpec, out: &JobOutcome, got: &[u8], len: u64) -> u64 {
     }
 }
 
-/// Adds up every device's page requests, groups and responses; a group still outstanding at
-/// a device is a violation. Returns the stray responses seen.
-fn count_responses(world: &World<'_>, report: &mut RunReport, late: &mut Vec<Violation>) -> u64 {
-    let mut strays = 0u64;
+/// A group still outstanding at a device at the end is a violation.
+fn check_outstanding(world: &World<'_>, late: &mut Vec<Violation>) {
     for (i, ep) in world.eps.iter().enumerate() {
-        let st = ep.stats();
-        report.page_requests += st.page_requests;
-        report.groups += st.groups_sent;
-        report.responses[0] += st.success + st.auto_success;
-        report.responses[1] += st.invalid;
-        report.responses[2] += st.failure;
-        strays += st.stray_responses;
         let outstanding = ep.outstanding_groups();
         if outstanding != 0 {
             late.push(Violation {
@@ -189,50 +192,94 @@ fn count_responses(world: &World<'_>, report: &mut RunReport, late: &mut Vec<Vio
             });
         }
     }
-    strays
 }
 
-/// The report's `faults_by_stage` counters.
-fn count_faults(
+/// The report's counters, each named `what/which` (docs/scenarios.md lists them).
+fn count(
     world: &World<'_>,
     ran: &Ran,
     report: &mut RunReport,
     expected_failures: u64,
     events_fired: u64,
-    strays: u64,
 ) {
-    let stage = &mut report.faults_by_stage;
-    stage.insert(
-        "sva".into(),
+    let c = &mut report.counters;
+    let mut put = |k: &str, v: u64| {
+        c.insert(k.to_string(), v);
+    };
+    put(
+        "requests/sva_pages_faulted_in",
         world.mms.iter().map(|m| m.stats().faults).sum(),
     );
-    stage.insert(
-        "iommufd".into(),
-        world.owners.iter().map(|o| o.records.load(Relaxed)).sum(),
+    put(
+        "requests/iommufd_records_read",
+        world
+            .live_owners()
+            .map(|(_, o)| o.records.load(Relaxed))
+            .sum(),
     );
-    stage.insert("expected_dma_failures".into(), expected_failures);
-    stage.insert(
-        "prq_overflow".into(),
+    put(
+        "iommufd/handler_errors",
+        world
+            .live_owners()
+            .map(|(_, o)| o.errors.load(Relaxed))
+            .sum(),
+    );
+    put(
+        "iommufd/stale_responses",
+        world
+            .live_owners()
+            .map(|(_, o)| o.stale.load(Relaxed))
+            .sum(),
+    );
+    put(
+        "prq/overflows",
         world.iommus.iter().map(|m| m.stats().prq_overflows).sum(),
     );
-    stage.insert("events_fired".into(), events_fired);
-    stage.insert("stray_responses".into(), strays);
+    put(
+        "prq/overflow_responses",
+        world
+            .iommus
+            .iter()
+            .map(|m| m.stats().prq_auto_responses)
+            .sum(),
+    );
+    put(
+        "prq/dropped_partial_requests",
+        world
+            .iommus
+            .iter()
+            .map(|m| m.stats().prq_dropped_partials)
+            .sum(),
+    );
+    put("dma/expected_failures", expected_failures);
+    put("events/fired", events_fired);
     if let Some(steps) = ran.steps {
-        stage.insert("scheduler_steps".into(), steps);
+        put("scheduler/steps", steps);
     }
 }
 
 /// The report's latencies: the jobs' DMA calls, the stages the observer timed, and the
 /// owners' fault-handler batches.
-fn gather_latencies(world: &World<'_>, report: &mut RunReport, dma_lat: StageLatency) {
+/// In virtual time (deterministic mode) a stage that runs inside one scheduler step (a
+/// handler, an owner's batch) takes no time and is not shown.
+fn gather_latencies(
+    world: &World<'_>,
+    report: &mut RunReport,
+    dma_lat: StageLatency,
+    virtual_time: bool,
+) {
     report.latency.insert("dma_job".into(), dma_lat);
     for (stage, lat) in world.obs.stage_latencies() {
-        if !lat.is_empty() {
+        let within_one_step = virtual_time && stage == "fault_handler";
+        if !lat.is_empty() && !within_one_step {
             report.latency.insert(stage.into(), lat);
         }
     }
+    if virtual_time {
+        return;
+    }
     let mut batches = StageLatency::default();
-    for o in &world.owners {
+    for (_, o) in world.live_owners() {
         batches.merge(&o.batches.lock().expect("batches"));
     }
     if !batches.is_empty() {

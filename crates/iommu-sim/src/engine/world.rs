@@ -30,7 +30,9 @@ pub(super) struct World<'s> {
     pub(super) pasids: BTreeMap<(usize, usize), u32>,
     /// (device, pasid, base) flood regions per IOMMU.
     pub(super) floods: BTreeMap<usize, Vec<(usize, u32, u64)>>,
-    pub(super) owners: Vec<Owner>,
+    /// Per scenario owner (same index), the owner if its setup succeeded: a failed one
+    /// leaves a hole, so an owner's index never shifts onto another's.
+    pub(super) owners: Vec<Option<Owner>>,
     pub(super) obs: Arc<Observer>,
     /// Per job, the bytes it moves once scaled.
     pub(super) job_len: Vec<u64>,
@@ -92,7 +94,12 @@ impl<'s> World<'s> {
     fn pin_owner_jobs(&mut self) {
         for j in &self.scenario.jobs {
             if let JobTarget::Owner(o, iova) = j.target {
-                let Some(owner) = self.owners.get(o).filter(|o| o.fault.is_none()) else {
+                let Some(owner) = self
+                    .owners
+                    .get(o)
+                    .and_then(Option::as_ref)
+                    .filter(|o| o.fault.is_none())
+                else {
                     continue;
                 };
                 let mut a = iova & !(PAGE - 1);
@@ -114,14 +121,39 @@ impl<'s> World<'s> {
                 Some(&pasid) => Ok((Some(pasid), self.vma_addr[p][v] + j.offset)),
                 None => Err("device not bound to the process".into()),
             },
-            JobTarget::Owner(o, iova) if o < self.owners.len() => Ok((None, iova)),
+            JobTarget::Owner(o, iova) if self.owner(o).is_some() => Ok((None, iova)),
             JobTarget::Owner(..) => Err("owner was not set up".into()),
         }
+    }
+
+    /// Scenario owner `o`, if its setup succeeded.
+    pub(super) fn owner(&self, o: usize) -> Option<&Owner> {
+        self.owners.get(o).and_then(Option::as_ref)
+    }
+
+    /// The owners whose setup succeeded, with their scenario index.
+    pub(super) fn live_owners(&self) -> impl Iterator<Item = (usize, &Owner)> {
+        self.owners
+            .iter()
+            .enumerate()
+            .filter_map(|(k, o)| Some((k, o.as_ref()?)))
     }
 
     /// Groups answered so far, over every device (what `after_groups` counts).
     pub(super) fn groups_answered(&self) -> u64 {
         self.eps.iter().map(|e| e.stats().groups_answered).sum()
+    }
+
+    /// The devices' PRI counters, summed (what the run's ledger is checked against).
+    pub(super) fn device_totals(&self) -> super::DeviceTotals {
+        let mut t = super::DeviceTotals::default();
+        for st in self.eps.iter().map(Endpoint::stats) {
+            t.groups_sent += st.groups_sent;
+            t.answered_by_software += st.success + st.invalid + st.failure;
+            t.answered_by_iommu += st.auto_success;
+            t.stray += st.stray_responses;
+        }
+        t
     }
 
     /// Total bytes the jobs move (for the progress bar).
@@ -139,7 +171,7 @@ impl<'s> World<'s> {
 
     /// Detaches owners, unbinds what is still bound, shuts the IOPF queues down.
     pub(super) fn teardown(&self) {
-        for o in &self.owners {
+        for (_, o) in self.live_owners() {
             let _ = o.ictx.device_detach(o.dev_id, IOMMU_NO_PASID);
         }
         for b in self.bonds.values() {
@@ -363,14 +395,24 @@ fn flood_regions(
     floods
 }
 
-/// Opens every iommufd owner; one whose setup fails is a problem to report.
-fn open_owners(scenario: &Scenario, eps: &[Endpoint], extra: &mut Vec<String>) -> Vec<Owner> {
-    let mut owners: Vec<Owner> = Vec::new();
-    for (name, d, fault) in &scenario.owners {
-        match Owner::open(eps[*d].device(), *fault) {
-            Ok(o) => owners.push(o),
-            Err(e) => extra.push(format!("owner {name}: setup failed: {e}")),
-        }
-    }
-    owners
+/// Opens every iommufd owner, at its scenario index; one whose setup fails is a problem to
+/// report and leaves `None` in its place.
+fn open_owners(
+    scenario: &Scenario,
+    eps: &[Endpoint],
+    extra: &mut Vec<String>,
+) -> Vec<Option<Owner>> {
+    scenario
+        .owners
+        .iter()
+        .map(
+            |(name, d, fault)| match Owner::open(eps[*d].device(), *fault) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    extra.push(format!("owner {name}: setup failed: {e}"));
+                    None
+                }
+            },
+        )
+        .collect()
 }

@@ -56,7 +56,7 @@ impl Fault {
         let n = groups.len();
         self.auto_responses.fetch_add(n as u64, Relaxed);
         for g in groups {
-            g.respond(PageResponseCode::Invalid);
+            g.respond_auto(PageResponseCode::Invalid);
         }
         n
     }

@@ -164,7 +164,7 @@ impl Fault {
         if d.closed {
             drop(d);
             self.auto_responses.fetch_add(1, Relaxed);
-            q.group.respond(PageResponseCode::Invalid);
+            q.group.respond_auto(PageResponseCode::Invalid);
             return;
         }
         d.list.push_back(q);

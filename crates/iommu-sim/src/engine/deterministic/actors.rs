@@ -267,7 +267,10 @@ impl Actors {
             Actor::Prq(k) => moved(world.iommus[k].prq_step(PRQ_BATCH) > 0),
             Actor::Iopf(k) => moved(world.queues[k].run_one()),
             Actor::Owner(k) => {
-                moved(world.owners[k].serve_once(&world.phys, &mut self.serving[k]) > 0)
+                let served = world
+                    .owner(k)
+                    .map_or(0, |o| o.serve_once(&world.phys, &mut self.serving[k]));
+                moved(served > 0)
             }
         }
     }
