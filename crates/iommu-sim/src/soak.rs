@@ -409,7 +409,7 @@ type World = (
 /// The IOMMU with its page request queue thread and one IOPF worker, `sva0` with two bound
 /// processes, and `vmm0` owned through iommufd on a fault-capable HWPT.
 fn build(obs: &Observer) -> Result<World, String> {
-    let phys = Arc::new(PhysMem::new(FRAMES));
+    let phys = Arc::new(PhysMem::new(FRAMES).map_err(|e| format!("physical memory: {e}"))?);
     let cfg = EmuIommuConfig {
         prq_depth: PRQ_DEPTH,
         ..EmuIommuConfig::default()
@@ -494,7 +494,8 @@ fn back_page(owner: &Owner, phys: &PhysMem, iova: u64) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            phys.free_frame(pfn);
+            // The frame was allocated just above: freeing it cannot fail.
+            let _ = phys.free_frame(pfn);
             Err(format!("map {iova:#x}: {e}"))
         }
     }
@@ -513,7 +514,8 @@ fn unback_range(owner: &Owner, phys: &PhysMem, base: u64, len: u64) -> Result<()
         .map_err(|e| format!("unmap {base:#x}+{len:#x}: {e}"))?;
     for p in pages {
         if let Some(pfn) = backed.remove(&p) {
-            phys.free_frame(pfn);
+            phys.free_frame(pfn)
+                .map_err(|e| format!("free the frame backing {p:#x}: {e}"))?;
         }
     }
     Ok(())
