@@ -25,7 +25,7 @@ mod world;
 
 use std::time::{Duration, Instant};
 
-use crate::invariants::{CheckReport, Violation};
+use crate::invariants::{CheckReport, Invariant, Violation};
 use crate::observe::Observer;
 use crate::report::{RunReport, StageLatency};
 use crate::scenario::Scenario;
@@ -100,14 +100,44 @@ struct Ran {
 }
 
 /// Runs `scenario` and reports what happened; the report's invariants say whether it was
-/// correct.
+/// correct. A world that cannot be built (see [`try_run`]) runs nothing and is reported as a
+/// `data_verified` violation naming why.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
+    try_run(scenario, opts).unwrap_or_else(|why| {
+        let mut check = CheckReport {
+            events: 0,
+            counts: Invariant::ALL.iter().map(|&i| (i, 0)).collect(),
+            violations: Vec::new(),
+        };
+        add_violation(
+            &mut check,
+            Violation {
+                invariant: Invariant::DataVerified,
+                event_index: None,
+                message: format!("nothing ran: {why}"),
+            },
+        );
+        RunReport {
+            scenario: scenario.name.clone(),
+            mode: match opts.mode {
+                Mode::Threads => "threads".into(),
+                Mode::Deterministic { .. } => "deterministic".into(),
+            },
+            invariants: Some(check),
+            ..RunReport::default()
+        }
+    })
+}
+
+/// [`run`], or why the scenario's world could not be built (the host out of memory, threads
+/// or PASIDs: validation refuses every configuration that would fail there).
+pub fn try_run(scenario: &Scenario, opts: &RunOptions) -> Result<RunReport, String> {
     let start = Instant::now();
     let obs = Observer::with_log(matches!(opts.mode, Mode::Deterministic { .. }));
     let dispatch = obs.dispatch();
     tracing::dispatcher::with_default(&dispatch, || {
         let manual = matches!(opts.mode, Mode::Deterministic { .. });
-        let world = World::build(scenario, opts.scale, manual, obs.clone());
+        let world = World::build(scenario, opts.scale, manual, obs.clone())?;
         let ran = match opts.mode {
             Mode::Threads => threads::run(&world, opts, &dispatch),
             Mode::Deterministic { seed } => deterministic::run(&world, seed, opts),
@@ -126,7 +156,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
         }
         report.invariants = Some(check);
         report.elapsed_s = start.elapsed().as_secs_f64();
-        report
+        Ok(report)
     })
 }
 
