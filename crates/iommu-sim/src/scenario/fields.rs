@@ -211,10 +211,12 @@ fn parse_size(t: &str) -> Result<u64, String> {
         "M" | "MiB" => (1 << 20, "MiB"),
         "G" | "GiB" => (1 << 30, "GiB"),
         "T" | "TiB" => (1 << 40, "TiB"),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "'{}' is not a size: expected bytes or a number with K, KiB, M, MiB, G, GiB, T or TiB",
             shown(t)
-        )),
+        ))
+        }
     };
     if num.is_empty() {
         return Err(format!("'{}' is not a size: no number", shown(t)));
