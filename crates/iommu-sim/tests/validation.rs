@@ -7,7 +7,9 @@ mod common;
 
 use std::ffi::OsStr;
 
-use common::{iommu_sim, refused, scenarios_dir, scratch_dir, ScenarioText};
+use common::{iommu_sim, refused, run_scenario, scenarios_dir, scratch_dir, ScenarioText};
+use iommu_sim::engine::Mode;
+use iommu_sim::invariants::Invariant;
 use iommu_sim::scenario::{limits, read_text, Scenario};
 
 /// One IOMMU `i0`, device `d0` bonded to process `p` (VMA `v`, 1 MiB, rw), and device `d1`
@@ -548,4 +550,20 @@ fn every_shipped_scenario_passes_check() {
         files.len(),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_world_that_cannot_be_built_is_reported_not_a_panic() {
+    // Past validation (a spec changed after parsing), the world's construction fails; the run
+    // reports why, with nothing run, instead of panicking in an `expect`.
+    let mut s = Scenario::parse(&minimal()).unwrap();
+    s.iommus[0].pasid_bits = 21;
+    for mode in [Mode::Threads, Mode::Deterministic { seed: 1 }] {
+        let r = run_scenario(&s, 1, mode);
+        let inv = r.invariants.as_ref().expect("invariants");
+        assert_eq!(inv.count(Invariant::DataVerified), 1, "{}", r.text());
+        let msg = &inv.violations[0].message;
+        assert!(msg.starts_with("nothing ran: IOMMU 'i0'"), "{msg}");
+        assert!(msg.contains("EINVAL"), "{msg}");
+    }
 }
