@@ -120,7 +120,7 @@ fn more_bonds_than_the_iommu_pasid_width_are_refused() {
         "\n[[iommu]]\nname = \"i1\"\npasid_bits = 1\n\n[[device]]\nname = \"d2\"\niommu = \"i1\"\n\n[[process]]\nname = \"q\"\nvma = [{ name = \"v\", size = \"4K\", prot = \"rw\" }]\n\n[[bond]]\ndevice = \"d2\"\nprocess = \"q\"\n",
         "process = \"q\"",
         "bond.process",
-        &["gets PASID 2", "IOMMU 'i1' 1"],
+        &["gets PASID 2", "device 20 bits, IOMMU 'i1' 1 bits"],
     );
 }
 

@@ -289,7 +289,7 @@ impl Ctx<'_> {
                     &b.process.span(),
                     "bond.process",
                     format!(
-                        "[[bond]] #{}: process '{}' gets PASID {pasid} (processes get PASIDs 1, 2, ... in the order of their first bond), but device '{}' takes PASIDs below {} (pasid_bits {bits}: the smaller of the device's {} and IOMMU '{}' {}): at most {} of the bonded processes can be bonded to it",
+                        "[[bond]] #{}: process '{}' gets PASID {pasid} (processes get PASIDs 1, 2, ... in the order of their first bond), but device '{}' takes PASIDs below {} (pasid_bits {bits}: device {} bits, IOMMU '{}' {} bits), so only the first {} processes bonded can be bonded to it: widen pasid_bits or bond it to processes bonded earlier",
                         k + 1,
                         b.process.get_ref(),
                         dev.name,
