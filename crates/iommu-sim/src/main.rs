@@ -89,10 +89,10 @@ fn parse_disruption(s: &str) -> Result<iommu_sim::soak::Disruption, String> {
 fn check(files: &[std::path::PathBuf]) -> ExitCode {
     let mut failed = false;
     for f in files {
-        let text = match std::fs::read_to_string(f) {
+        let text = match iommu_sim::scenario::read_text(f) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("{}: cannot read: {e}", f.display());
+                eprintln!("{}: {e}", f.display());
                 failed = true;
                 continue;
             }
@@ -158,10 +158,10 @@ struct RunArgs {
 
 fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
     let (name, text) = match file {
-        Some(f) => match std::fs::read_to_string(f) {
+        Some(f) => match iommu_sim::scenario::read_text(f) {
             Ok(t) => (f.display().to_string(), t),
             Err(e) => {
-                eprintln!("{}: cannot read: {e}", f.display());
+                eprintln!("{}: {e}", f.display());
                 return ExitCode::FAILURE;
             }
         },

@@ -309,9 +309,7 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             tracing::dispatcher::with_default(d, || drive_sva(sh, sva_r, tenants, cfg))
         });
         let vmm_driver = s.spawn(move || {
-            tracing::dispatcher::with_default(d, || {
-                drive_owner(sh, vmm_r, owner_r, phys_r, cfg)
-            })
+            tracing::dispatcher::with_default(d, || drive_owner(sh, vmm_r, owner_r, phys_r, cfg))
         });
         let window = (cfg.groups / 10).max(1);
         let mut last_progress = Instant::now();

@@ -9,27 +9,13 @@ use iommufd::IOMMU_NO_PASID;
 use super::world::{to_emu_prot, World};
 use super::{FLOOD_PAGES, FLOOD_THREADS, PAGE};
 use crate::invariants::Event;
-use crate::scenario::{Action, EventSpec, JobTarget, Scenario};
+use crate::scenario::{Action, EventSpec, Scenario};
 
 impl World<'_> {
     /// Whether the fired events explain a failure of job `i`.
     pub(super) fn affected(&self, fired: &[usize], i: usize) -> bool {
         let j = &self.scenario.jobs[i];
-        fired.iter().any(|&k| {
-            let e = &self.scenario.events[k];
-            match (e.action, &j.target) {
-                (Action::ResetDevice, _) => e.device == Some(j.device),
-                (Action::ReplaceHwpt, JobTarget::Owner(o, _)) => e.owner == Some(*o),
-                (Action::Exit, JobTarget::Process(p, _)) => e.process == Some(*p),
-                (Action::Unbind, JobTarget::Process(p, _)) => {
-                    e.process == Some(*p) && e.device == Some(j.device)
-                }
-                (Action::Munmap | Action::Mprotect, JobTarget::Process(p, v)) => {
-                    e.process == Some(*p) && e.vma == Some(*v)
-                }
-                _ => false,
-            }
-        })
+        fired.iter().any(|&k| self.scenario.events[k].cuts_short(j))
     }
 
     /// Fires event `i`, except `overflow` (each mode floods its own way). With `dev_locks`

@@ -103,14 +103,45 @@ struct Ran {
 }
 
 /// Runs `scenario` and reports what happened; the report's invariants say whether it was
-/// correct.
+/// correct. A world that cannot be built (see [`try_run`]) runs nothing and is reported as a
+/// `data_verified` violation naming why.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
+    try_run(scenario, opts).unwrap_or_else(|why| {
+        let mut check = CheckReport {
+            events: 0,
+            counts: Invariant::ALL.iter().map(|&i| (i, 0)).collect(),
+            violations: Vec::new(),
+            never_answered: 0,
+        };
+        add_violation(
+            &mut check,
+            Violation {
+                invariant: Invariant::DataVerified,
+                event_index: None,
+                message: format!("nothing ran: {why}"),
+            },
+        );
+        RunReport {
+            scenario: scenario.name.clone(),
+            mode: match opts.mode {
+                Mode::Threads => "threads".into(),
+                Mode::Deterministic { .. } => "deterministic".into(),
+            },
+            invariants: Some(check),
+            ..RunReport::default()
+        }
+    })
+}
+
+/// [`run`], or why the scenario's world could not be built (the host out of memory, threads
+/// or PASIDs: validation refuses every configuration that would fail there).
+pub fn try_run(scenario: &Scenario, opts: &RunOptions) -> Result<RunReport, String> {
     let start = Instant::now();
     let obs = Observer::with_log(matches!(opts.mode, Mode::Deterministic { .. }));
     let dispatch = obs.dispatch();
     tracing::dispatcher::with_default(&dispatch, || {
         let manual = matches!(opts.mode, Mode::Deterministic { .. });
-        let world = World::build(scenario, opts.scale, manual, obs.clone());
+        let world = World::build(scenario, opts.scale, manual, obs.clone())?;
         let ran = match opts.mode {
             Mode::Threads => threads::run(&world, opts, &dispatch),
             Mode::Deterministic { seed } => deterministic::run(&world, seed, opts),
@@ -139,7 +170,7 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> RunReport {
             }
         }
         report.invariants = Some(check);
-        report
+        Ok(report)
     })
 }
 

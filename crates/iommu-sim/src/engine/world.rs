@@ -49,27 +49,30 @@ type Bonds = (
 impl<'s> World<'s> {
     /// Builds the scenario's hardware, processes, bonds and owners. `manual`: no hidden
     /// threads (page request queues and IOPF queues are run by the deterministic scheduler).
+    /// `Err` names what could not be built and why; what was built is dropped (bonds unbind,
+    /// queues shut down). Scenario validation refuses every configuration that fails here, so
+    /// an `Err` is the host running out of something (memory, threads, PASIDs).
     pub(super) fn build(
         scenario: &'s Scenario,
         scale: u64,
         manual: bool,
         obs: Arc<Observer>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let job_len = job_lengths(scenario, scale);
-        let mut extra: Vec<String> = Vec::new();
-        let phys = physical_memory(scenario);
-        let (iommus, queues) = iommus_and_queues(scenario, &phys, manual);
-        let eps = endpoints(scenario, &iommus, &queues);
+        let extra: Vec<String> = Vec::new();
+        let phys = physical_memory(scenario)?;
+        let (iommus, queues) = iommus_and_queues(scenario, &phys, manual)?;
+        let eps = endpoints(scenario, &iommus, &queues)?;
         obs.set_devices(eps.iter().map(|e| e.device().id().0));
         let mms: Vec<Arc<Mm>> = scenario
             .processes
             .iter()
-            .map(|_| Mm::new(&phys).expect("mm"))
-            .collect();
-        let vma_addr = map_vmas(scenario, &mms);
-        let (bonds, pasids) = bind(scenario, &eps, &mms, &obs, &mut extra);
+            .map(|p| Mm::new(&phys).map_err(|e| format!("process '{}': {e}", p.name)))
+            .collect::<Result<_, _>>()?;
+        let vma_addr = map_vmas(scenario, &mms)?;
+        let (bonds, pasids) = bind(scenario, &eps, &mms, &obs)?;
         let floods = flood_regions(scenario, &pasids, &mms);
-        let owners = open_owners(scenario, &eps, &mut extra);
+        let owners = open_owners(scenario, &eps)?;
         let mut world = World {
             scenario,
             phys,
@@ -87,7 +90,7 @@ impl<'s> World<'s> {
             extra,
         };
         world.pin_owner_jobs();
-        world
+        Ok(world)
     }
 
     /// Owners without a fault queue get their job ranges pinned up front.
@@ -102,8 +105,10 @@ impl<'s> World<'s> {
                 else {
                     continue;
                 };
+                // Validation keeps `iova + len` inside the IOVA space.
+                let end = iova.saturating_add(j.len);
                 let mut a = iova & !(PAGE - 1);
-                while a < iova + j.len {
+                while a < end {
                     if let Err(e) = owner.back(&self.phys, a) {
                         self.extra.push(format!("owner pin: {e}"));
                     }
@@ -205,7 +210,7 @@ fn job_lengths(scenario: &Scenario, scale: u64) -> Vec<u64> {
 /// so a large lazy VMA costs what the run touches. Running out is `ENOMEM` where a frame is
 /// allocated (a fault answered Invalid), never a panic. If the host cannot reserve the
 /// budget's address range, the budget halves until it can.
-fn physical_memory(scenario: &Scenario) -> Arc<PhysMem> {
+fn physical_memory(scenario: &Scenario) -> Result<Arc<PhysMem>, String> {
     let vma_pages = scenario
         .processes
         .iter()
@@ -226,20 +231,26 @@ fn physical_memory(scenario: &Scenario) -> Arc<PhysMem> {
         .min(PhysMem::MAX_FRAMES);
     loop {
         match PhysMem::new(budget) {
-            Ok(phys) => return Arc::new(phys),
-            Err(_) if budget > 0 => budget /= 2,
-            // The host cannot map a single page: as an allocation failure, nothing can run.
-            Err(e) => panic!("cannot map one page of physical memory: {e}"),
+            Ok(phys) => return Ok(Arc::new(phys)),
+            Err(_) if budget > 1 => budget /= 2,
+            Err(e) => {
+                return Err(format!(
+                    "physical memory: the host cannot map one page: {e}"
+                ))
+            }
         }
     }
 }
+
+/// The IOMMUs and their IOPF queues.
+type Iommus = (Vec<Arc<EmuIommu>>, Vec<Arc<IopfQueue>>);
 
 /// One emulated IOMMU and one IOPF queue per scenario IOMMU.
 fn iommus_and_queues(
     scenario: &Scenario,
     phys: &Arc<PhysMem>,
     manual: bool,
-) -> (Vec<Arc<EmuIommu>>, Vec<Arc<IopfQueue>>) {
+) -> Result<Iommus, String> {
     let mut iommus = Vec::new();
     let mut queues = Vec::new();
     for s in &scenario.iommus {
@@ -250,15 +261,17 @@ fn iommus_and_queues(
             prq_thread: !manual,
             ..EmuIommuConfig::default()
         };
-        let iommu = EmuIommu::new(&s.name, phys, cfg).expect("scenario IOMMU");
+        let iommu =
+            EmuIommu::new(&s.name, phys, cfg).map_err(|e| format!("IOMMU '{}': {e}", s.name))?;
         queues.push(if manual {
             IopfQueue::new_manual(&s.name)
         } else {
-            IopfQueue::new(&s.name, s.workers.max(1) as usize).expect("IOPF queue")
+            IopfQueue::new(&s.name, s.workers.max(1) as usize)
+                .map_err(|e| format!("IOMMU '{}': IOPF queue: {e}", s.name))?
         });
         iommus.push(iommu);
     }
-    (iommus, queues)
+    Ok((iommus, queues))
 }
 
 /// The largest page request group device `d` sends: half its IOMMU's page request queue (at
@@ -274,7 +287,7 @@ fn endpoints(
     scenario: &Scenario,
     iommus: &[Arc<EmuIommu>],
     queues: &[Arc<IopfQueue>],
-) -> Vec<Endpoint> {
+) -> Result<Vec<Endpoint>, String> {
     let mut groups: BTreeMap<(usize, String), Arc<Group>> = BTreeMap::new();
     let owned: BTreeSet<usize> = scenario.owners.iter().map(|o| o.1).collect();
     let mut eps: Vec<Endpoint> = Vec::new();
@@ -303,13 +316,14 @@ fn endpoints(
                 max_pasids,
                 cfg,
             )
-            .expect("scenario endpoint");
+            .map_err(|e| format!("device '{}': {e}", d.name))?;
         if d.pri && !owned.contains(&i) {
-            iopf_queue_add_device(&queues[d.iommu], ep.device()).expect("IOPF queue add");
+            iopf_queue_add_device(&queues[d.iommu], ep.device())
+                .map_err(|e| format!("device '{}': IOPF queue: {e}", d.name))?;
         }
         eps.push(ep);
     }
-    eps
+    Ok(eps)
 }
 
 /// The scenario's protection in the emulator's terms.
@@ -322,7 +336,7 @@ pub(super) fn to_emu_prot(p: crate::scenario::Prot) -> iommu_emu::Prot {
 }
 
 /// Maps every process's VMAs; returns their addresses, per process.
-fn map_vmas(scenario: &Scenario, mms: &[Arc<Mm>]) -> Vec<Vec<u64>> {
+fn map_vmas(scenario: &Scenario, mms: &[Arc<Mm>]) -> Result<Vec<Vec<u64>>, String> {
     scenario
         .processes
         .iter()
@@ -330,20 +344,22 @@ fn map_vmas(scenario: &Scenario, mms: &[Arc<Mm>]) -> Vec<Vec<u64>> {
         .map(|(p, mm)| {
             p.vmas
                 .iter()
-                .map(|v| mm.mmap(v.size, to_emu_prot(v.prot)).expect("mmap"))
+                .map(|v| {
+                    mm.mmap(v.size, to_emu_prot(v.prot))
+                        .map_err(|e| format!("process '{}': mmap of VMA '{}': {e}", p.name, v.name))
+                })
                 .collect()
         })
         .collect()
 }
 
-/// Binds each (device, process) bond through SVA; a bind that fails is a problem to report.
+/// Binds each (device, process) bond through SVA.
 fn bind(
     scenario: &Scenario,
     eps: &[Endpoint],
     mms: &[Arc<Mm>],
     obs: &Observer,
-    extra: &mut Vec<String>,
-) -> Bonds {
+) -> Result<Bonds, String> {
     let mut bonds: BTreeMap<(usize, usize), Mutex<Option<SvaBond>>> = BTreeMap::new();
     let mut pasids: BTreeMap<(usize, usize), u32> = BTreeMap::new();
     for &(d, p) in &scenario.bonds {
@@ -356,13 +372,15 @@ fn bind(
                 pasids.insert((d, p), b.pasid());
                 bonds.insert((d, p), Mutex::new(Some(b)));
             }
-            Err(e) => extra.push(format!(
-                "bind {} to {} failed: {e}",
-                scenario.devices[d].name, scenario.processes[p].name
-            )),
+            Err(e) => {
+                return Err(format!(
+                    "bind of device '{}' to process '{}': {e}",
+                    scenario.devices[d].name, scenario.processes[p].name
+                ))
+            }
         }
     }
-    (bonds, pasids)
+    Ok((bonds, pasids))
 }
 
 /// Per overflow-target IOMMU, per bonded device behind it (once): a flood region in the
@@ -395,24 +413,16 @@ fn flood_regions(
     floods
 }
 
-/// Opens every iommufd owner, at its scenario index; one whose setup fails is a problem to
-/// report and leaves `None` in its place.
-fn open_owners(
-    scenario: &Scenario,
-    eps: &[Endpoint],
-    extra: &mut Vec<String>,
-) -> Vec<Option<Owner>> {
+/// Opens every iommufd owner, at its scenario index (`Some` each: a setup that fails fails
+/// the build; the slots stay optional so an owner is always found at its own index).
+fn open_owners(scenario: &Scenario, eps: &[Endpoint]) -> Result<Vec<Option<Owner>>, String> {
     scenario
         .owners
         .iter()
-        .map(
-            |(name, d, fault)| match Owner::open(eps[*d].device(), *fault) {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    extra.push(format!("owner {name}: setup failed: {e}"));
-                    None
-                }
-            },
-        )
+        .map(|(name, d, fault)| {
+            Owner::open(eps[*d].device(), *fault)
+                .map(Some)
+                .map_err(|e| format!("owner '{name}': {e}"))
+        })
         .collect()
 }

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+use super::limits::MAX_NAME_BYTES;
 use super::raw::RawSize;
 use super::spec::Prot;
 use super::ScenarioError;
@@ -79,15 +80,12 @@ impl Ctx<'_> {
         page_aligned: bool,
     ) -> Result<u64, ScenarioError> {
         let bytes = match v.get_ref() {
-            RawSize::Bytes(b) => Some(*b),
+            RawSize::Bytes(b) => Ok(*b),
             RawSize::Text(t) => parse_size(t),
         };
-        let Some(bytes) = bytes else {
-            return self.err(
-                &v.span(),
-                field,
-                "not a size: expected bytes or a number with K, KiB, M, MiB, G or GiB",
-            );
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(why) => return self.err(&v.span(), field, why),
         };
         if page_aligned && (bytes == 0 || bytes % 4096 != 0) {
             return self.err(
@@ -108,7 +106,7 @@ impl Ctx<'_> {
             return self.err(
                 &v.span(),
                 field,
-                format!("'{s}': expected r, rw, rx or rwx"),
+                format!("'{}': expected r, rw, rx or rwx", shown(s)),
             );
         }
         Ok(Prot {
@@ -134,7 +132,7 @@ impl Ctx<'_> {
                     field,
                     format!(
                         "unknown {what} '{}' (expected one of: {})",
-                        v.get_ref(),
+                        shown(v.get_ref()),
                         known.join(", ")
                     ),
                 )
@@ -143,7 +141,7 @@ impl Ctx<'_> {
         )
     }
 
-    /// Each name's index, names non-empty and unique.
+    /// Each name's index; every name valid ([`Ctx::name`]) and unique.
     pub(super) fn names<'n>(
         &self,
         items: impl Iterator<Item = &'n Spanned<String>>,
@@ -151,33 +149,85 @@ impl Ctx<'_> {
     ) -> Result<BTreeMap<String, usize>, ScenarioError> {
         let mut map = BTreeMap::new();
         for (i, n) in items.enumerate() {
-            if n.get_ref().is_empty() {
-                return self.err(&n.span(), field, "empty name");
-            }
+            self.name(n, field)?;
             if map.insert(n.get_ref().clone(), i).is_some() {
                 return self.err(
                     &n.span(),
                     field,
-                    format!("duplicate name '{}'", n.get_ref()),
+                    format!("duplicate name '{}'", shown(n.get_ref())),
                 );
             }
         }
         Ok(map)
     }
+
+    /// A name: not empty, at most [`MAX_NAME_BYTES`], and printable — names end up in reports
+    /// and traces, where a control character (an ANSI escape) could forge output.
+    pub(super) fn name(&self, n: &Spanned<String>, field: &str) -> Result<(), ScenarioError> {
+        let s = n.get_ref();
+        if s.is_empty() {
+            return self.err(&n.span(), field, "empty name");
+        }
+        if s.len() > MAX_NAME_BYTES {
+            return self.err(
+                &n.span(),
+                field,
+                format!("name of {} bytes: the limit is {MAX_NAME_BYTES}", s.len()),
+            );
+        }
+        if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
+            return self.err(
+                &n.span(),
+                field,
+                format!(
+                    "name '{}' has control character U+{:04X} at byte {at}: expected printable characters",
+                    shown(s),
+                    c as u32
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
-/// A size as text: a number of bytes, or a number with K, KiB, M, MiB, G or GiB.
-fn parse_size(t: &str) -> Option<u64> {
+/// `s` as it may appear in a message: control characters escaped, at most 64 characters.
+pub(super) fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
+    if s.chars().nth(64).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// A size as text: a number of bytes, or a number with K, KiB, M, MiB, G, GiB, T or TiB.
+/// `Err`: why it is not a size.
+fn parse_size(t: &str) -> Result<u64, String> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        _ => return None,
+    let (mult, unit_name): (u64, &str) = match unit.trim() {
+        "" | "B" => (1, "bytes"),
+        "K" | "KiB" => (1 << 10, "KiB"),
+        "M" | "MiB" => (1 << 20, "MiB"),
+        "G" | "GiB" => (1 << 30, "GiB"),
+        "T" | "TiB" => (1 << 40, "TiB"),
+        _ => {
+            return Err(format!(
+            "'{}' is not a size: expected bytes or a number with K, KiB, M, MiB, G, GiB, T or TiB",
+            shown(t)
+        ))
+        }
     };
-    n.checked_mul(mult)
+    if num.is_empty() {
+        return Err(format!("'{}' is not a size: no number", shown(t)));
+    }
+    let too_big = || {
+        format!(
+            "'{}' does not fit in 64 bits: the largest size is {} {unit_name}",
+            shown(t),
+            u64::MAX / mult
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| too_big())?;
+    n.checked_mul(mult).ok_or_else(too_big)
 }

@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 use toml::Spanned;
 
 use super::fields::Ctx;
-use super::raw::{RawBond, RawDevice, RawEvent, RawFile, RawIommu, RawJob, RawOwner, RawProcess};
+use super::limits::{
+    IOVA_END, MAX_AFTER_GROUPS, MAX_AT_MS, MAX_FILE_BYTES, MAX_JOB_LEN, MAX_PROCESS_VM, MAX_REPEAT,
+};
+use super::raw::{RawBond, RawDevice, RawEvent, RawFile, RawIommu, RawJob, RawProcess};
 use super::spec::{
-    DeviceSpec, EventSpec, IommuSpec, JobSpec, JobTarget, ProcessSpec, Scenario, Trigger, VmaSpec,
+    Action, DeviceSpec, EventSpec, IommuSpec, JobOp, JobSpec, JobTarget, ProcessSpec, Scenario,
+    Trigger, VmaSpec,
 };
 use super::ScenarioError;
 
@@ -27,14 +31,26 @@ struct Names {
 }
 
 impl Scenario {
-    /// Parses and validates a scenario file's text.
+    /// Parses and validates a scenario file's text (at most [`MAX_FILE_BYTES`]).
     pub fn parse(src: &str) -> Result<Scenario, ScenarioError> {
+        if src.len() as u64 > MAX_FILE_BYTES {
+            return Err(ScenarioError {
+                line: 0,
+                field: "(file)".into(),
+                message: format!(
+                    "{} bytes: a scenario file is at most {MAX_FILE_BYTES} bytes (4 MiB)",
+                    src.len()
+                ),
+            });
+        }
         let cx = Ctx { src };
         let raw: RawFile = toml::from_str(src).map_err(|e| ScenarioError {
             line: e.span().map_or(0, |s| cx.line(&s)),
             field: "(file)".into(),
-            message: e.message().trim().to_string(),
+            message: printable(e.message().trim()),
         })?;
+        cx.counts(&raw)?;
+        cx.name(&raw.scenario.name, "scenario.name")?;
 
         let iommu_names = cx.names(raw.iommu.iter().map(|i| &i.name), "iommu.name")?;
         let iommus = raw
@@ -48,11 +64,7 @@ impl Scenario {
         let (processes, vma_names) = cx.processes(&raw.process)?;
         let bonds = cx.bonds(&raw.bond, &dev_names, &proc_names, &iommus, &devices)?;
         let owner_names = cx.names(raw.owner.iter().map(|o| &o.name), "owner.name")?;
-        let owners = raw
-            .owner
-            .iter()
-            .map(|o| cx.owner(o, &dev_names))
-            .collect::<Result<Vec<_>, _>>()?;
+        let owners = cx.owners(&raw, &dev_names, &devices, &bonds)?;
         let names = Names {
             iommus: iommu_names,
             devices: dev_names,
@@ -62,19 +74,27 @@ impl Scenario {
         };
 
         cx.names(raw.job.iter().map(|j| &j.name), "job.name")?;
+        let built = Built {
+            devices: &devices,
+            processes: &processes,
+            bonds: &bonds,
+            owners: &owners,
+        };
         let jobs = raw
             .job
             .iter()
-            .map(|j| cx.job(j, &names, &processes, &bonds))
+            .map(|j| cx.job(j, &names, &built))
             .collect::<Result<Vec<_>, _>>()?;
+        cx.job_totals(&raw.job, &jobs)?;
         let events = raw
             .event
             .iter()
-            .map(|e| cx.event(e, &names))
+            .map(|e| cx.event(e, &names, &built))
             .collect::<Result<Vec<_>, _>>()?;
+        cx.overlapping_jobs(&raw.job, &jobs, &events, &built)?;
 
         Ok(Scenario {
-            name: raw.scenario.name,
+            name: raw.scenario.name.into_inner(),
             seed: raw.scenario.seed,
             iommus,
             devices,
@@ -85,6 +105,27 @@ impl Scenario {
             events,
         })
     }
+}
+
+/// What the tables read so far resolved to (what later tables are checked against).
+pub(super) struct Built<'a> {
+    pub(super) devices: &'a [DeviceSpec],
+    pub(super) processes: &'a [ProcessSpec],
+    pub(super) bonds: &'a [(usize, usize)],
+    pub(super) owners: &'a [(String, usize, bool)],
+}
+
+/// `s` with control characters escaped (serde's messages may quote the file's text).
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// One validation step per table.
@@ -124,6 +165,9 @@ impl Ctx<'_> {
         let mut devices = Vec::new();
         for d in raw {
             let iommu = self.lookup(iommu_names, &d.iommu, "device.iommu", "IOMMU")?;
+            if let Some(g) = &d.group {
+                self.name(g, "device.group")?;
+            }
             let group = d.group.as_ref().unwrap_or(&d.name);
             if let Some(&other) = group_iommu.get(group.get_ref()) {
                 if other != iommu {
@@ -145,14 +189,15 @@ impl Ctx<'_> {
                 group: group.get_ref().clone(),
                 pasid_bits: self.opt_range(&d.pasid_bits, "device.pasid_bits", 0, 20, 20)?,
                 pri_credits: self.opt_range(&d.pri_credits, "device.pri_credits", 1, 512, 32)?,
-                ats: d.ats,
-                pri: d.pri,
+                ats: d.ats.as_ref().is_none_or(|v| *v.get_ref()),
+                pri: d.pri.as_ref().is_none_or(|v| *v.get_ref()),
             });
         }
         Ok(devices)
     }
 
-    /// The `[[process]]`es and their VMAs; returns them and each process's VMA names.
+    /// The `[[process]]`es and their VMAs, whose sizes add up to at most
+    /// [`MAX_PROCESS_VM`]; returns them and each process's VMA names.
     fn processes(
         &self,
         raw: &[RawProcess],
@@ -161,17 +206,29 @@ impl Ctx<'_> {
         let mut processes = Vec::new();
         for p in raw {
             let names = self.names(p.vma.iter().map(|v| &v.name), "process.vma.name")?;
-            let vmas = p
-                .vma
-                .iter()
-                .map(|v| {
-                    Ok(VmaSpec {
-                        name: v.name.get_ref().clone(),
-                        size: self.size(&v.size, "process.vma.size", true)?,
-                        prot: self.prot(&v.prot, "process.vma.prot")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut total = 0u64;
+            let mut vmas = Vec::new();
+            for v in &p.vma {
+                let size = self.size(&v.size, "process.vma.size", true)?;
+                total = match total.checked_add(size) {
+                    Some(t) if t <= MAX_PROCESS_VM => t,
+                    _ => {
+                        return self.err(
+                            &v.size.span(),
+                            "process.vma.size",
+                            format!(
+                                "process '{}': its VMAs add up to more than {MAX_PROCESS_VM} bytes (64 TiB), the limit of one process's address space",
+                                p.name.get_ref()
+                            ),
+                        )
+                    }
+                };
+                vmas.push(VmaSpec {
+                    name: v.name.get_ref().clone(),
+                    size,
+                    prot: self.prot(&v.prot, "process.vma.prot")?,
+                });
+            }
             vma_names.push(names);
             processes.push(ProcessSpec {
                 name: p.name.get_ref().clone(),
@@ -181,7 +238,10 @@ impl Ctx<'_> {
         Ok((processes, vma_names))
     }
 
-    /// The `[[bond]]`s: each (device, process) once, the device and its IOMMU PASID-capable.
+    /// The `[[bond]]`s: each (device, process) once; the device PASID-, PRI- and ATS-capable
+    /// (SVA faults pages in); the process's PASID inside the device's PASID range. Processes
+    /// get PASIDs 1, 2, ... in the order of their first bond, as the run's allocator gives
+    /// them; a device's range is below 2^min(its pasid_bits, its IOMMU's).
     fn bonds(
         &self,
         raw: &[RawBond],
@@ -191,14 +251,28 @@ impl Ctx<'_> {
         devices: &[DeviceSpec],
     ) -> Result<Vec<(usize, usize)>, ScenarioError> {
         let mut bonds = Vec::new();
-        for b in raw {
+        let mut pasid_of: BTreeMap<usize, u32> = BTreeMap::new();
+        for (k, b) in raw.iter().enumerate() {
             let d = self.lookup(dev_names, &b.device, "bond.device", "device")?;
             let p = self.lookup(proc_names, &b.process, "bond.process", "process")?;
-            if devices[d].pasid_bits == 0 || iommus[devices[d].iommu].pasid_bits == 0 {
+            let dev = &devices[d];
+            let iommu = &iommus[dev.iommu];
+            if dev.pasid_bits == 0 || iommu.pasid_bits == 0 {
                 return self.err(&b.device.span(), "bond.device", format!(
                     "device '{}' has no PASID support: SVA needs pasid_bits > 0 on the device and its IOMMU",
-                    devices[d].name
+                    dev.name
                 ));
+            }
+            if !dev.pri || !dev.ats {
+                return self.err(
+                    &b.device.span(),
+                    "bond.device",
+                    format!(
+                        "device '{}' has {}: SVA memory is faulted in on demand, which needs pri = true and ats = true (PCIe PRI works through ATS)",
+                        dev.name,
+                        if dev.pri { "ats = false" } else { "pri = false" }
+                    ),
+                );
             }
             if bonds.contains(&(d, p)) {
                 return self.err(
@@ -207,45 +281,149 @@ impl Ctx<'_> {
                     "the same (device, process) is bonded twice",
                 );
             }
+            let next = u32::try_from(pasid_of.len() + 1).unwrap_or(u32::MAX);
+            let pasid = *pasid_of.entry(p).or_insert(next);
+            let bits = dev.pasid_bits.min(iommu.pasid_bits);
+            if u64::from(pasid) >= 1u64 << bits {
+                return self.err(
+                    &b.process.span(),
+                    "bond.process",
+                    format!(
+                        "[[bond]] #{}: process '{}' gets PASID {pasid} (processes get PASIDs 1, 2, ... in the order of their first bond), but device '{}' takes PASIDs below {} (pasid_bits {bits}: device {} bits, IOMMU '{}' {} bits), so only the first {} processes bonded can be bonded to it: widen pasid_bits or bond it to processes bonded earlier",
+                        k + 1,
+                        b.process.get_ref(),
+                        dev.name,
+                        1u64 << bits,
+                        dev.pasid_bits,
+                        iommu.name,
+                        iommu.pasid_bits,
+                        (1u64 << bits) - 1
+                    ),
+                );
+            }
             bonds.push((d, p));
         }
         Ok(bonds)
     }
 
-    /// An `[[owner]]`: (name, device index, fault-capable HWPT).
-    fn owner(
+    /// The `[[owner]]`s, (name, device index, fault-capable HWPT) each: a fault-capable one on
+    /// a device with PRI (and ATS), at most one per group (iommufd claims the whole group), and
+    /// none in a group with an SVA bond (a group with PASID attachments cannot change owner).
+    fn owners(
         &self,
-        o: &RawOwner,
+        raw: &RawFile,
         dev_names: &NameMap,
-    ) -> Result<(String, usize, bool), ScenarioError> {
-        Ok((
-            o.name.get_ref().clone(),
-            self.lookup(dev_names, &o.device, "owner.device", "device")?,
-            o.fault,
-        ))
+        devices: &[DeviceSpec],
+        bonds: &[(usize, usize)],
+    ) -> Result<Vec<(String, usize, bool)>, ScenarioError> {
+        let mut owners: Vec<(String, usize, bool)> = Vec::new();
+        for (k, o) in raw.owner.iter().enumerate() {
+            let d = self.lookup(dev_names, &o.device, "owner.device", "device")?;
+            let dev = &devices[d];
+            let fault = o.fault.as_ref().is_none_or(|f| *f.get_ref());
+            if fault && (!dev.pri || !dev.ats) {
+                let span = o.fault.as_ref().map_or(o.device.span(), Spanned::span);
+                return self.err(
+                    &span,
+                    "owner.fault",
+                    format!(
+                        "[[owner]] #{} '{}': a fault-capable HWPT (fault = true, the default) needs a device that can report page faults, but device '{}' has {} (PRI needs pri = true and ats = true); set fault = false to pin the jobs' IOVAs instead",
+                        k + 1,
+                        o.name.get_ref(),
+                        dev.name,
+                        if dev.pri { "ats = false" } else { "pri = false" }
+                    ),
+                );
+            }
+            let same_group =
+                |x: usize| devices[x].iommu == dev.iommu && devices[x].group == dev.group;
+            if let Some(m) = owners.iter().position(|other| same_group(other.1)) {
+                let od = &devices[owners[m].1].name;
+                let why = if owners[m].1 == d {
+                    format!("device '{}' is already owned", dev.name)
+                } else {
+                    format!(
+                        "device '{}' is in group '{}' with device '{od}', owned",
+                        dev.name, dev.group
+                    )
+                };
+                return self.err(
+                    &o.device.span(),
+                    "owner.device",
+                    format!(
+                        "[[owner]] #{} '{}': {why} by [[owner]] #{} '{}' (line {}): iommufd claims a whole group, so a group has at most one owner",
+                        k + 1,
+                        o.name.get_ref(),
+                        m + 1,
+                        owners[m].0,
+                        self.line(&raw.owner[m].name.span())
+                    ),
+                );
+            }
+            if let Some(bi) = bonds.iter().position(|&(bd, _)| same_group(bd)) {
+                let bd = bonds[bi].0;
+                return self.err(
+                    &o.device.span(),
+                    "owner.device",
+                    format!(
+                        "[[owner]] #{} '{}': device '{}' is in group '{}', where [[bond]] #{} (line {}) binds device '{}' to process '{}' by SVA: a group with PASID attachments cannot be owned through iommufd (EBUSY)",
+                        k + 1,
+                        o.name.get_ref(),
+                        dev.name,
+                        dev.group,
+                        bi + 1,
+                        self.line(&raw.bond[bi].device.span()),
+                        devices[bd].name,
+                        raw.bond[bi].process.get_ref(),
+                    ),
+                );
+            }
+            owners.push((o.name.get_ref().clone(), d, fault));
+        }
+        Ok(owners)
     }
 
-    /// A `[[job]]`: a known device, a non-zero length, and one target.
-    fn job(
-        &self,
-        j: &RawJob,
-        names: &Names,
-        processes: &[ProcessSpec],
-        bonds: &[(usize, usize)],
-    ) -> Result<JobSpec, ScenarioError> {
+    /// A `[[job]]`: a known device, one target, a length in `1..=MAX_JOB_LEN` inside its
+    /// target, a repeat count in `1..=MAX_REPEAT`, and memory it may write if it writes.
+    fn job(&self, j: &RawJob, names: &Names, built: &Built<'_>) -> Result<JobSpec, ScenarioError> {
         let device = self.lookup(&names.devices, &j.device, "job.device", "device")?;
         let len = self.size(&j.len, "job.len", false)?;
         if len == 0 {
             return self.err(&j.len.span(), "job.len", "expected a length above 0");
         }
+        if len > MAX_JOB_LEN {
+            return self.err(
+                &j.len.span(),
+                "job.len",
+                format!("{len} bytes: a job moves at most {MAX_JOB_LEN} bytes (1 GiB) per run"),
+            );
+        }
+        if *j.op.get_ref() == JobOp::Copy && len < 2 {
+            return self.err(
+                &j.len.span(),
+                "job.len",
+                "a copy moves the first half of its range onto the second: expected len of 2 or more",
+            );
+        }
+        let repeat = match &j.repeat {
+            Some(r) => u64::from(self.range(r, "job.repeat", 1, MAX_REPEAT)?),
+            None => 1,
+        };
         let offset = j
             .offset
             .as_ref()
             .map_or(Ok(0), |o| self.size(o, "job.offset", false))?;
         let target = match (&j.process, &j.owner) {
             (Some(p), None) => {
-                let (pi, vi) = self.process_target(j, p, names, processes, (offset, len))?;
-                if !bonds.contains(&(device, pi)) {
+                if let Some(i) = &j.iova {
+                    return self.err(
+                        &i.span(),
+                        "job.iova",
+                        "a process job addresses its VMA with offset; iova is for owner jobs",
+                    );
+                }
+                let (pi, vi) = self.process_target(j, p, names, built.processes, (offset, len))?;
+                if !built.bonds.contains(&(device, pi)) {
                     return self.err(
                         &j.device.span(),
                         "job.device",
@@ -256,16 +434,22 @@ impl Ctx<'_> {
                         ),
                     );
                 }
+                let vma = &built.processes[pi].vmas[vi];
+                if *j.op.get_ref() != JobOp::Read && !vma.prot.write {
+                    return self.err(
+                        &j.op.span(),
+                        "job.op",
+                        format!(
+                            "job '{}' writes, but VMA '{}' of process '{}' is read-only: expected op = \"read\" or a VMA with prot \"rw\"",
+                            j.name.get_ref(),
+                            vma.name,
+                            p.get_ref()
+                        ),
+                    );
+                }
                 JobTarget::Process(pi, vi)
             }
-            (None, Some(o)) => {
-                let oi = self.lookup(&names.owners, o, "job.owner", "owner")?;
-                let iova = j
-                    .iova
-                    .as_ref()
-                    .map_or(Ok(0), |i| self.size(i, "job.iova", false))?;
-                JobTarget::Owner(oi, iova)
-            }
+            (None, Some(o)) => self.owner_target(j, o, names, built, device, len)?,
             _ => {
                 return self.err(
                     &j.name.span(),
@@ -281,8 +465,62 @@ impl Ctx<'_> {
             target,
             offset,
             len,
-            repeat: j.repeat,
+            repeat,
         })
+    }
+
+    /// An owner job's target: the owner's own device, no VMA fields, and
+    /// `iova + len` inside the IOVA space ([`IOVA_END`]).
+    fn owner_target(
+        &self,
+        j: &RawJob,
+        o: &Spanned<String>,
+        names: &Names,
+        built: &Built<'_>,
+        device: usize,
+        len: u64,
+    ) -> Result<JobTarget, ScenarioError> {
+        let oi = self.lookup(&names.owners, o, "job.owner", "owner")?;
+        for (field, given) in [
+            ("vma", j.vma.as_ref().map(Spanned::span)),
+            ("offset", j.offset.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = given {
+                return self.err(
+                    &span,
+                    &format!("job.{field}"),
+                    format!("an owner job addresses its owner's IOVA space with iova; {field} is for process jobs"),
+                );
+            }
+        }
+        let owner_dev = built.owners[oi].1;
+        if owner_dev != device {
+            return self.err(
+                &j.device.span(),
+                "job.device",
+                format!(
+                    "owner '{}' owns device '{}', not '{}': an owner job runs on its owner's device",
+                    o.get_ref(),
+                    built.devices[owner_dev].name,
+                    j.device.get_ref()
+                ),
+            );
+        }
+        let iova = j
+            .iova
+            .as_ref()
+            .map_or(Ok(0), |i| self.size(i, "job.iova", false))?;
+        if iova.checked_add(len).is_none_or(|end| end > IOVA_END) {
+            let span = j.iova.as_ref().map_or(j.len.span(), Spanned::span);
+            return self.err(
+                &span,
+                "job.iova",
+                format!(
+                    "iova {iova:#x} + len {len:#x} runs past the end of the IOVA space ({IOVA_END:#x}, 48 bits)"
+                ),
+            );
+        }
+        Ok(JobTarget::Owner(oi, iova))
     }
 
     /// A process job's (process, VMA) indices: the VMA named, `offset + len` inside it.
@@ -313,12 +551,40 @@ impl Ctx<'_> {
         Ok((pi, vi))
     }
 
-    /// An `[[event]]`: one trigger, exactly the targets its action needs, each resolvable.
-    fn event(&self, e: &RawEvent, names: &Names) -> Result<EventSpec, ScenarioError> {
+    /// An `[[event]]`: one trigger within its limit, exactly the targets its action needs,
+    /// each resolvable; an unbind names a bonded pair, an overflow an IOMMU with a bonded
+    /// device (the devices that flood).
+    fn event(
+        &self,
+        e: &RawEvent,
+        names: &Names,
+        built: &Built<'_>,
+    ) -> Result<EventSpec, ScenarioError> {
         let action = *e.action.get_ref();
         let trigger = match (&e.at_ms, &e.after_groups) {
-            (Some(t), None) => Trigger::AtMs(*t.get_ref()),
-            (None, Some(n)) => Trigger::AfterGroups(*n.get_ref()),
+            (Some(t), None) => {
+                if *t.get_ref() > MAX_AT_MS {
+                    return self.err(
+                        &t.span(),
+                        "event.at_ms",
+                        format!(
+                            "{} ms: a timed event fires at most {MAX_AT_MS} ms (10 minutes) after the start",
+                            t.get_ref()
+                        ),
+                    );
+                }
+                Trigger::AtMs(*t.get_ref())
+            }
+            (None, Some(n)) => {
+                if *n.get_ref() > MAX_AFTER_GROUPS {
+                    return self.err(
+                        &n.span(),
+                        "event.after_groups",
+                        format!("{} groups: the limit is {MAX_AFTER_GROUPS}", n.get_ref()),
+                    );
+                }
+                Trigger::AfterGroups(*n.get_ref())
+            }
             _ => {
                 return self.err(
                     &e.action.span(),
@@ -337,7 +603,7 @@ impl Ctx<'_> {
             (Some(v), Some(pi)) => Some(self.lookup(&names.vmas[pi], v, "event.vma", "VMA")?),
             _ => None,
         };
-        Ok(EventSpec {
+        let spec = EventSpec {
             action,
             trigger,
             device: e
@@ -362,7 +628,44 @@ impl Ctx<'_> {
                 .as_ref()
                 .map(|p| self.prot(p, "event.prot"))
                 .transpose()?,
-        })
+        };
+        self.event_target(e, &spec, built)?;
+        Ok(spec)
+    }
+
+    /// An unbind's pair is bonded; an overflow's IOMMU has a bonded device to flood with.
+    fn event_target(
+        &self,
+        e: &RawEvent,
+        spec: &EventSpec,
+        built: &Built<'_>,
+    ) -> Result<(), ScenarioError> {
+        match (spec.action, spec.device, spec.process, spec.iommu) {
+            (Action::Unbind, Some(d), Some(p), _) if !built.bonds.contains(&(d, p)) => self.err(
+                &e.action.span(),
+                "event.process",
+                format!(
+                    "unbind of device '{}' from process '{}', which no [[bond]] binds",
+                    built.devices[d].name, built.processes[p].name
+                ),
+            ),
+            (Action::Overflow, _, _, Some(io))
+                if !built
+                    .bonds
+                    .iter()
+                    .any(|&(d, _)| built.devices[d].iommu == io) =>
+            {
+                self.err(
+                    &e.iommu.as_ref().map_or(e.action.span(), Spanned::span),
+                    "event.iommu",
+                    format!(
+                        "overflow of IOMMU '{}', which has no device bonded to a process: nothing would flood its page request queue",
+                        e.iommu.as_ref().map_or("", |i| i.get_ref().as_str())
+                    ),
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     /// An event gives every target field its action needs, and no other.

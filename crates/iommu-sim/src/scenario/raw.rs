@@ -31,7 +31,7 @@ pub(super) struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHeader {
-    pub(super) name: String,
+    pub(super) name: Spanned<String>,
     #[serde(default = "one")]
     pub(super) seed: u64,
 }
@@ -56,10 +56,8 @@ pub(super) struct RawDevice {
     pub(super) group: Option<Spanned<String>>,
     pub(super) pasid_bits: Option<Spanned<u64>>,
     pub(super) pri_credits: Option<Spanned<u64>>,
-    #[serde(default = "yes")]
-    pub(super) ats: bool,
-    #[serde(default = "yes")]
-    pub(super) pri: bool,
+    pub(super) ats: Option<Spanned<bool>>,
+    pub(super) pri: Option<Spanned<bool>>,
 }
 
 /// `[[process]]`.
@@ -102,8 +100,7 @@ pub(super) struct RawBond {
 pub(super) struct RawOwner {
     pub(super) name: Spanned<String>,
     pub(super) device: Spanned<String>,
-    #[serde(default = "yes")]
-    pub(super) fault: bool,
+    pub(super) fault: Option<Spanned<bool>>,
 }
 
 /// `[[job]]`.
@@ -119,8 +116,7 @@ pub(super) struct RawJob {
     pub(super) iova: Option<Spanned<RawSize>>,
     pub(super) offset: Option<Spanned<RawSize>>,
     pub(super) len: Spanned<RawSize>,
-    #[serde(default = "one")]
-    pub(super) repeat: u64,
+    pub(super) repeat: Option<Spanned<u64>>,
 }
 
 /// `[[event]]`.
@@ -138,12 +134,7 @@ pub(super) struct RawEvent {
     pub(super) prot: Option<Spanned<String>>,
 }
 
-/// The default seed and repeat count.
+/// The default seed.
 fn one() -> u64 {
     1
-}
-
-/// The default of the boolean switches.
-fn yes() -> bool {
-    true
 }

@@ -175,6 +175,25 @@ pub struct EventSpec {
     pub prot: Option<Prot>,
 }
 
+impl EventSpec {
+    /// Whether this event, once fired, cuts job `j` short or changes the memory under it: the
+    /// job's failure is then expected and its data is not compared.
+    pub fn cuts_short(&self, j: &JobSpec) -> bool {
+        match (self.action, &j.target) {
+            (Action::ResetDevice, _) => self.device == Some(j.device),
+            (Action::ReplaceHwpt, JobTarget::Owner(o, _)) => self.owner == Some(*o),
+            (Action::Exit, JobTarget::Process(p, _)) => self.process == Some(*p),
+            (Action::Unbind, JobTarget::Process(p, _)) => {
+                self.process == Some(*p) && self.device == Some(j.device)
+            }
+            (Action::Munmap | Action::Mprotect, JobTarget::Process(p, v)) => {
+                self.process == Some(*p) && self.vma == Some(*v)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A validated scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
