@@ -219,7 +219,7 @@ mod tests {
     /// Success and the DMA completes.
     #[test]
     fn a_page_the_handler_cannot_back_is_answered_invalid_and_counted() {
-        let phys = Arc::new(PhysMem::try_new(4096).expect("phys"));
+        let phys = Arc::new(PhysMem::new(4096).expect("phys"));
         let cfg = EmuIommuConfig {
             prq_thread: false,
             ..EmuIommuConfig::default()
@@ -249,7 +249,7 @@ mod tests {
             }
             panic!("DMA at {iova:#x} never finished");
         };
-        let exhausted = PhysMem::try_new(0).expect("empty memory");
+        let exhausted = PhysMem::new(0).expect("empty memory");
         let r = dma(0x10_0000, &exhausted, &mut serving);
         assert!(
             matches!(r, Err(DmaError::PageRequestInvalid { .. })),
