@@ -42,6 +42,8 @@ const FRAMES: usize = 16 << 10;
 /// Page request queue depth: both drivers' in-flight jobs fit (at the default 32 each); an
 /// `overflow` cycle sends [`FLOOD`] times the depth at once.
 const PRQ_DEPTH: usize = 128;
+/// A cycle whose jobs do not all finish in this long is a hang, reported as a problem.
+const CYCLE_LIMIT: Duration = Duration::from_secs(30);
 /// An overflow cycle's jobs, in multiples of the page request queue's depth.
 const FLOOD: usize = 2;
 /// IOVA slots the owner cycles through (a cycle's range is unmapped before it is reused).
@@ -65,6 +67,9 @@ pub struct Config {
     pub disrupt_one_in: u32,
     /// The disruptions to choose from (each driver picks among those that apply to it).
     pub disruptions: Vec<Disruption>,
+    /// Reads the heap's live bytes (a counting global allocator, which only a binary can
+    /// install); `None`: not reported.
+    pub heap_live: Option<fn() -> u64>,
 }
 
 impl Default for Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             progress: None,
             disrupt_one_in: 16,
             disruptions: Disruption::ALL.to_vec(),
+            heap_live: None,
         }
     }
 }
@@ -119,6 +125,9 @@ pub struct Report {
     pub rss_windows: Vec<u64>,
     /// RSS at the end, after teardown.
     pub rss_end: u64,
+    /// With [`Config::heap_live`], the highest live heap bytes in each window, as
+    /// `rss_windows` (empty without it).
+    pub heap_windows: Vec<u64>,
     /// Wall-clock time.
     pub elapsed: Duration,
     /// Events the invariant checker saw.
@@ -198,6 +207,17 @@ impl Report {
             },
             mib(self.rss_end),
         );
+        if !self.heap_windows.is_empty() {
+            let heap: Vec<String> = self
+                .heap_windows
+                .iter()
+                .map(|&b| format!("{:.2}", mib(b)))
+                .collect();
+            s += &format!(
+                "  heap           highest live per tenth after warm-up: {} MiB\n",
+                heap.join(" ")
+            );
+        }
         s += &format!("  checker        {} events\n", self.events);
         for p in self.problems.iter().take(20) {
             s += &format!("  problem: {p}\n");
@@ -324,24 +344,40 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
                     rep.rss_windows.resize(k + 1, 0);
                 }
                 rep.rss_windows[k] = rep.rss_windows[k].max(rss);
+                if let Some(live) = cfg.heap_live {
+                    if rep.heap_windows.len() <= k {
+                        rep.heap_windows.resize(k + 1, 0);
+                    }
+                    rep.heap_windows[k] = rep.heap_windows[k].max(live());
+                }
             }
             if let Some(every) = cfg.progress {
                 if last_progress.elapsed() >= every {
                     last_progress = Instant::now();
+                    let heap = cfg.heap_live.map_or(String::new(), |f| {
+                        format!(", heap {:.2} MiB live", f() as f64 / (1 << 20) as f64)
+                    });
                     eprintln!(
-                        "soak: {n} groups, {:.0} s, rss {:.1} MiB",
+                        "soak: {n} groups, {:.0} s, rss {:.1} MiB{heap}",
                         start.elapsed().as_secs_f64(),
                         rss as f64 / (1 << 20) as f64
                     );
                 }
             }
             let out_of_time = cfg.time_limit.is_some_and(|t| start.elapsed() >= t);
-            let drivers_gone = sva_driver.is_finished() && vmm_driver.is_finished();
-            if n >= cfg.groups || out_of_time || drivers_gone {
+            // A thread that ended on its own met a problem (recorded): stop the others too.
+            let ended =
+                sva_driver.is_finished() || vmm_driver.is_finished() || handler.is_finished();
+            if n >= cfg.groups || out_of_time || ended || sh.stop.load(Relaxed) {
                 break;
             }
         }
         sh.stop.store(true, Relaxed);
+        if handler.is_finished() && !vmm_driver.is_finished() {
+            // Nobody answers the owner's faults any more: reset the device so its waiting jobs
+            // fail and its driver can stop.
+            vmm_r.reset();
+        }
         for (who, t) in [("sva driver", sva_driver), ("iommufd driver", vmm_driver)] {
             if t.join().is_err() {
                 sh.problem(format!("the {who} panicked"));
@@ -571,12 +607,14 @@ impl Disruption {
 /// a page response).
 /// Returns (completed, failed).
 fn run_cycle(
+    sh: &Shared,
     ep: &Endpoint,
     pasid: Option<u32>,
     base: u64,
     n: usize,
     mut disrupt: impl FnMut(),
 ) -> (u64, u64, Vec<String>) {
+    let deadline = Instant::now() + CYCLE_LIMIT;
     let mut jobs: Vec<_> = (0..n as u64)
         .map(|i| {
             let data = vec![(i as u8) | 1; PAGE as usize];
@@ -613,6 +651,18 @@ fn run_cycle(
             disrupt();
         }
         if !progressed {
+            if Instant::now() >= deadline {
+                // Polled jobs have no response timeout: a cycle that never ends is a hang
+                // somewhere below. Give up (the jobs are dropped, their groups abandoned).
+                sh.problem(format!(
+                    "{}: {left} of {n} DMA jobs made no progress for {CYCLE_LIMIT:?} ({:?})",
+                    ep.name(),
+                    ep.stats()
+                ));
+                sh.stop.store(true, Relaxed);
+                failed += left as u64;
+                break;
+            }
             // No job finished this round: let the queue and the handler run.
             std::thread::yield_now();
         }
@@ -687,7 +737,7 @@ fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, cfg: &Config
         };
         let pasid = tenant.pasid;
         let mm = tenant.mm.clone();
-        let (ok, failed, errors) = run_cycle(sva, Some(pasid), va, n, || match d {
+        let (ok, failed, errors) = run_cycle(sh, sva, Some(pasid), va, n, || match d {
             Disruption::Reset => sva.reset(),
             Disruption::Exit => mm.exit(),
             Disruption::Unbind => {
@@ -769,7 +819,7 @@ fn drive_owner(sh: &Shared, vmm: &Endpoint, owner: &Owner, phys: &PhysMem, cfg: 
         slot += 1;
         let d = pick(&mut rng, cfg, &[Disruption::Reset, Disruption::Replace]);
         let mut replaced = None;
-        let (ok, failed, errors) = run_cycle(vmm, None, base, n, || match d {
+        let (ok, failed, errors) = run_cycle(sh, vmm, None, base, n, || match d {
             Disruption::Reset => vmm.reset(),
             Disruption::Replace => {
                 let r = owner

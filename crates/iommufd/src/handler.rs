@@ -154,16 +154,24 @@ fn drain(
     loop {
         let n = fd.read(buf).map_err(|e| format!("read: {e}"))?;
         if n == 0 {
-            if fd.pending() == 0 {
+            // Nothing was read: the queue is empty, or a group arrived just after the read
+            // (read again), or the next group is larger than the buffer — groups are never
+            // split, so grow the buffer to it rather than wake up forever on a readable fd
+            // that yields nothing (SPEC §5.5).
+            let Some(records) = fd.next_group_records() else {
                 return Ok(());
+            };
+            if records > MAX_READ_RECORDS {
+                return Err(format!(
+                    "a group of {records} records is larger than {MAX_READ_RECORDS}"
+                ));
             }
-            // Groups are never split: the next one is larger than the buffer. Grow it rather
-            // than wake up forever on a readable fd that yields nothing (SPEC §5.5).
-            let records = buf.len() / FAULT_RECORD_SIZE;
-            if records >= MAX_READ_RECORDS {
-                return Err(format!("a group is larger than {MAX_READ_RECORDS} records"));
+            if records * FAULT_RECORD_SIZE > buf.len() {
+                buf.resize(
+                    records.next_power_of_two().min(MAX_READ_RECORDS) * FAULT_RECORD_SIZE,
+                    0,
+                );
             }
-            buf.resize((records * 2).min(MAX_READ_RECORDS) * FAULT_RECORD_SIZE, 0);
             continue;
         }
         h.batches += 1;

@@ -51,8 +51,29 @@ fn buffer_smaller_than_the_group_reads_zero_and_keeps_the_group() {
     assert_eq!(fd.read(&mut small).unwrap(), 0);
     assert_eq!(fd.read(&mut small).unwrap(), 0, "every retry returns 0");
     assert_eq!((fd.pending(), fd.unanswered()), (1, 0));
+    assert_eq!(fd.next_group_records(), Some(3), "the buffer a read needs");
     assert_eq!(read_records(&fd, 3).len(), 3);
+    assert_eq!(fd.next_group_records(), None);
     fx.assert_answered(&[]);
+}
+
+/// The handler reads a group larger than its initial buffer ([`iommufd::handler::READ_RECORDS`]
+/// records) by growing to exactly what the fd says the next group needs, and answers it once.
+/// (It used to double the buffer whenever a read returned nothing with a group queued — also
+/// when the group had merely arrived after the read — and gave up after six such races.)
+#[test]
+fn handler_grows_its_buffer_to_a_group_larger_than_it() {
+    use iommufd::handler::{run_fault_handler, StopHandle, READ_RECORDS};
+    let (fx, fd) = attached(1);
+    let big = READ_RECORDS + 500;
+    fx.report_group(0, RID, 9, big - 1);
+    assert_eq!(fd.next_group_records(), Some(big));
+    let stop = StopHandle::new().unwrap();
+    stop.stop();
+    let stats = run_fault_handler(&fd, &stop, |_| Ok(()));
+    assert_eq!(stats.error, None);
+    assert_eq!((stats.groups, stats.faults), (1, big as u64));
+    fx.assert_answered(&[(9, Success)]);
 }
 
 #[test]

@@ -97,6 +97,12 @@ impl FaultFd {
         self.fault.pending()
     }
 
+    /// Records (40 bytes each) of the group the next read returns first; `None` when nothing
+    /// is queued. A read buffer must hold at least this many, as groups are never split.
+    pub fn next_group_records(&self) -> Option<usize> {
+        self.fault.next_group_records()
+    }
+
     /// Groups read but not yet answered.
     pub fn unanswered(&self) -> usize {
         self.fault.unanswered()

@@ -157,6 +157,15 @@ impl Fault {
         self.mutex.lock().map.live
     }
 
+    /// Records of the group a read would return first (`None`: nothing queued).
+    pub fn next_group_records(&self) -> Option<usize> {
+        self.lock
+            .lock()
+            .list
+            .front()
+            .map(|q| q.group.faults().len())
+    }
+
     /// Producer side: queue `q` and signal on the empty → non-empty transition.
     #[inline]
     fn enqueue(&self, q: Queued) {
