@@ -65,7 +65,8 @@ mod fault;
 pub mod handler;
 mod ictx;
 pub mod uapi;
+pub mod user_memory;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
-pub use ictx::{Ictx, IovaRange, ObjectType, IOAS_APERTURE_END};
+pub use ictx::{Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END};
 pub use iommu_core::IOMMU_NO_PASID;

@@ -1,14 +1,20 @@
 //! IOVA spaces (Linux `io_pagetable.c` and `ioas.c`): the mappings of an IOAS and their
 //! propagation into every paging HWPT on it.
+//!
+//! A mapping is either of a physical address (the Rust API, [`Ictx::ioas_map`]) or of the
+//! caller's own memory ([`Ictx::ioas_map_user`], `IOMMU_IOAS_MAP`), whose "physical address"
+//! is the user VA. User mappings are pinned exactly while the IOAS has a paging HWPT (see
+//! [`crate::user_memory`]).
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use iommu_core::error::{eexist_v, einval_v, enoent_v, enospc};
+use iommu_core::error::{eexist_v, einval_v, enoent_v, enospc, eperm_v};
 use iommu_core::{Domain, Result, IOMMU_READ, IOMMU_WRITE};
 
 use super::{Ictx, Object};
+use crate::user_memory::UserMemory;
 
 /// The IOVA aperture every IOAS reports as allowed: `[0, IOAS_APERTURE_END)` (48-bit).
 pub const IOAS_APERTURE_END: u64 = 1 << 48;
@@ -23,25 +29,65 @@ pub struct IovaRange {
     pub last: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(super) struct IoasMap {
+/// One pin on every page of a user range, dropped with the guard.
+pub(super) struct Pin {
+    mem: Arc<dyn UserMemory>,
+    uva: u64,
     len: u64,
-    pa: u64,
-    prot: u32,
 }
 
-#[derive(Default)]
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.mem.unpin(self.uva, self.len);
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct IoasMap {
+    len: u64,
+    /// The physical address; for a user mapping, the user VA.
+    pa: u64,
+    prot: u32,
+    /// A mapping of the caller's memory (pinned while the IOAS has a paging HWPT).
+    user: bool,
+    /// The pin this mapping holds, while it holds one.
+    pin: Option<Arc<Pin>>,
+}
+
+impl IoasMap {
+    /// Pins a user mapping's pages (a no-op for a physical one or one already pinned).
+    fn pin(&mut self, mem: &Arc<dyn UserMemory>) -> Result<()> {
+        if self.user && self.pin.is_none() {
+            mem.pin(self.pa, self.len, self.prot & IOMMU_WRITE != 0)?;
+            self.pin = Some(Arc::new(Pin {
+                mem: mem.clone(),
+                uva: self.pa,
+                len: self.len,
+            }));
+        }
+        Ok(())
+    }
+}
+
 pub(super) struct IoasObj {
     /// IOVA → mapping; mappings never overlap.
     maps: BTreeMap<u64, IoasMap>,
     /// The paging HWPTs on this IOAS (id → domain): every mapping is pushed into each.
     pub(super) hwpts: BTreeMap<u32, Arc<Domain>>,
+    /// `IOMMU_IOAS_ALLOW_IOVAS`: where automatic IOVAs may go (empty: anywhere).
+    allowed: Vec<IovaRange>,
+    /// `IOMMU_OPTION_HUGE_PAGES` (on by default).
+    pub(super) huge_pages: bool,
+    /// Where user mappings are pinned.
+    mem: Arc<dyn UserMemory>,
 }
 
 /// Maps each `(domain, iova, mapping)` in turn; on the first refusal unmaps what was mapped
 /// (in order) and returns that error, so the domains are as before (Linux's `iopt_fill_domain`
 /// and `iopt_map_pages` unwinding).
-fn map_or_roll_back<'a>(steps: impl IntoIterator<Item = (&'a Domain, u64, IoasMap)>) -> Result<()> {
+fn map_or_roll_back<'a>(
+    steps: impl IntoIterator<Item = (&'a Domain, u64, &'a IoasMap)>,
+) -> Result<()> {
     let mut done: Vec<(&Domain, u64, u64)> = Vec::new();
     for (domain, iova, m) in steps {
         if let Err(e) = domain.map(iova, m.pa, m.len, m.prot) {
@@ -56,19 +102,41 @@ fn map_or_roll_back<'a>(steps: impl IntoIterator<Item = (&'a Domain, u64, IoasMa
 }
 
 impl IoasObj {
-    /// Pushes every mapping into a new paging HWPT's `domain` and adds it as `hwpt_id`; on a
-    /// refusal the domain is left empty and the IOAS unchanged.
+    pub(super) fn new(mem: Arc<dyn UserMemory>) -> Self {
+        Self {
+            maps: BTreeMap::new(),
+            hwpts: BTreeMap::new(),
+            allowed: Vec::new(),
+            huge_pages: true,
+            mem,
+        }
+    }
+
+    /// Pushes every mapping into a new paging HWPT's `domain` and adds it as `hwpt_id`; the
+    /// first HWPT pins every user mapping (`EFAULT` on a hole). On a refusal the domain is
+    /// left empty and the IOAS unchanged.
     pub(super) fn add_hwpt(&mut self, hwpt_id: u32, domain: &Arc<Domain>) -> Result<()> {
-        map_or_roll_back(self.maps.iter().map(|(&iova, &m)| (&**domain, iova, m)))?;
+        let mut maps = self.maps.clone();
+        for m in maps.values_mut() {
+            m.pin(&self.mem)?;
+        }
+        map_or_roll_back(maps.iter().map(|(&iova, m)| (&**domain, iova, m)))?;
+        self.maps = maps;
         self.hwpts.insert(hwpt_id, domain.clone());
         Ok(())
     }
 
-    /// Removes paging HWPT `hwpt_id` and unmaps every mapping from its `domain`.
+    /// Removes paging HWPT `hwpt_id` and unmaps every mapping from its `domain`; the last one
+    /// unpins the user mappings.
     pub(super) fn remove_hwpt(&mut self, hwpt_id: u32, domain: &Domain) {
         self.hwpts.remove(&hwpt_id);
         for (&iova, m) in &self.maps {
             let _ = domain.unmap(iova, m.len);
+        }
+        if self.hwpts.is_empty() {
+            for m in self.maps.values_mut() {
+                m.pin = None;
+            }
         }
     }
 
@@ -91,20 +159,96 @@ impl IoasObj {
         Ok(iova)
     }
 
-    /// The lowest free IOVA with `len` bytes free after it.
+    /// The lowest free IOVA with `len` bytes free after it, inside the allowed ranges if any
+    /// were set.
     fn find_free_iova(&self, len: u64) -> Result<u64> {
-        let mut cursor = 0u64;
-        for (&s, m) in &self.maps {
-            if s - cursor >= len {
+        let windows: Vec<(u64, u64)> = if self.allowed.is_empty() {
+            alloc::vec![(0, IOAS_APERTURE_END)]
+        } else {
+            self.allowed
+                .iter()
+                .filter(|r| r.start < IOAS_APERTURE_END)
+                .map(|r| {
+                    let start = r.start.next_multiple_of(PAGE_SIZE);
+                    (start, r.last.saturating_add(1).min(IOAS_APERTURE_END))
+                })
+                .collect()
+        };
+        for (lo, hi) in windows {
+            let mut cursor = lo;
+            for (&s, m) in self.maps.range(..hi) {
+                if s + m.len <= cursor {
+                    continue;
+                }
+                if s >= cursor && s - cursor >= len {
+                    break;
+                }
+                cursor = cursor.max(s + m.len);
+            }
+            if cursor < hi && hi - cursor >= len {
+                return Ok(cursor);
+            }
+        }
+        Err(enospc("no free IOVA range large enough"))
+    }
+
+    /// Adds mapping `m` at `iova` (or the lowest free IOVA): pinned first if the IOAS has a
+    /// paging HWPT, then pushed into every one. Returns the IOVA used.
+    fn insert(&mut self, iova: Option<u64>, mut m: IoasMap) -> Result<u64> {
+        let iova = match iova {
+            Some(iova) => self.check_fixed_iova(iova, m.len)?,
+            None => self.find_free_iova(m.len)?,
+        };
+        if !self.hwpts.is_empty() {
+            m.pin(&self.mem)?;
+        }
+        map_or_roll_back(self.hwpts.values().map(|d| (&**d, iova, &m)))?;
+        self.maps.insert(iova, m);
+        Ok(iova)
+    }
+
+    /// The mappings covering `[iova, iova + len)` without a gap, as `(pa, len, prot, user)`
+    /// slices in IOVA order; `ENOENT` if any byte is not mapped.
+    fn slices(&self, iova: u64, len: u64) -> Result<Vec<(u64, u64, u32, bool)>> {
+        let end = iova
+            .checked_add(len)
+            .ok_or(einval_v("range wraps", iova))?;
+        let mut out = Vec::new();
+        let mut cursor = iova;
+        let first = self
+            .maps
+            .range(..=iova)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(iova);
+        for (&s, m) in self.maps.range(first..end) {
+            if s + m.len <= cursor {
+                continue;
+            }
+            if s > cursor {
                 break;
             }
-            cursor = s + m.len;
+            let off = cursor - s;
+            let n = (m.len - off).min(end - cursor);
+            out.push((m.pa + off, n, m.prot, m.user));
+            cursor += n;
+            if cursor == end {
+                return Ok(out);
+            }
         }
-        if IOAS_APERTURE_END - cursor < len {
-            return Err(enospc("no free IOVA range large enough"));
-        }
-        Ok(cursor)
+        Err(enoent_v("source range not fully mapped", cursor))
     }
+}
+
+/// Checks a mapping's length, address and protection.
+fn check_map_args(pa: u64, len: u64, prot: u32) -> Result<()> {
+    if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) {
+        return Err(einval_v("length/address not 4 KiB aligned", len));
+    }
+    if prot == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
+        return Err(einval_v("bad prot", prot.into()));
+    }
+    Ok(())
 }
 
 impl Ictx {
@@ -112,7 +256,7 @@ impl Ictx {
     pub fn ioas_alloc(&self) -> Result<u32> {
         let mut t = self.table.lock();
         let id = t.alloc_id()?;
-        t.insert_object(id, Object::Ioas(IoasObj::default()));
+        t.insert_object(id, Object::Ioas(IoasObj::new(self.mem.clone())));
         Ok(id)
     }
 
@@ -126,7 +270,33 @@ impl Ictx {
         }])
     }
 
-    /// `IOMMU_IOAS_MAP`: maps `len` bytes of physical memory at `pa` into the IOAS at `iova`
+    /// The IOVA alignment every mapping of the IOAS needs (4 KiB in this model).
+    pub fn ioas_iova_alignment(&self, ioas_id: u32) -> Result<u64> {
+        self.table.lock().ioas_mut(ioas_id)?;
+        Ok(PAGE_SIZE)
+    }
+
+    /// `IOMMU_IOAS_ALLOW_IOVAS`: replaces the ranges automatic IOVA allocation may use (an
+    /// empty list allows everything again). `EINVAL` for a range with `start >= last` or two
+    /// overlapping ranges; nothing changes then.
+    pub fn ioas_allow_iovas(&self, ioas_id: u32, ranges: &[IovaRange]) -> Result<()> {
+        let mut t = self.table.lock();
+        let ioas = t.ioas_mut(ioas_id)?;
+        let mut sorted = ranges.to_vec();
+        sorted.sort_by_key(|r| r.start);
+        for (i, r) in sorted.iter().enumerate() {
+            if r.start >= r.last {
+                return Err(einval_v("allowed range start >= last", r.start));
+            }
+            if i > 0 && sorted[i - 1].last >= r.start {
+                return Err(einval_v("allowed ranges overlap", r.start));
+            }
+        }
+        ioas.allowed = sorted;
+        Ok(())
+    }
+
+    /// `IOMMU_IOAS_MAP` of physical memory: maps `len` bytes at `pa` into the IOAS at `iova`
     /// (or at the lowest free IOVA with `None`); returns the IOVA used.
     ///
     /// The mapping is pushed into every paging HWPT on the IOAS through `Domain::map`; if one
@@ -144,29 +314,106 @@ impl Ictx {
     ) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
-        if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) {
-            return Err(einval_v("length/address not 4 KiB aligned", len));
+        check_map_args(pa, len, prot)?;
+        ioas.insert(
+            iova,
+            IoasMap {
+                len,
+                pa,
+                prot,
+                user: false,
+                pin: None,
+            },
+        )
+    }
+
+    /// `IOMMU_IOAS_MAP` of the caller's memory at user VA `uva` (the context's
+    /// [`UserMemory`]); as [`Ictx::ioas_map`], and `EFAULT` if the IOAS has a paging HWPT and
+    /// a page of the range cannot be pinned.
+    pub fn ioas_map_user(
+        &self,
+        ioas_id: u32,
+        iova: Option<u64>,
+        uva: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<u64> {
+        let mut t = self.table.lock();
+        let ioas = t.ioas_mut(ioas_id)?;
+        check_map_args(uva, len, prot)?;
+        ioas.insert(
+            iova,
+            IoasMap {
+                len,
+                pa: uva,
+                prot,
+                user: true,
+                pin: None,
+            },
+        )
+    }
+
+    /// `IOMMU_IOAS_COPY`: maps what `[src_iova, src_iova + len)` of IOAS `src_id` maps into IOAS
+    /// `dst_id` at `dst_iova` (or the lowest free IOVA), with protection `prot`; returns the
+    /// IOVA used. `ENOENT` if the source range is not fully mapped; `EPERM` for a writable copy
+    /// of a read-only source; then as [`Ictx::ioas_map`]. A copy takes its own pins (Linux
+    /// shares the source's).
+    pub fn ioas_copy(
+        &self,
+        dst_id: u32,
+        dst_iova: Option<u64>,
+        src_id: u32,
+        src_iova: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<u64> {
+        let mut t = self.table.lock();
+        let slices = t.ioas_mut(src_id)?.slices(src_iova, len)?;
+        let dst = t.ioas_mut(dst_id)?;
+        check_map_args(0, len, prot)?;
+        if prot & IOMMU_WRITE != 0 {
+            if let Some(s) = slices.iter().find(|s| s.2 & IOMMU_WRITE == 0) {
+                return Err(eperm_v("writable copy of a read-only mapping", s.0));
+            }
         }
-        if prot == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
-            return Err(einval_v("bad prot", prot.into()));
-        }
-        let iova = match iova {
-            Some(iova) => ioas.check_fixed_iova(iova, len)?,
-            None => ioas.find_free_iova(len)?,
+        let base = match dst_iova {
+            Some(iova) => dst.check_fixed_iova(iova, len)?,
+            None => dst.find_free_iova(len)?,
         };
-        let m = IoasMap { len, pa, prot };
-        map_or_roll_back(ioas.hwpts.values().map(|d| (&**d, iova, m)))?;
-        ioas.maps.insert(iova, m);
-        Ok(iova)
+        let mut done: Vec<u64> = Vec::new();
+        let mut iova = base;
+        for (pa, n, _, user) in slices {
+            let m = IoasMap {
+                len: n,
+                pa,
+                prot,
+                user,
+                pin: None,
+            };
+            if let Err(e) = dst.insert(Some(iova), m) {
+                for at in done {
+                    dst.remove_map(at);
+                }
+                return Err(e);
+            }
+            done.push(iova);
+            iova += n;
+        }
+        Ok(base)
     }
 
     /// `IOMMU_IOAS_UNMAP`: removes every mapping inside `[iova, iova + len)` from the IOAS and
-    /// its paging HWPTs; returns the bytes unmapped. `ENOENT` for an unknown IOAS or when
-    /// nothing is mapped there; `EINVAL` if a mapping straddles the range's edge (mappings are
-    /// not split).
+    /// its paging HWPTs; returns the bytes unmapped. `iova` 0 with `len` `u64::MAX` unmaps
+    /// everything and succeeds on an empty IOAS. Otherwise `ENOENT` for an unknown IOAS, when
+    /// nothing is mapped there, or when a mapping straddles the range's edge (mappings are not
+    /// split, as Linux's areas).
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, len: u64) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
+        if iova == 0 && len == u64::MAX {
+            let all: Vec<u64> = ioas.maps.keys().copied().collect();
+            return Ok(all.into_iter().map(|at| ioas.remove_map(at)).sum());
+        }
         let end = iova.saturating_add(len);
         let hit: Vec<(u64, u64)> = ioas
             .maps
@@ -175,19 +422,35 @@ impl Ictx {
             .map(|(&s, m)| (s, m.len))
             .collect();
         if hit.iter().any(|&(s, l)| s < iova || s + l > end) {
-            return Err(einval_v("unmap would split a mapping", iova));
+            return Err(enoent_v("unmap range cuts through a mapping", iova));
         }
         if hit.is_empty() {
             return Err(enoent_v("nothing mapped in range", iova));
         }
-        let mut total = 0;
-        for (s, l) in hit {
-            for d in ioas.hwpts.values() {
-                let _ = d.unmap(s, l);
-            }
-            ioas.maps.remove(&s);
-            total += l;
+        Ok(hit.into_iter().map(|(s, _)| ioas.remove_map(s)).sum())
+    }
+
+    /// `IOMMU_OPTION_HUGE_PAGES` of IOAS `ioas_id`: sets it with `Some`, returns it.
+    pub fn ioas_huge_pages(&self, ioas_id: u32, set: Option<bool>) -> Result<bool> {
+        let mut t = self.table.lock();
+        let ioas = t.ioas_mut(ioas_id)?;
+        if let Some(v) = set {
+            ioas.huge_pages = v;
         }
-        Ok(total)
+        Ok(ioas.huge_pages)
+    }
+}
+
+impl IoasObj {
+    /// Removes the mapping at `iova` from the IOAS and its HWPTs (dropping its pin); returns
+    /// its length (0 if there is none).
+    fn remove_map(&mut self, iova: u64) -> u64 {
+        let Some(m) = self.maps.remove(&iova) else {
+            return 0;
+        };
+        for d in self.hwpts.values() {
+            let _ = d.unmap(iova, m.len);
+        }
+        m.len
     }
 }
