@@ -525,3 +525,22 @@ pub const OP_SIZES: &[OpSize] = &[
 pub fn op_size(nr: u32) -> Option<OpSize> {
     OP_SIZES.iter().copied().find(|o| o.nr == nr)
 }
+
+uapi_struct!(
+    /// `struct iommu_viommu_alloc` (40 bytes).
+    IommuViommuAlloc {
+        size: u32, flags: u32, r#type: u32, dev_id: u32, hwpt_id: u32, out_viommu_id: u32,
+        data_len: u32, __reserved: u32, data_uptr: u64,
+    }
+);
+uapi_struct!(
+    /// `struct iommu_vdevice_alloc` (24 bytes).
+    IommuVdeviceAlloc { size: u32, viommu_id: u32, dev_id: u32, out_vdevice_id: u32, virt_id: u64 }
+);
+
+const _: () = {
+    assert!(size_of::<IommuViommuAlloc>() == 40);
+    assert!(offset_of!(IommuViommuAlloc, data_uptr) == 32);
+    assert!(size_of::<IommuVdeviceAlloc>() == 24);
+    assert!(offset_of!(IommuVdeviceAlloc, virt_id) == 16);
+};

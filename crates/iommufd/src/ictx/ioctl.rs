@@ -288,14 +288,40 @@ impl Ictx {
                         .because(Condition::UnsupportedFlags));
                 }
                 reserved_zero(u64::from(c.__reserved[0]) | u64::from(c.__reserved[1]) << 8 | u64::from(c.__reserved[2]) << 16)?;
-                match self.object_type(c.dev_id) {
-                    Ok(ObjectType::Device) => Err(eopnotsupp("hardware info is not modelled yet")),
-                    _ => Err(enoent_v("no such device object", c.dev_id.into())
-                        .because(Condition::NoSuchObject)),
+                self.lookup_device(c.dev_id)?;
+                Err(eopnotsupp("hardware info is not modelled yet"))
+            }
+            IOMMUFD_CMD_VIOMMU_ALLOC => {
+                let c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
+                if c.flags != 0 || c.r#type == 0 {
+                    return Err(eopnotsupp_v("vIOMMU flags must be 0 and type not DEFAULT", c.r#type.into())
+                        .because(Condition::UnsupportedFlags));
                 }
+                self.lookup_device(c.dev_id)?;
+                Err(eopnotsupp("vIOMMU objects are not modelled yet"))
+            }
+            IOMMUFD_CMD_VDEVICE_ALLOC => {
+                let c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
+                if c.virt_id > ULONG_MAX {
+                    return Err(einval_v("virt_id beyond ULONG_MAX", c.virt_id));
+                }
+                // No object is a vIOMMU yet.
+                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(match self.object_type(c.viommu_id) {
+                    Ok(_) => Condition::WrongObjectType,
+                    Err(_) => Condition::NoSuchObject,
+                }))
             }
             IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
             _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
+        }
+    }
+
+    /// `ENOENT` unless `id` is a bound device.
+    fn lookup_device(&self, id: u32) -> Result<()> {
+        match self.object_type(id) {
+            Ok(ObjectType::Device) => Ok(()),
+            Ok(_) => Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType)),
+            Err(_) => Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject)),
         }
     }
 
