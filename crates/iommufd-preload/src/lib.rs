@@ -29,7 +29,10 @@
 //! This crate holds all the `unsafe` of the user-space `/dev/iommu`.
 
 use std::collections::BTreeMap;
-#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64"))))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 compile_error!("the variadic entry points assume the x86-64 or AArch64 Linux calling convention");
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
@@ -60,7 +63,10 @@ fn lookup(fd: c_int) -> Option<Entry> {
     if !ANY.load(Ordering::Acquire) {
         return None;
     }
-    FDS.lock().unwrap_or_else(|e| e.into_inner()).get(&fd).cloned()
+    FDS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&fd)
+        .cloned()
 }
 
 fn register(fd: c_int, e: Entry) -> Option<Entry> {
@@ -555,11 +561,11 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> i
             -1
         }
         Some(Entry::Fault(f)) => {
-            // SAFETY: the caller gave `count` readable bytes at `buf` (a zero count may come
-            // with any pointer, so it gets an empty slice instead).
+            // A zero count may come with any pointer, so it gets an empty slice instead.
             let data = if count == 0 {
                 &[][..]
             } else {
+                // SAFETY: the caller gave `count` readable bytes at `buf`.
                 unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), count) }
             };
             match f.write(data) {

@@ -140,7 +140,10 @@ fn unknown_commands_are_enotty_and_bad_pointers_efault() {
 #[test]
 fn destroy_and_ioas_alloc() {
     let fx = Fx::new();
-    assert_eq!(fx.cmd(IOMMU_DESTROY, &IommuDestroy { size: 8, id: 0 }).0, "ENOENT");
+    assert_eq!(
+        fx.cmd(IOMMU_DESTROY, &IommuDestroy { size: 8, id: 0 }).0,
+        "ENOENT"
+    );
     let bad = IommuIoasAlloc {
         size: 12,
         flags: 1,
@@ -150,7 +153,10 @@ fn destroy_and_ioas_alloc() {
     let id = fx.ioas();
     assert_eq!(id, 1);
     assert_eq!(fx.cmd(IOMMU_DESTROY, &IommuDestroy { size: 8, id }).0, "ok");
-    assert_eq!(fx.cmd(IOMMU_DESTROY, &IommuDestroy { size: 8, id }).0, "ENOENT");
+    assert_eq!(
+        fx.cmd(IOMMU_DESTROY, &IommuDestroy { size: 8, id }).0,
+        "ENOENT"
+    );
 }
 
 #[test]
@@ -164,13 +170,19 @@ fn iova_ranges_reports_the_count_and_emsgsize_when_it_does_not_fit() {
         ..Default::default()
     };
     let (r, out) = fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c);
-    assert_eq!((r, out.num_iovas, out.out_iova_alignment), ("EMSGSIZE", 1, PAGE));
+    assert_eq!(
+        (r, out.num_iovas, out.out_iova_alignment),
+        ("EMSGSIZE", 1, PAGE)
+    );
     c.num_iovas = 1;
     let (r, out) = fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c);
     assert_eq!((r, out.num_iovas), ("ok", 1));
     let mut range = IommuIovaRange::default();
     fx.mem.read(ARRAY, range.as_mut_bytes()).unwrap();
-    assert_eq!((range.start, range.last), (0, iommufd::IOAS_APERTURE_END - 1));
+    assert_eq!(
+        (range.start, range.last),
+        (0, iommufd::IOAS_APERTURE_END - 1)
+    );
     c.__reserved = 1;
     assert_eq!(fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c).0, "EOPNOTSUPP");
     c.__reserved = 0;
@@ -198,15 +210,26 @@ fn allow_iovas_validates_and_steers_automatic_iovas() {
             ..Default::default()
         }
     };
-    assert_eq!(fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &put(&[(0x5000, 0x5000)])).0, "EINVAL");
     assert_eq!(
-        fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &put(&[(0x1000, 0x8fff), (0x8000, 0x9fff)])).0,
+        fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &put(&[(0x5000, 0x5000)])).0,
+        "EINVAL"
+    );
+    assert_eq!(
+        fx.cmd(
+            IOMMU_IOAS_ALLOW_IOVAS,
+            &put(&[(0x1000, 0x8fff), (0x8000, 0x9fff)])
+        )
+        .0,
         "EINVAL"
     );
     let mut c = put(&[(0x10_0000, 0x1f_ffff)]);
     c.__reserved = 1;
     assert_eq!(fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &c).0, "EOPNOTSUPP");
-    assert_eq!(fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &put(&[(0x10_0000, 0x1f_ffff)])).0, "ok");
+    assert_eq!(
+        fx.cmd(IOMMU_IOAS_ALLOW_IOVAS, &put(&[(0x10_0000, 0x1f_ffff)]))
+            .0,
+        "ok"
+    );
     assert_eq!(fx.map(ioas, BUF, PAGE, RW, 0), ("ok", 0x10_0000));
 }
 
@@ -215,7 +238,10 @@ fn ioas_map_flags_overflow_and_outputs() {
     let fx = Fx::new();
     let ioas = fx.ioas();
     assert_eq!(fx.map(ioas, BUF, PAGE, 1 << 3, 0).0, "EOPNOTSUPP");
-    assert_eq!(fx.map(ioas, BUF, PAGE, IOMMU_IOAS_MAP_FIXED_IOVA, 0).0, "EINVAL");
+    assert_eq!(
+        fx.map(ioas, BUF, PAGE, IOMMU_IOAS_MAP_FIXED_IOVA, 0).0,
+        "EINVAL"
+    );
     assert_eq!(fx.map(ioas, BUF, u64::MAX, RW, 0).0, "EOVERFLOW");
     assert_eq!(fx.map(99, BUF, PAGE, RW, 0).0, "ENOENT");
     let fixed = RW | IOMMU_IOAS_MAP_FIXED_IOVA;
@@ -287,7 +313,11 @@ fn copy_shares_what_the_source_maps() {
     };
     let (r, out) = copy(0x11000, 2 * PAGE, RW, 0);
     assert_eq!((r, out.dst_iova), ("ok", 0));
-    assert_eq!(copy(0x13000, 2 * PAGE, RW, 0).0, "ENOENT", "runs past the source");
+    assert_eq!(
+        copy(0x13000, 2 * PAGE, RW, 0).0,
+        "ENOENT",
+        "runs past the source"
+    );
     assert_eq!(copy(0x11000, PAGE, 1 << 5, 0).0, "EOPNOTSUPP");
     assert_eq!(copy(0x11000, PAGE, 0, 0).0, "EINVAL");
     assert_eq!(copy(0x11000, PAGE, fixed, 0).0, "EEXIST");
@@ -320,7 +350,11 @@ fn options_rlimit_mode_and_huge_pages() {
     let hp = IOMMU_OPTION_HUGE_PAGES;
     assert_eq!(opt(hp, IOMMU_OPTION_OP_GET, 0, 0).0, "ENOENT");
     let ioas = fx.ioas();
-    assert_eq!(opt(rl, IOMMU_OPTION_OP_SET, 0, 0).0, "EBUSY", "objects exist");
+    assert_eq!(
+        opt(rl, IOMMU_OPTION_OP_SET, 0, 0).0,
+        "EBUSY",
+        "objects exist"
+    );
     assert_eq!(opt(hp, IOMMU_OPTION_OP_GET, ioas, 0).1.val64, 1);
     assert_eq!(opt(hp, IOMMU_OPTION_OP_SET, ioas, 0).0, "ok");
     assert_eq!(opt(hp, IOMMU_OPTION_OP_GET, ioas, 9).1.val64, 0);
@@ -417,7 +451,11 @@ fn fault_queue_alloc_hands_back_a_new_fd() {
         )
         .unwrap();
     assert_eq!(
-        fx.ictx.ioctl(IOMMU_FAULT_QUEUE_ALLOC, CMD).err().unwrap().errno_name(),
+        fx.ictx
+            .ioctl(IOMMU_FAULT_QUEUE_ALLOC, CMD)
+            .err()
+            .unwrap()
+            .errno_name(),
         "EOPNOTSUPP"
     );
     fx.mem
@@ -461,13 +499,19 @@ fn hw_info_viommu_vdevice_and_unmodelled_commands() {
     };
     assert_eq!(fx.cmd(iommufd_io(IOMMUFD_CMD_VIOMMU_ALLOC), &v).0, "ENOENT");
     let v0 = IommuViommuAlloc { r#type: 0, ..v };
-    assert_eq!(fx.cmd(iommufd_io(IOMMUFD_CMD_VIOMMU_ALLOC), &v0).0, "EOPNOTSUPP");
+    assert_eq!(
+        fx.cmd(iommufd_io(IOMMUFD_CMD_VIOMMU_ALLOC), &v0).0,
+        "EOPNOTSUPP"
+    );
     let d = IommuVdeviceAlloc {
         size: 24,
         viommu_id: 1,
         ..Default::default()
     };
-    assert_eq!(fx.cmd(iommufd_io(IOMMUFD_CMD_VDEVICE_ALLOC), &d).0, "ENOENT");
+    assert_eq!(
+        fx.cmd(iommufd_io(IOMMUFD_CMD_VDEVICE_ALLOC), &d).0,
+        "ENOENT"
+    );
     let t = IommuTestCmd {
         size: 72,
         op: 0x77,
@@ -483,7 +527,12 @@ fn vfio_compat_basics() {
     assert_eq!(ret(VFIO_GET_API_VERSION, 0).unwrap(), 0);
     assert_eq!(ret(VFIO_CHECK_EXTENSION, VFIO_TYPE1V2_IOMMU).unwrap(), 1);
     assert_eq!(ret(VFIO_CHECK_EXTENSION, 1234).unwrap(), 0);
-    assert_eq!(ret(VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap_err().errno_name(), "ENODEV");
+    assert_eq!(
+        ret(VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU)
+            .unwrap_err()
+            .errno_name(),
+        "ENODEV"
+    );
     assert_eq!(ret(VFIO_SET_IOMMU, 77).unwrap_err().errno_name(), "EINVAL");
     let mut map = VfioDmaMap {
         argsz: 1,
@@ -493,10 +542,16 @@ fn vfio_compat_basics() {
         size: PAGE,
     };
     fx.mem.write(CMD, map.as_bytes()).unwrap();
-    assert_eq!(ret(VFIO_IOMMU_MAP_DMA, CMD).unwrap_err().errno_name(), "EINVAL");
+    assert_eq!(
+        ret(VFIO_IOMMU_MAP_DMA, CMD).unwrap_err().errno_name(),
+        "EINVAL"
+    );
     map.argsz = 32;
     fx.mem.write(CMD, map.as_bytes()).unwrap();
-    assert_eq!(ret(VFIO_IOMMU_MAP_DMA, CMD).unwrap_err().errno_name(), "ENODEV");
+    assert_eq!(
+        ret(VFIO_IOMMU_MAP_DMA, CMD).unwrap_err().errno_name(),
+        "ENODEV"
+    );
     // IOMMU_VFIO_IOAS: GET without one is ENODEV; SET, GET, CLEAR.
     let ioas = fx.ioas();
     let v = |op, ioas_id| {

@@ -210,9 +210,7 @@ impl IoasObj {
     /// The mappings covering `[iova, iova + len)` without a gap, as `(pa, len, prot, user)`
     /// slices in IOVA order; `ENOENT` if any byte is not mapped.
     fn slices(&self, iova: u64, len: u64) -> Result<Vec<(u64, u64, u32, bool)>> {
-        let end = iova
-            .checked_add(len)
-            .ok_or(einval_v("range wraps", iova))?;
+        let end = iova.checked_add(len).ok_or(einval_v("range wraps", iova))?;
         let mut out = Vec::new();
         let mut cursor = iova;
         let first = self

@@ -16,8 +16,8 @@
 use alloc::vec::Vec;
 
 use iommu_core::error::{
-    e2big_v, einval, einval_v, emsgsize_v, enodev, enoent_v, enotty_v, eoverflow,
-    eopnotsupp, eopnotsupp_v, eio_v, Condition,
+    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enoent_v, enotty_v, eopnotsupp,
+    eopnotsupp_v, eoverflow, Condition,
 };
 use iommu_core::{Result, IOMMU_READ, IOMMU_WRITE};
 use zerocopy::IntoBytes;
@@ -55,7 +55,8 @@ pub(super) struct Settings {
     pub(super) temp_memory_limit: Option<u32>,
 }
 
-/// `ULONG_MAX` of a 64-bit kernel: IOVAs and lengths at or above it are `EOVERFLOW`.
+/// `ULONG_MAX` of a 64-bit kernel: IOVAs and lengths at (or, on 32 bits, above) it are
+/// `EOVERFLOW`.
 const ULONG_MAX: u64 = u64::MAX;
 
 /// The `IOMMU_TEST_OP_*` numbers of the selftest command.
@@ -110,9 +111,9 @@ impl Ictx {
         let mut size = [0u8; 4];
         self.mem.read(arg, &mut size)?;
         let size = u32::from_ne_bytes(size) as usize;
-        let op = op_size(nr)
-            .filter(|_| request == iommufd_io(nr))
-            .ok_or(enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand))?;
+        let op = op_size(nr).filter(|_| request == iommufd_io(nr)).ok_or(
+            enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand),
+        )?;
         if size < op.min_size {
             return Err(einval_v("command size below the minimum", size as u64)
                 .because(Condition::RecordTooShort));
@@ -124,8 +125,10 @@ impl Ictx {
             let n = chunk.len().min(size - at);
             self.mem.read(arg + at as u64, &mut chunk[..n])?;
             if let Some(pos) = chunk[..n].iter().position(|&b| b != 0) {
-                return Err(e2big_v("non-zero bytes beyond the known struct", (at + pos) as u64)
-                    .because(Condition::UnknownTrailingBytes));
+                return Err(
+                    e2big_v("non-zero bytes beyond the known struct", (at + pos) as u64)
+                        .because(Condition::UnknownTrailingBytes),
+                );
             }
             at += n;
         }
@@ -146,9 +149,9 @@ impl Ictx {
     /// Pointers inside the struct go through [`Ictx::user_memory`].
     pub fn ioctl_cmd(&self, request: u32, cmd: &mut [u8]) -> Result<IoctlOutput> {
         let nr = request & 0xff;
-        let op = op_size(nr)
-            .filter(|_| request == iommufd_io(nr))
-            .ok_or(enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand))?;
+        let op = op_size(nr).filter(|_| request == iommufd_io(nr)).ok_or(
+            enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand),
+        )?;
         // The generic size rules every command gets (the commands re-check with their type).
         if cmd.len() < op.min_size {
             return Err(einval_v("command size below the minimum", cmd.len() as u64)
@@ -156,8 +159,11 @@ impl Ictx {
         }
         if cmd.len() > op.size {
             if let Some(pos) = cmd[op.size..].iter().position(|&b| b != 0) {
-                return Err(e2big_v("non-zero bytes beyond the known struct", (op.size + pos) as u64)
-                    .because(Condition::UnknownTrailingBytes));
+                return Err(e2big_v(
+                    "non-zero bytes beyond the known struct",
+                    (op.size + pos) as u64,
+                )
+                .because(Condition::UnknownTrailingBytes));
             }
         }
         let min = op.min_size;
@@ -192,7 +198,10 @@ impl Ictx {
                     let mut r = IommuIovaRange::default();
                     let at = c.allowed_iovas.wrapping_add(i * 16);
                     self.mem.read(at, r.as_mut_bytes())?;
-                    ranges.push(IovaRange { start: r.start, last: r.last });
+                    ranges.push(IovaRange {
+                        start: r.start,
+                        last: r.last,
+                    });
                 }
                 self.ioas_allow_iovas(c.ioas_id, &ranges)?;
                 none()
@@ -200,9 +209,11 @@ impl Ictx {
             IOMMUFD_CMD_IOAS_MAP => {
                 let mut c: IommuIoasMap = copy_struct_from_user(cmd, min)?;
                 if c.__reserved != 0 {
-                    return Err(eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags));
+                    return Err(
+                        eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags)
+                    );
                 }
-                let prot = map_prot(c.flags, c.iova >= ULONG_MAX || c.length >= ULONG_MAX)?;
+                let prot = map_prot(c.flags, c.iova == ULONG_MAX || c.length == ULONG_MAX)?;
                 self.check_ioas(c.ioas_id)?;
                 let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.iova);
                 c.iova = self.ioas_map_user(c.ioas_id, fixed, c.user_va, c.length, prot)?;
@@ -212,7 +223,7 @@ impl Ictx {
             IOMMUFD_CMD_IOAS_COPY => {
                 let mut c: IommuIoasCopy = copy_struct_from_user(cmd, min)?;
                 let overflow =
-                    c.length >= ULONG_MAX || c.src_iova >= ULONG_MAX || c.dst_iova >= ULONG_MAX;
+                    c.length == ULONG_MAX || c.src_iova == ULONG_MAX || c.dst_iova == ULONG_MAX;
                 let prot = map_prot(c.flags, overflow)?;
                 self.check_ioas(c.src_ioas_id)?;
                 let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.dst_iova);
@@ -231,7 +242,7 @@ impl Ictx {
                 let mut c: IommuIoasUnmap = copy_struct_from_user(cmd, min)?;
                 self.check_ioas(c.ioas_id)?;
                 let all = c.iova == 0 && c.length == u64::MAX;
-                if !all && (c.iova >= ULONG_MAX || c.length >= ULONG_MAX) {
+                if !all && (c.iova == ULONG_MAX || c.length == ULONG_MAX) {
                     return Err(eoverflow("IOVA or length at or above ULONG_MAX"));
                 }
                 c.length = self.ioas_unmap(c.ioas_id, c.iova, c.length)?;
@@ -287,29 +298,36 @@ impl Ictx {
                     return Err(eopnotsupp_v("unknown hw info flags", c.flags.into())
                         .because(Condition::UnsupportedFlags));
                 }
-                reserved_zero(u64::from(c.__reserved[0]) | u64::from(c.__reserved[1]) << 8 | u64::from(c.__reserved[2]) << 16)?;
+                reserved_zero(
+                    u64::from(c.__reserved[0])
+                        | u64::from(c.__reserved[1]) << 8
+                        | u64::from(c.__reserved[2]) << 16,
+                )?;
                 self.lookup_device(c.dev_id)?;
                 Err(eopnotsupp("hardware info is not modelled yet"))
             }
             IOMMUFD_CMD_VIOMMU_ALLOC => {
                 let c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
                 if c.flags != 0 || c.r#type == 0 {
-                    return Err(eopnotsupp_v("vIOMMU flags must be 0 and type not DEFAULT", c.r#type.into())
-                        .because(Condition::UnsupportedFlags));
+                    return Err(eopnotsupp_v(
+                        "vIOMMU flags must be 0 and type not DEFAULT",
+                        c.r#type.into(),
+                    )
+                    .because(Condition::UnsupportedFlags));
                 }
                 self.lookup_device(c.dev_id)?;
                 Err(eopnotsupp("vIOMMU objects are not modelled yet"))
             }
             IOMMUFD_CMD_VDEVICE_ALLOC => {
                 let c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
-                if c.virt_id > ULONG_MAX {
-                    return Err(einval_v("virt_id beyond ULONG_MAX", c.virt_id));
-                }
+                // Linux's `virt_id > ULONG_MAX` check cannot fire on a 64-bit kernel.
                 // No object is a vIOMMU yet.
-                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(match self.object_type(c.viommu_id) {
-                    Ok(_) => Condition::WrongObjectType,
-                    Err(_) => Condition::NoSuchObject,
-                }))
+                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(
+                    match self.object_type(c.viommu_id) {
+                        Ok(_) => Condition::WrongObjectType,
+                        Err(_) => Condition::NoSuchObject,
+                    },
+                ))
             }
             IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
             _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
@@ -320,8 +338,12 @@ impl Ictx {
     fn lookup_device(&self, id: u32) -> Result<()> {
         match self.object_type(id) {
             Ok(ObjectType::Device) => Ok(()),
-            Ok(_) => Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType)),
-            Err(_) => Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject)),
+            Ok(_) => {
+                Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType))
+            }
+            Err(_) => {
+                Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject))
+            }
         }
     }
 
@@ -359,7 +381,10 @@ impl Ictx {
         c.out_iova_alignment = self.ioas_iova_alignment(c.ioas_id)?;
         copy_struct_to_user(cmd, &c);
         if ranges.len() > max {
-            return Err(emsgsize_v("more IOVA ranges than num_iovas", ranges.len() as u64));
+            return Err(emsgsize_v(
+                "more IOVA ranges than num_iovas",
+                ranges.len() as u64,
+            ));
         }
         Ok(IoctlOutput::default())
     }
@@ -373,7 +398,10 @@ impl Ictx {
         match c.option_id {
             IOMMU_OPTION_RLIMIT_MODE => {
                 if c.object_id != 0 {
-                    return Err(eopnotsupp_v("RLIMIT_MODE takes object 0", c.object_id.into()));
+                    return Err(eopnotsupp_v(
+                        "RLIMIT_MODE takes object 0",
+                        c.object_id.into(),
+                    ));
                 }
                 match c.op {
                     IOMMU_OPTION_OP_GET => c.val64 = self.settings.lock().account_mm.into(),
@@ -513,7 +541,9 @@ impl Ictx {
                 self.mem.write(arg, unmap.as_bytes())?;
                 ret(0)
             }
-            _ => Err(enotty_v("unknown command", request.into()).because(Condition::UnknownCommand)),
+            _ => {
+                Err(enotty_v("unknown command", request.into()).because(Condition::UnknownCommand))
+            }
         }
     }
 }
