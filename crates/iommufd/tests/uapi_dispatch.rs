@@ -170,19 +170,46 @@ fn iova_ranges_reports_the_count_and_emsgsize_when_it_does_not_fit() {
         ..Default::default()
     };
     let (r, out) = fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c);
+    // Without a domain: all 64 bits, byte alignment (Linux).
     assert_eq!(
         (r, out.num_iovas, out.out_iova_alignment),
-        ("EMSGSIZE", 1, PAGE)
+        ("EMSGSIZE", 1, 1)
     );
     c.num_iovas = 1;
     let (r, out) = fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c);
     assert_eq!((r, out.num_iovas), ("ok", 1));
     let mut range = IommuIovaRange::default();
     fx.mem.read(ARRAY, range.as_mut_bytes()).unwrap();
+    assert_eq!((range.start, range.last), (0, u64::MAX));
+    // A reserved range splits it in two.
+    let mut add = IommuTestCmd {
+        size: 72,
+        op: 1,
+        id: ioas,
+        ..Default::default()
+    };
+    add.payload[0] = PAGE;
+    add.payload[1] = PAGE;
+    assert_eq!(fx.cmd(IOMMU_TEST_CMD, &add).0, "ok");
+    c.num_iovas = 1;
+    let (r, out) = fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c);
+    assert_eq!((r, out.num_iovas), ("EMSGSIZE", 2));
+    c.num_iovas = 2;
+    assert_eq!(fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c).0, "ok");
+    let mut two = [IommuIovaRange::default(); 2];
+    fx.mem.read(ARRAY, two.as_mut_bytes()).unwrap();
     assert_eq!(
-        (range.start, range.last),
-        (0, iommufd::IOAS_APERTURE_END - 1)
+        (two[0].start, two[0].last, two[1].start, two[1].last),
+        (0, PAGE - 1, 2 * PAGE, u64::MAX)
     );
+    // A mapping cannot go there.
+    let fixed = RW | IOMMU_IOAS_MAP_FIXED_IOVA;
+    assert_eq!(fx.map(ioas, BUF, PAGE, fixed, PAGE).0, "EINVAL");
+    add.payload[1] = 0;
+    assert_eq!(fx.cmd(IOMMU_TEST_CMD, &add).0, "EINVAL");
+    add.payload = [2, u64::MAX, 0, 0, 0, 0, 0];
+    assert_eq!(fx.cmd(IOMMU_TEST_CMD, &add).0, "EOVERFLOW");
+    c.num_iovas = 1;
     c.__reserved = 1;
     assert_eq!(fx.cmd(IOMMU_IOAS_IOVA_RANGES, &c).0, "EOPNOTSUPP");
     c.__reserved = 0;
@@ -247,7 +274,14 @@ fn ioas_map_flags_overflow_and_outputs() {
     let fixed = RW | IOMMU_IOAS_MAP_FIXED_IOVA;
     assert_eq!(fx.map(ioas, BUF, 2 * PAGE, fixed, 0x8000), ("ok", 0x8000));
     assert_eq!(fx.map(ioas, BUF, PAGE, fixed, 0x9000).0, "EEXIST");
-    assert_eq!(fx.map(ioas, BUF, PAGE, RW, 0), ("ok", 0));
+    assert_eq!(
+        fx.map(ioas, BUF, PAGE, RW, 0),
+        ("ok", 0x1000),
+        "never IOVA 0"
+    );
+    // Without a domain, any byte alignment; the automatic IOVA keeps the page offset.
+    let (r, iova) = fx.map(ioas, BUF + 0x10, 0x123, RW, 0);
+    assert_eq!((r, iova % PAGE), ("ok", 0x10));
     let reserved = IommuIoasMap {
         size: 40,
         flags: RW,
@@ -312,7 +346,7 @@ fn copy_shares_what_the_source_maps() {
         )
     };
     let (r, out) = copy(0x11000, 2 * PAGE, RW, 0);
-    assert_eq!((r, out.dst_iova), ("ok", 0));
+    assert_eq!((r, out.dst_iova), ("ok", 0x1000));
     assert_eq!(
         copy(0x13000, 2 * PAGE, RW, 0).0,
         "ENOENT",
@@ -320,7 +354,7 @@ fn copy_shares_what_the_source_maps() {
     );
     assert_eq!(copy(0x11000, PAGE, 1 << 5, 0).0, "EOPNOTSUPP");
     assert_eq!(copy(0x11000, PAGE, 0, 0).0, "EINVAL");
-    assert_eq!(copy(0x11000, PAGE, fixed, 0).0, "EEXIST");
+    assert_eq!(copy(0x11000, PAGE, fixed, 0x1000).0, "EEXIST");
 }
 
 #[test]
@@ -404,6 +438,12 @@ fn user_mappings_are_pinned_while_the_ioas_has_a_paging_hwpt() {
     h.out_hwpt_id = out.out_hwpt_id;
     assert_eq!(refs(BUF, 2 * PAGE, 1), "ok");
     assert_eq!(refs(BUF, 2 * PAGE, 0), "EIO");
+    // The HWPT reserves what lies beyond its domain's aperture and imposes its page size.
+    let ranges = fx.ictx.ioas_iova_ranges(ioas).unwrap();
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(ranges[0].last, iommufd::IOAS_APERTURE_END - 1);
+    assert_eq!(fx.ictx.ioas_iova_alignment(ioas).unwrap(), PAGE);
+    assert_eq!(fx.map(ioas, BUF, 0x123, RW, 0).0, "EINVAL");
     assert_eq!(refs(BUF + 1, PAGE, 1), "EINVAL");
     // With a domain, a hole is EFAULT and nothing is left pinned.
     fx.mem.unmap(BUF + 15 * PAGE, PAGE).unwrap();

@@ -10,15 +10,19 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use iommu_core::error::{eexist_v, einval_v, enoent_v, enospc, eperm_v};
+use iommu_core::error::{eaddrinuse_v, eexist_v, einval_v, enoent_v, enospc, eoverflow_v, eperm_v};
 use iommu_core::{Domain, Result, IOMMU_READ, IOMMU_WRITE};
 
 use super::{Ictx, Object};
 use crate::user_memory::UserMemory;
 
-/// The IOVA aperture every IOAS reports as allowed: `[0, IOAS_APERTURE_END)` (48-bit).
+/// The aperture of the model's paging domains: `[0, IOAS_APERTURE_END)` (48-bit). An IOAS
+/// without a paging HWPT spans all 64 bits, as in Linux; each paging HWPT reserves the IOVAs
+/// beyond its domain's aperture.
 pub const IOAS_APERTURE_END: u64 = 1 << 48;
 const PAGE_SIZE: u64 = 4096;
+/// The largest alignment automatic IOVA allocation aims for (a 2 MiB huge page).
+const MAX_AUTO_ALIGN: u64 = 2 << 20;
 
 /// An allowed IOVA range of an IOAS, inclusive (Linux `struct iommu_iova_range`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,14 +62,25 @@ impl IoasMap {
     /// Pins a user mapping's pages (a no-op for a physical one or one already pinned).
     fn pin(&mut self, mem: &Arc<dyn UserMemory>) -> Result<()> {
         if self.user && self.pin.is_none() {
-            mem.pin(self.pa, self.len, self.prot & IOMMU_WRITE != 0)?;
+            // The pages the (possibly unaligned) range touches.
+            let uva = self.pa - self.pa % PAGE_SIZE;
+            let end = self
+                .pa
+                .checked_add(self.len)
+                .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+                .ok_or(eoverflow_v("user range wraps", self.pa))?;
+            mem.pin(uva, end - uva, self.prot & IOMMU_WRITE != 0)?;
             self.pin = Some(Arc::new(Pin {
                 mem: mem.clone(),
-                uva: self.pa,
-                len: self.len,
+                uva,
+                len: end - uva,
             }));
         }
         Ok(())
+    }
+
+    fn last(&self, iova: u64) -> u64 {
+        iova + (self.len - 1)
     }
 }
 
@@ -78,6 +93,9 @@ pub(super) struct IoasObj {
     allowed: Vec<IovaRange>,
     /// `IOMMU_OPTION_HUGE_PAGES` (on by default).
     pub(super) huge_pages: bool,
+    /// Reserved IOVA ranges, inclusive: `(start, last, owner)`; owner 0 is the selftest's
+    /// `ADD_RESERVED`, otherwise the paging HWPT whose aperture excludes the range.
+    reserved: Vec<(u64, u64, u32)>,
     /// Where user mappings are pinned.
     mem: Arc<dyn UserMemory>,
 }
@@ -108,6 +126,7 @@ impl IoasObj {
             hwpts: BTreeMap::new(),
             allowed: Vec::new(),
             huge_pages: true,
+            reserved: Vec::new(),
             mem,
         }
     }
@@ -116,6 +135,10 @@ impl IoasObj {
     /// first HWPT pins every user mapping (`EFAULT` on a hole). On a refusal the domain is
     /// left empty and the IOAS unchanged.
     pub(super) fn add_hwpt(&mut self, hwpt_id: u32, domain: &Arc<Domain>) -> Result<()> {
+        // The domain's page size becomes the IOAS's alignment.
+        self.check_alignment(PAGE_SIZE)?;
+        // The IOVAs beyond the domain's aperture become reserved.
+        self.check_reservable(IOAS_APERTURE_END, u64::MAX)?;
         let mut maps = self.maps.clone();
         for m in maps.values_mut() {
             m.pin(&self.mem)?;
@@ -123,13 +146,104 @@ impl IoasObj {
         map_or_roll_back(maps.iter().map(|(&iova, m)| (&**domain, iova, m)))?;
         self.maps = maps;
         self.hwpts.insert(hwpt_id, domain.clone());
+        self.reserved.push((IOAS_APERTURE_END, u64::MAX, hwpt_id));
         Ok(())
+    }
+
+    /// `EADDRINUSE` if `[start, last]` holds a mapping or meets an allowed range.
+    fn check_reservable(&self, start: u64, last: u64) -> Result<()> {
+        if let Some((&iova, _)) = self.maps_in(start, last).next() {
+            return Err(eaddrinuse_v("reserved range holds a mapping", iova));
+        }
+        if let Some(r) = self
+            .allowed
+            .iter()
+            .find(|r| r.start <= last && start <= r.last)
+        {
+            return Err(eaddrinuse_v(
+                "reserved range meets an allowed range",
+                r.start,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The mappings meeting `[start, last]`.
+    fn maps_in(&self, start: u64, last: u64) -> impl Iterator<Item = (&u64, &IoasMap)> {
+        let first = self
+            .maps
+            .range(..=start)
+            .next_back()
+            .filter(|(&s, m)| m.last(s) >= start)
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
+        self.maps.range(first..=last)
+    }
+
+    /// Reserves `[start, last]` for `owner` (the selftest's `ADD_RESERVED` is owner 0).
+    pub(super) fn reserve(&mut self, start: u64, last: u64, owner: u32) -> Result<()> {
+        self.check_reservable(start, last)?;
+        self.reserved.push((start, last, owner));
+        Ok(())
+    }
+
+    /// The IOVA alignment mappings need: 1 without a paging HWPT, the page size with one.
+    pub(super) fn iova_alignment(&self) -> u64 {
+        if self.hwpts.is_empty() && self.huge_pages {
+            1
+        } else {
+            PAGE_SIZE
+        }
+    }
+
+    /// `EADDRINUSE` unless every mapping is aligned to `align` (Linux's
+    /// `iopt_check_iova_alignment` before the alignment goes up).
+    fn check_alignment(&self, align: u64) -> Result<()> {
+        match self.maps.iter().find(|(&iova, m)| {
+            !iova.is_multiple_of(align)
+                || !m.len.is_multiple_of(align)
+                || !(m.pa % PAGE_SIZE).is_multiple_of(align)
+        }) {
+            Some((&iova, _)) => Err(eaddrinuse_v(
+                "a mapping is not aligned to the new alignment",
+                iova,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The IOVA ranges not reserved, in order.
+    pub(super) fn iova_ranges(&self) -> Vec<IovaRange> {
+        let mut res = self.reserved.clone();
+        res.sort_unstable();
+        let mut out = Vec::new();
+        let mut cursor = Some(0u64);
+        for (s, l, _) in res {
+            let Some(c) = cursor else { break };
+            if s > c {
+                out.push(IovaRange {
+                    start: c,
+                    last: s - 1,
+                });
+            }
+            if l >= c {
+                cursor = l.checked_add(1);
+            }
+        }
+        if let Some(c) = cursor {
+            out.push(IovaRange {
+                start: c,
+                last: u64::MAX,
+            });
+        }
+        out
     }
 
     /// Removes paging HWPT `hwpt_id` and unmaps every mapping from its `domain`; the last one
     /// unpins the user mappings.
     pub(super) fn remove_hwpt(&mut self, hwpt_id: u32, domain: &Domain) {
         self.hwpts.remove(&hwpt_id);
+        self.reserved.retain(|r| r.2 != hwpt_id);
         for (&iova, m) in &self.maps {
             let _ = domain.unmap(iova, m.len);
         }
@@ -140,53 +254,86 @@ impl IoasObj {
         }
     }
 
-    /// Checks that `[iova, iova + len)` is aligned, inside the aperture and free.
+    /// Checks that `[iova, iova + len)` is aligned, clear of reserved ranges (`EINVAL`) and of
+    /// mappings (`EEXIST`), as Linux's `iopt_check_iova`.
     fn check_fixed_iova(&self, iova: u64, len: u64) -> Result<u64> {
-        if !iova.is_multiple_of(PAGE_SIZE)
-            || iova.checked_add(len).is_none_or(|e| e > IOAS_APERTURE_END)
-        {
-            return Err(einval_v("IOVA not aligned or outside the aperture", iova));
+        if !iova.is_multiple_of(self.iova_alignment()) {
+            return Err(einval_v("IOVA not aligned to the IOAS's alignment", iova));
         }
-        let end = iova + len;
-        if let Some((&at, _)) = self
-            .maps
-            .range(..end)
-            .next_back()
-            .filter(|(&s, m)| s + m.len > iova)
-        {
+        let last = iova
+            .checked_add(len - 1)
+            .ok_or(eoverflow_v("IOVA range wraps", iova))?;
+        if let Some(r) = self.reserved.iter().find(|r| r.0 <= last && iova <= r.1) {
+            return Err(einval_v("IOVA range meets a reserved range", r.0));
+        }
+        if let Some((&at, _)) = self.maps_in(iova, last).next() {
             return Err(eexist_v("IOVA range already mapped", at));
         }
         Ok(iova)
     }
 
-    /// The lowest free IOVA with `len` bytes free after it, inside the allowed ranges if any
-    /// were set.
-    fn find_free_iova(&self, len: u64) -> Result<u64> {
-        let windows: Vec<(u64, u64)> = if self.allowed.is_empty() {
-            alloc::vec![(0, IOAS_APERTURE_END)]
+    /// Linux's automatic IOVA (`iopt_alloc_iova`): aligned to the smaller of the length
+    /// rounded up to a power of two and the alignment of `uva` (at most 2 MiB), keeping the
+    /// page offset of `uva`, inside the allowed ranges if any (never at IOVA 0 nor in the last
+    /// page), the first hole between reserved ranges and mappings that fits.
+    fn find_free_iova(&self, uva: u64, len: u64) -> Result<u64> {
+        if len == 0 || len >= u64::MAX / 2 {
+            return Err(eoverflow_v("length for an automatic IOVA", len));
+        }
+        let pow = len.next_power_of_two();
+        let mut align = if uva == 0 {
+            pow
+        } else {
+            pow.min(1 << uva.trailing_zeros())
+        };
+        align = align.min(MAX_AUTO_ALIGN);
+        if align < self.iova_alignment() {
+            return Err(einval_v("user address not aligned to the IOAS", uva));
+        }
+        let offset = uva % PAGE_SIZE;
+        let fits = |start: u64, last: u64| -> Option<u64> {
+            let aligned = start.checked_add(align - 1)? & !(align - 1) | offset;
+            (aligned < last && last - aligned >= len - 1).then_some(aligned)
+        };
+        let (lo, hi) = (PAGE_SIZE, u64::MAX - PAGE_SIZE);
+        let spans: Vec<(u64, u64)> = if self.allowed.is_empty() {
+            alloc::vec![(lo, hi)]
         } else {
             self.allowed
                 .iter()
-                .filter(|r| r.start < IOAS_APERTURE_END)
-                .map(|r| {
-                    let start = r.start.next_multiple_of(PAGE_SIZE);
-                    (start, r.last.saturating_add(1).min(IOAS_APERTURE_END))
-                })
+                .filter(|r| r.last >= lo && r.start <= hi)
+                .map(|r| (r.start.max(lo), r.last.min(hi)))
                 .collect()
         };
-        for (lo, hi) in windows {
-            let mut cursor = lo;
-            for (&s, m) in self.maps.range(..hi) {
-                if s + m.len <= cursor {
+        for (s, l) in spans {
+            let Some(start) = fits(s, l) else { continue };
+            let mut used: Vec<(u64, u64)> = self
+                .reserved
+                .iter()
+                .filter(|r| r.0 <= l && start <= r.1)
+                .map(|r| (r.0, r.1))
+                .chain(self.maps_in(start, l).map(|(&i, m)| (i, m.last(i))))
+                .collect();
+            used.sort_unstable();
+            let mut cursor = start;
+            for (us, ul) in used {
+                if ul < cursor {
                     continue;
                 }
-                if s >= cursor && s - cursor >= len {
-                    break;
+                if us > cursor {
+                    if let Some(iova) = fits(cursor, us - 1) {
+                        return Ok(iova);
+                    }
                 }
-                cursor = cursor.max(s + m.len);
+                match ul.checked_add(1) {
+                    Some(c) => cursor = c,
+                    None => break,
+                }
             }
-            if cursor < hi && hi - cursor >= len {
-                return Ok(cursor);
+            if cursor <= l {
+                if let Some(iova) = fits(cursor, l) {
+                    return Ok(iova);
+                }
             }
         }
         Err(enospc("no free IOVA range large enough"))
@@ -195,9 +342,16 @@ impl IoasObj {
     /// Adds mapping `m` at `iova` (or the lowest free IOVA): pinned first if the IOAS has a
     /// paging HWPT, then pushed into every one. Returns the IOVA used.
     fn insert(&mut self, iova: Option<u64>, mut m: IoasMap) -> Result<u64> {
+        let align = self.iova_alignment();
+        if !m.len.is_multiple_of(align) || !(m.pa % PAGE_SIZE).is_multiple_of(align) {
+            return Err(einval_v(
+                "length or page offset not aligned to the IOAS",
+                m.len,
+            ));
+        }
         let iova = match iova {
             Some(iova) => self.check_fixed_iova(iova, m.len)?,
-            None => self.find_free_iova(m.len)?,
+            None => self.find_free_iova(m.pa, m.len)?,
         };
         if !self.hwpts.is_empty() {
             m.pin(&self.mem)?;
@@ -240,8 +394,11 @@ impl IoasObj {
 
 /// Checks a mapping's length, address and protection.
 fn check_map_args(pa: u64, len: u64, prot: u32) -> Result<()> {
-    if len == 0 || !len.is_multiple_of(PAGE_SIZE) || !pa.is_multiple_of(PAGE_SIZE) {
-        return Err(einval_v("length/address not 4 KiB aligned", len));
+    if len == 0 {
+        return Err(einval_v("zero-length mapping", len));
+    }
+    if pa.checked_add(len - 1).is_none() {
+        return Err(eoverflow_v("address range wraps", pa));
     }
     if prot == 0 || prot & !(IOMMU_READ | IOMMU_WRITE) != 0 {
         return Err(einval_v("bad prot", prot.into()));
@@ -258,20 +415,25 @@ impl Ictx {
         Ok(id)
     }
 
-    /// `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges mappings may use.
+    /// `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges mappings may use: all 64 bits less the
+    /// reserved ranges (each paging HWPT reserves what lies beyond its domain's aperture).
     pub fn ioas_iova_ranges(&self, ioas_id: u32) -> Result<Vec<IovaRange>> {
-        let mut t = self.table.lock();
-        t.ioas_mut(ioas_id)?;
-        Ok(alloc::vec![IovaRange {
-            start: 0,
-            last: IOAS_APERTURE_END - 1,
-        }])
+        Ok(self.table.lock().ioas_mut(ioas_id)?.iova_ranges())
     }
 
-    /// The IOVA alignment every mapping of the IOAS needs (4 KiB in this model).
+    /// The IOVA alignment every mapping of the IOAS needs: 1 byte without a paging HWPT (as
+    /// Linux), the domains' 4 KiB page with one.
     pub fn ioas_iova_alignment(&self, ioas_id: u32) -> Result<u64> {
-        self.table.lock().ioas_mut(ioas_id)?;
-        Ok(PAGE_SIZE)
+        Ok(self.table.lock().ioas_mut(ioas_id)?.iova_alignment())
+    }
+
+    /// Reserves `[start, last]` of the IOAS (the selftest's `IOMMU_TEST_OP_ADD_RESERVED`):
+    /// no mapping may go there. `EADDRINUSE` if a mapping or an allowed range meets it.
+    pub fn ioas_reserve(&self, ioas_id: u32, start: u64, last: u64) -> Result<()> {
+        if start > last {
+            return Err(einval_v("reserved range start > last", start));
+        }
+        self.table.lock().ioas_mut(ioas_id)?.reserve(start, last, 0)
     }
 
     /// `IOMMU_IOAS_ALLOW_IOVAS`: replaces the ranges automatic IOVA allocation may use (an
@@ -289,6 +451,16 @@ impl Ictx {
             if i > 0 && sorted[i - 1].last >= r.start {
                 return Err(einval_v("allowed ranges overlap", r.start));
             }
+        }
+        if let Some(r) = sorted.iter().find(|r| {
+            ioas.reserved
+                .iter()
+                .any(|v| v.0 <= r.last && r.start <= v.1)
+        }) {
+            return Err(eaddrinuse_v(
+                "allowed range meets a reserved range",
+                r.start,
+            ));
         }
         ioas.allowed = sorted;
         Ok(())
@@ -374,9 +546,13 @@ impl Ictx {
                 return Err(eperm_v("writable copy of a read-only mapping", s.0));
             }
         }
+        let align = dst.iova_alignment();
+        if !len.is_multiple_of(align) {
+            return Err(einval_v("length not aligned to the IOAS", len));
+        }
         let base = match dst_iova {
             Some(iova) => dst.check_fixed_iova(iova, len)?,
-            None => dst.find_free_iova(len)?,
+            None => dst.find_free_iova(slices[0].0, len)?,
         };
         let mut done: Vec<u64> = Vec::new();
         let mut iova = base;
@@ -412,14 +588,15 @@ impl Ictx {
             let all: Vec<u64> = ioas.maps.keys().copied().collect();
             return Ok(all.into_iter().map(|at| ioas.remove_map(at)).sum());
         }
-        let end = iova.saturating_add(len);
+        if len == 0 {
+            return Err(einval_v("zero-length unmap", iova));
+        }
+        let last = iova.saturating_add(len - 1);
         let hit: Vec<(u64, u64)> = ioas
-            .maps
-            .iter()
-            .filter(|(&s, m)| s < end && s + m.len > iova)
-            .map(|(&s, m)| (s, m.len))
+            .maps_in(iova, last)
+            .map(|(&s, m)| (s, m.last(s)))
             .collect();
-        if hit.iter().any(|&(s, l)| s < iova || s + l > end) {
+        if hit.iter().any(|&(s, l)| s < iova || l > last) {
             return Err(enoent_v("unmap range cuts through a mapping", iova));
         }
         if hit.is_empty() {
@@ -428,10 +605,15 @@ impl Ictx {
         Ok(hit.into_iter().map(|(s, _)| ioas.remove_map(s)).sum())
     }
 
-    /// `IOMMU_OPTION_HUGE_PAGES` of IOAS `ioas_id`: sets it with `Some`, returns it.
+    /// `IOMMU_OPTION_HUGE_PAGES` of IOAS `ioas_id`: sets it with `Some`, returns it. Turning
+    /// huge pages off makes everything page aligned (Linux `iopt_disable_large_pages`):
+    /// `EADDRINUSE` while a mapping is not.
     pub fn ioas_huge_pages(&self, ioas_id: u32, set: Option<bool>) -> Result<bool> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
+        if set == Some(false) {
+            ioas.check_alignment(PAGE_SIZE)?;
+        }
         if let Some(v) = set {
             ioas.huge_pages = v;
         }

@@ -61,6 +61,8 @@ const ULONG_MAX: u64 = u64::MAX;
 
 /// The `IOMMU_TEST_OP_*` numbers of the selftest command.
 pub mod test_op {
+    /// `IOMMU_TEST_OP_ADD_RESERVED`.
+    pub const ADD_RESERVED: u32 = 1;
     /// `IOMMU_TEST_OP_MD_CHECK_REFS`.
     pub const MD_CHECK_REFS: u32 = 4;
     /// `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`.
@@ -441,11 +443,25 @@ impl Ictx {
     }
 
     /// The selftest's `IOMMU_TEST_CMD`: the operations that need no mock device
-    /// (`MD_CHECK_REFS`, `SET_TEMP_MEMORY_LIMIT`); the rest are `EOPNOTSUPP`, as Linux's
-    /// switch answers an unknown op.
+    /// (`ADD_RESERVED`, `MD_CHECK_REFS`, `SET_TEMP_MEMORY_LIMIT`); the rest are `EOPNOTSUPP`,
+    /// as Linux's switch answers an unknown op.
     fn uapi_test_cmd(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
         let c: IommuTestCmd = copy_struct_from_user(cmd, min)?;
         match c.op {
+            test_op::ADD_RESERVED => {
+                let (start, length) = (c.payload[0], c.payload[1]);
+                if length == 0 {
+                    return Err(einval_v("reserved length is 0", 0));
+                }
+                let last = start
+                    .checked_add(length - 1)
+                    .ok_or(iommu_core::error::eoverflow_v(
+                        "reserved range wraps",
+                        start,
+                    ))?;
+                self.ioas_reserve(c.id, start, last)?;
+                Ok(IoctlOutput::default())
+            }
             test_op::MD_CHECK_REFS => {
                 let (length, uptr, refs) = (c.payload[0], c.payload[1], c.payload[2] as u32);
                 if !length.is_multiple_of(4096)
