@@ -121,6 +121,9 @@ impl fmt::Display for Reason {
 /// An errno-style error. Variants are sorted by name; each maps 1:1 to the errno in its doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Error {
+    /// `EADDRINUSE`: an IOVA range collides with a reserved one.
+    #[error("EADDRINUSE: {0}")]
+    AddressInUse(Reason),
     /// `EAGAIN`: try again (a non-blocking call found nothing to do).
     #[error("EAGAIN: {0}")]
     Again(Reason),
@@ -139,6 +142,12 @@ pub enum Error {
     /// `EINVAL`: an argument is invalid (out of range, wrong kind, not attached as claimed).
     #[error("EINVAL: {0}")]
     InvalidArgument(Reason),
+    /// `EIO`: a check on the state of memory failed (the selftest's reference counts).
+    #[error("EIO: {0}")]
+    Io(Reason),
+    /// `EMSGSIZE`: the output did not fit the buffer given; the count needed is reported.
+    #[error("EMSGSIZE: {0}")]
+    MessageTooLong(Reason),
     /// `ENODEV`: the device is not behind an IOMMU, or lacks a facility the call needs.
     #[error("ENODEV: {0}")]
     NoDevice(Reason),
@@ -177,6 +186,8 @@ pub mod errno {
     pub const EPERM: i32 = 1;
     /// No such file or directory (no such entry).
     pub const ENOENT: i32 = 2;
+    /// I/O error.
+    pub const EIO: i32 = 5;
     /// Argument list too long.
     pub const E2BIG: i32 = 7;
     /// Try again.
@@ -201,8 +212,12 @@ pub mod errno {
     pub const ESPIPE: i32 = 29;
     /// Value too large for defined data type.
     pub const EOVERFLOW: i32 = 75;
+    /// Message too long.
+    pub const EMSGSIZE: i32 = 90;
     /// Operation not supported.
     pub const EOPNOTSUPP: i32 = 95;
+    /// Address already in use.
+    pub const EADDRINUSE: i32 = 98;
     /// Driver requests probe retry (kernel-internal).
     pub const EPROBE_DEFER: i32 = 517;
 }
@@ -212,12 +227,15 @@ impl Error {
     pub const fn errno(&self) -> i32 {
         use errno::*;
         match self {
+            Self::AddressInUse(_) => EADDRINUSE,
             Self::Again(_) => EAGAIN,
             Self::Busy(_) => EBUSY,
             Self::Exists(_) => EEXIST,
             Self::Fault(_) => EFAULT,
             Self::IllegalSeek(_) => ESPIPE,
             Self::InvalidArgument(_) => EINVAL,
+            Self::Io(_) => EIO,
+            Self::MessageTooLong(_) => EMSGSIZE,
             Self::NoDevice(_) => ENODEV,
             Self::NoEntry(_) => ENOENT,
             Self::NoMemory(_) => ENOMEM,
@@ -239,12 +257,15 @@ impl Error {
     /// The errno's symbolic name (`"EINVAL"`).
     pub const fn errno_name(&self) -> &'static str {
         match self {
+            Self::AddressInUse(_) => "EADDRINUSE",
             Self::Again(_) => "EAGAIN",
             Self::Busy(_) => "EBUSY",
             Self::Exists(_) => "EEXIST",
             Self::Fault(_) => "EFAULT",
             Self::IllegalSeek(_) => "ESPIPE",
             Self::InvalidArgument(_) => "EINVAL",
+            Self::Io(_) => "EIO",
+            Self::MessageTooLong(_) => "EMSGSIZE",
             Self::NoDevice(_) => "ENODEV",
             Self::NoEntry(_) => "ENOENT",
             Self::NoMemory(_) => "ENOMEM",
@@ -266,12 +287,15 @@ impl Error {
     /// The same error, naming its condition (`ebusy("...").because(Condition::PasidInUse)`).
     pub const fn because(self, condition: Condition) -> Self {
         match self {
+            Self::AddressInUse(r) => Self::AddressInUse(r.because(condition)),
             Self::Again(r) => Self::Again(r.because(condition)),
             Self::Busy(r) => Self::Busy(r.because(condition)),
             Self::Exists(r) => Self::Exists(r.because(condition)),
             Self::Fault(r) => Self::Fault(r.because(condition)),
             Self::IllegalSeek(r) => Self::IllegalSeek(r.because(condition)),
             Self::InvalidArgument(r) => Self::InvalidArgument(r.because(condition)),
+            Self::Io(r) => Self::Io(r.because(condition)),
+            Self::MessageTooLong(r) => Self::MessageTooLong(r.because(condition)),
             Self::NoDevice(r) => Self::NoDevice(r.because(condition)),
             Self::NoEntry(r) => Self::NoEntry(r.because(condition)),
             Self::NoMemory(r) => Self::NoMemory(r.because(condition)),
@@ -288,12 +312,15 @@ impl Error {
     /// Why the call failed.
     pub const fn reason(&self) -> &Reason {
         match self {
-            Self::Again(r)
+            Self::AddressInUse(r)
+            | Self::Again(r)
             | Self::Busy(r)
             | Self::Exists(r)
             | Self::Fault(r)
             | Self::IllegalSeek(r)
             | Self::InvalidArgument(r)
+            | Self::Io(r)
+            | Self::MessageTooLong(r)
             | Self::NoDevice(r)
             | Self::NoEntry(r)
             | Self::NoMemory(r)
@@ -326,12 +353,15 @@ macro_rules! errors {
 }
 
 errors! {
+    eaddrinuse, eaddrinuse_v => AddressInUse;
     eagain, eagain_v => Again;
     ebusy, ebusy_v => Busy;
     eexist, eexist_v => Exists;
     efault, efault_v => Fault;
     espipe, espipe_v => IllegalSeek;
     einval, einval_v => InvalidArgument;
+    eio, eio_v => Io;
+    emsgsize, emsgsize_v => MessageTooLong;
     enodev, enodev_v => NoDevice;
     enoent, enoent_v => NoEntry;
     enomem, enomem_v => NoMemory;
@@ -351,7 +381,10 @@ mod tests {
     #[test]
     fn every_variant_maps_to_its_linux_errno() {
         let cases = [
+            (eaddrinuse("x"), 98, "EADDRINUSE"),
             (eagain("x"), 11, "EAGAIN"),
+            (eio("x"), 5, "EIO"),
+            (emsgsize("x"), 90, "EMSGSIZE"),
             (ebusy("x"), 16, "EBUSY"),
             (eexist("x"), 17, "EEXIST"),
             (efault("x"), 14, "EFAULT"),

@@ -10,6 +10,10 @@
 //!   `read` yields whole page request groups as byte-exact [`uapi::IommuHwptPgfault`] records
 //!   with a cookie per group, `write` takes [`uapi::IommuHwptPageResponse`] records, and a real
 //!   eventfd ([`std::os::fd::AsFd`]) is readable exactly while groups wait, for epoll.
+//! * [`Ictx::ioctl`] is the uAPI itself: a request number and the caller's struct in its
+//!   [`user_memory::UserMemory`], Linux 7.3's size rules (`EINVAL` below the minimum, `E2BIG`
+//!   for unknown non-zero bytes, `ENOTTY` for an unknown command) and each command's errnos;
+//!   `crates/iommufd-preload` serves it to unmodified programs as `/dev/iommu`.
 //! * Every page request group gets exactly one response (SPEC H9): from user space, or
 //!   Invalid from auto-response when its attachment is detached or replaced (on the *old*
 //!   HWPT's queue, H21), when the endpoint is closed, or when the context or queue is
@@ -65,7 +69,8 @@ mod fault;
 pub mod handler;
 mod ictx;
 pub mod uapi;
+pub mod user_memory;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
-pub use ictx::{Ictx, IovaRange, ObjectType, IOAS_APERTURE_END};
+pub use ictx::{Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END};
 pub use iommu_core::IOMMU_NO_PASID;

@@ -15,6 +15,7 @@ mod device;
 mod fault_queue;
 mod hw_pagetable;
 mod ioas;
+mod ioctl;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
@@ -26,11 +27,13 @@ use iommu_core::sync::Mutex;
 use iommu_core::{device_release_dma_owner, DeviceId, DmaOwner, Error, GroupId, Result};
 
 use crate::fault::Fault;
+use crate::user_memory::{NoUserMemory, UserMemory};
 use device::{IGroup, IdevObj};
 use hw_pagetable::{Hwpt, HwptKind};
 use ioas::IoasObj;
 
 pub use ioas::{IovaRange, IOAS_APERTURE_END};
+pub use ioctl::{IoctlOutput, NewFd};
 
 /// The kind of object an ID names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,10 @@ static NEXT_ICTX: StdAtomicU64 = StdAtomicU64::new(1);
 pub struct Ictx {
     owner: DmaOwner,
     table: Mutex<Table>,
+    /// The memory `IOMMU_IOAS_MAP` maps and command pointers point into.
+    mem: Arc<dyn UserMemory>,
+    /// Context-wide settings of the uAPI (`IOMMU_OPTION_RLIMIT_MODE`, the VFIO compat IOAS).
+    settings: Mutex<ioctl::Settings>,
 }
 
 impl Default for Ictx {
@@ -276,10 +283,28 @@ impl Table {
 impl Ictx {
     /// A new, empty context with its own DMA-owner cookie.
     pub fn new() -> Self {
+        Self::with_user_memory(Arc::new(NoUserMemory))
+    }
+
+    /// A new context whose commands read and write, and whose `IOMMU_IOAS_MAP` maps and pins,
+    /// the memory `mem` (the process behind a `/dev/iommu` fd).
+    pub fn with_user_memory(mem: Arc<dyn UserMemory>) -> Self {
         Self {
             owner: DmaOwner(NEXT_ICTX.fetch_add(1, Relaxed)),
             table: Mutex::new(Table::default()),
+            mem,
+            settings: Mutex::new(ioctl::Settings::default()),
         }
+    }
+
+    /// The memory this context's commands use.
+    pub fn user_memory(&self) -> &Arc<dyn UserMemory> {
+        &self.mem
+    }
+
+    /// Whether the object table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.lock().objects.is_empty()
     }
 
     /// The cookie this context claims DMA ownership of bound devices' groups with.

@@ -1,0 +1,565 @@
+//! The uAPI dispatch (Linux `iommufd_fops_ioctl` and `vfio_compat.c`): one entry point that
+//! takes a request number and the caller's struct, applies the size rules every command
+//! shares, decodes the struct and calls the Rust API.
+//!
+//! The rules, as Linux 7.3 applies them before any command runs:
+//! * a number outside the iommufd table goes to the VFIO type1 compatibility commands, and
+//!   anything unknown there is `ENOTTY`; inside the table, a request that is not exactly
+//!   `_IO(';', nr)` of a known command is `ENOTTY`;
+//! * the struct starts with its `u32 size`; unreadable ⇒ `EFAULT`; below the command's
+//!   minimum ⇒ `EINVAL`; beyond what this model knows with a non-zero byte there ⇒ `E2BIG`;
+//! * outputs are copied back over `min(size, known size)` bytes.
+//!
+//! Then each command checks its own flags and reserved fields as Linux does (unknown flags
+//! and non-zero `__reserved` are `EOPNOTSUPP` unless Linux says otherwise).
+
+use alloc::vec::Vec;
+
+use iommu_core::error::{
+    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enoent_v, enotty_v, eopnotsupp,
+    eopnotsupp_v, eoverflow, Condition,
+};
+use iommu_core::{Result, IOMMU_READ, IOMMU_WRITE};
+use zerocopy::IntoBytes;
+
+use super::{Ictx, IovaRange, ObjectType};
+use crate::fault::FaultFd;
+use crate::uapi::*;
+
+/// A file the command created (the fault queue's fd): the caller installs it as a new fd and
+/// writes the fd number, as a `u32`, at `out_offset` of the command struct.
+pub struct NewFd {
+    /// The endpoint behind the new fd.
+    pub endpoint: FaultFd,
+    /// Where the fd number goes in the command struct.
+    pub out_offset: usize,
+}
+
+/// What a successful command returns besides its updated struct.
+#[derive(Default)]
+pub struct IoctlOutput {
+    /// The `ioctl` return value (0 except `VFIO_CHECK_EXTENSION` and the like).
+    pub ret: i32,
+    /// A file to install (`IOMMU_FAULT_QUEUE_ALLOC`).
+    pub new_fd: Option<NewFd>,
+}
+
+/// Context-wide uAPI settings.
+#[derive(Default)]
+pub(super) struct Settings {
+    /// `IOMMU_OPTION_RLIMIT_MODE`: 1 accounts pinned pages to the mm.
+    account_mm: bool,
+    /// The VFIO compatibility IOAS (`IOMMU_VFIO_IOAS`).
+    vfio_ioas: Option<u32>,
+    /// The selftest's temporary memory limit (`IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`).
+    pub(super) temp_memory_limit: Option<u32>,
+}
+
+/// `ULONG_MAX` of a 64-bit kernel: IOVAs and lengths at (or, on 32 bits, above) it are
+/// `EOVERFLOW`.
+const ULONG_MAX: u64 = u64::MAX;
+
+/// The `IOMMU_TEST_OP_*` numbers of the selftest command.
+pub mod test_op {
+    /// `IOMMU_TEST_OP_ADD_RESERVED`.
+    pub const ADD_RESERVED: u32 = 1;
+    /// `IOMMU_TEST_OP_MD_CHECK_REFS`.
+    pub const MD_CHECK_REFS: u32 = 4;
+    /// `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`.
+    pub const SET_TEMP_MEMORY_LIMIT: u32 = 9;
+}
+
+/// `IOMMU_IOAS_MAP_*` flags to `IOMMU_READ`/`IOMMU_WRITE`; `EOPNOTSUPP` for unknown flags
+/// and `EINVAL` for neither readable nor writeable, in Linux's order (`overflow` between).
+fn map_prot(flags: u32, overflow: bool) -> Result<u32> {
+    let known = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+    if flags & !known != 0 {
+        return Err(eopnotsupp_v("unknown IOAS map flags", flags.into())
+            .because(Condition::UnsupportedFlags));
+    }
+    if overflow {
+        return Err(eoverflow("IOVA or length at or above ULONG_MAX"));
+    }
+    let mut prot = 0;
+    if flags & IOMMU_IOAS_MAP_WRITEABLE != 0 {
+        prot |= IOMMU_WRITE;
+    }
+    if flags & IOMMU_IOAS_MAP_READABLE != 0 {
+        prot |= IOMMU_READ;
+    }
+    if prot == 0 {
+        return Err(einval_v("map needs READABLE or WRITEABLE", flags.into()));
+    }
+    Ok(prot)
+}
+
+fn reserved_zero(v: u64) -> Result<()> {
+    if v != 0 {
+        return Err(eopnotsupp_v("__reserved must be 0", v).because(Condition::UnsupportedFlags));
+    }
+    Ok(())
+}
+
+impl Ictx {
+    /// One `ioctl(2)` on this context's fd: `request` is the full request number, `arg` the
+    /// raw argument (a pointer into [`Ictx::user_memory`], or an integer for the VFIO
+    /// commands that take one). Returns what the call returns; the struct at `arg` is updated
+    /// as Linux updates it (also on `EMSGSIZE`).
+    pub fn ioctl(&self, request: u32, arg: u64) -> Result<IoctlOutput> {
+        let nr = request & 0xff;
+        if !(IOMMUFD_CMD_BASE..=IOMMUFD_CMD_TEST).contains(&nr) {
+            return self.vfio_ioctl(request, arg);
+        }
+        let mut size = [0u8; 4];
+        self.mem.read(arg, &mut size)?;
+        let size = u32::from_ne_bytes(size) as usize;
+        let op = op_size(nr).filter(|_| request == iommufd_io(nr)).ok_or(
+            enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand),
+        )?;
+        if size < op.min_size {
+            return Err(einval_v("command size below the minimum", size as u64)
+                .because(Condition::RecordTooShort));
+        }
+        // `check_zeroed_user`: the bytes beyond what we know, read in pieces.
+        let mut at = op.size;
+        let mut chunk = [0u8; 256];
+        while at < size {
+            let n = chunk.len().min(size - at);
+            self.mem.read(arg + at as u64, &mut chunk[..n])?;
+            if let Some(pos) = chunk[..n].iter().position(|&b| b != 0) {
+                return Err(
+                    e2big_v("non-zero bytes beyond the known struct", (at + pos) as u64)
+                        .because(Condition::UnknownTrailingBytes),
+                );
+            }
+            at += n;
+        }
+        let known = size.min(op.size);
+        let mut buf = alloc::vec![0u8; known];
+        self.mem.read(arg, &mut buf)?;
+        let before = buf.clone();
+        let res = self.ioctl_cmd(request, &mut buf);
+        if buf != before {
+            self.mem.write(arg, &buf)?;
+        }
+        res
+    }
+
+    /// An iommufd command on a struct already copied in: `cmd` is the user's struct, its
+    /// length the `size` user space declared (so the size rules apply to it). Outputs are
+    /// written into `cmd`; a new fd's number is the caller's to write (see [`NewFd`]).
+    /// Pointers inside the struct go through [`Ictx::user_memory`].
+    pub fn ioctl_cmd(&self, request: u32, cmd: &mut [u8]) -> Result<IoctlOutput> {
+        let nr = request & 0xff;
+        let op = op_size(nr).filter(|_| request == iommufd_io(nr)).ok_or(
+            enotty_v("unknown iommufd command", request.into()).because(Condition::UnknownCommand),
+        )?;
+        // The generic size rules every command gets (the commands re-check with their type).
+        if cmd.len() < op.min_size {
+            return Err(einval_v("command size below the minimum", cmd.len() as u64)
+                .because(Condition::RecordTooShort));
+        }
+        if cmd.len() > op.size {
+            if let Some(pos) = cmd[op.size..].iter().position(|&b| b != 0) {
+                return Err(e2big_v(
+                    "non-zero bytes beyond the known struct",
+                    (op.size + pos) as u64,
+                )
+                .because(Condition::UnknownTrailingBytes));
+            }
+        }
+        let min = op.min_size;
+        let none = || Ok(IoctlOutput::default());
+        match nr {
+            IOMMUFD_CMD_DESTROY => {
+                let c: IommuDestroy = copy_struct_from_user(cmd, min)?;
+                self.destroy(c.id)?;
+                let mut s = self.settings.lock();
+                if s.vfio_ioas == Some(c.id) {
+                    s.vfio_ioas = None;
+                }
+                none()
+            }
+            IOMMUFD_CMD_IOAS_ALLOC => {
+                let mut c: IommuIoasAlloc = copy_struct_from_user(cmd, min)?;
+                if c.flags != 0 {
+                    return Err(eopnotsupp_v("IOAS alloc flags must be 0", c.flags.into())
+                        .because(Condition::UnsupportedFlags));
+                }
+                c.out_ioas_id = self.ioas_alloc()?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
+            IOMMUFD_CMD_IOAS_IOVA_RANGES => self.uapi_iova_ranges(cmd, min),
+            IOMMUFD_CMD_IOAS_ALLOW_IOVAS => {
+                let c: IommuIoasAllowIovas = copy_struct_from_user(cmd, min)?;
+                reserved_zero(c.__reserved.into())?;
+                self.check_ioas(c.ioas_id)?;
+                let mut ranges = Vec::new();
+                for i in 0..c.num_iovas as u64 {
+                    let mut r = IommuIovaRange::default();
+                    let at = c.allowed_iovas.wrapping_add(i * 16);
+                    self.mem.read(at, r.as_mut_bytes())?;
+                    ranges.push(IovaRange {
+                        start: r.start,
+                        last: r.last,
+                    });
+                }
+                self.ioas_allow_iovas(c.ioas_id, &ranges)?;
+                none()
+            }
+            IOMMUFD_CMD_IOAS_MAP => {
+                let mut c: IommuIoasMap = copy_struct_from_user(cmd, min)?;
+                if c.__reserved != 0 {
+                    return Err(
+                        eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags)
+                    );
+                }
+                let prot = map_prot(c.flags, c.iova == ULONG_MAX || c.length == ULONG_MAX)?;
+                self.check_ioas(c.ioas_id)?;
+                let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.iova);
+                c.iova = self.ioas_map_user(c.ioas_id, fixed, c.user_va, c.length, prot)?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
+            IOMMUFD_CMD_IOAS_COPY => {
+                let mut c: IommuIoasCopy = copy_struct_from_user(cmd, min)?;
+                let overflow =
+                    c.length == ULONG_MAX || c.src_iova == ULONG_MAX || c.dst_iova == ULONG_MAX;
+                let prot = map_prot(c.flags, overflow)?;
+                self.check_ioas(c.src_ioas_id)?;
+                let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.dst_iova);
+                c.dst_iova = self.ioas_copy(
+                    c.dst_ioas_id,
+                    fixed,
+                    c.src_ioas_id,
+                    c.src_iova,
+                    c.length,
+                    prot,
+                )?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
+            IOMMUFD_CMD_IOAS_UNMAP => {
+                let mut c: IommuIoasUnmap = copy_struct_from_user(cmd, min)?;
+                self.check_ioas(c.ioas_id)?;
+                let all = c.iova == 0 && c.length == u64::MAX;
+                if !all && (c.iova == ULONG_MAX || c.length == ULONG_MAX) {
+                    return Err(eoverflow("IOVA or length at or above ULONG_MAX"));
+                }
+                c.length = self.ioas_unmap(c.ioas_id, c.iova, c.length)?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
+            IOMMUFD_CMD_OPTION => self.uapi_option(cmd, min),
+            IOMMUFD_CMD_VFIO_IOAS => {
+                let mut c: IommuVfioIoas = copy_struct_from_user(cmd, min)?;
+                reserved_zero(c.__reserved.into())?;
+                match c.op {
+                    IOMMU_VFIO_IOAS_GET => {
+                        c.ioas_id = self.compat_ioas()?;
+                        copy_struct_to_user(cmd, &c);
+                    }
+                    IOMMU_VFIO_IOAS_SET => {
+                        self.check_ioas(c.ioas_id)?;
+                        self.settings.lock().vfio_ioas = Some(c.ioas_id);
+                    }
+                    IOMMU_VFIO_IOAS_CLEAR => self.settings.lock().vfio_ioas = None,
+                    op => return Err(eopnotsupp_v("unknown VFIO IOAS op", op.into())),
+                }
+                none()
+            }
+            IOMMUFD_CMD_HWPT_ALLOC => {
+                let c: IommuHwptAlloc = copy_struct_from_user(cmd, min)?;
+                let mut data = alloc::vec![0u8; c.data_len as usize];
+                if !data.is_empty() {
+                    self.mem.read(c.data_uptr, &mut data)?;
+                }
+                self.ioctl_hwpt_alloc(cmd, &data)?;
+                none()
+            }
+            IOMMUFD_CMD_FAULT_QUEUE_ALLOC => {
+                let c: IommuFaultAlloc = copy_struct_from_user(cmd, min)?;
+                let (id, endpoint) = self.fault_queue_alloc(c.flags)?;
+                let out = IommuFaultAlloc {
+                    out_fault_id: id,
+                    ..c
+                };
+                copy_struct_to_user(cmd, &out);
+                Ok(IoctlOutput {
+                    ret: 0,
+                    new_fd: Some(NewFd {
+                        endpoint,
+                        out_offset: core::mem::offset_of!(IommuFaultAlloc, out_fault_fd),
+                    }),
+                })
+            }
+            IOMMUFD_CMD_GET_HW_INFO => {
+                let c: IommuHwInfo = copy_struct_from_user(cmd, min)?;
+                if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 {
+                    return Err(eopnotsupp_v("unknown hw info flags", c.flags.into())
+                        .because(Condition::UnsupportedFlags));
+                }
+                reserved_zero(
+                    u64::from(c.__reserved[0])
+                        | u64::from(c.__reserved[1]) << 8
+                        | u64::from(c.__reserved[2]) << 16,
+                )?;
+                self.lookup_device(c.dev_id)?;
+                Err(eopnotsupp("hardware info is not modelled yet"))
+            }
+            IOMMUFD_CMD_VIOMMU_ALLOC => {
+                let c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
+                if c.flags != 0 || c.r#type == 0 {
+                    return Err(eopnotsupp_v(
+                        "vIOMMU flags must be 0 and type not DEFAULT",
+                        c.r#type.into(),
+                    )
+                    .because(Condition::UnsupportedFlags));
+                }
+                self.lookup_device(c.dev_id)?;
+                Err(eopnotsupp("vIOMMU objects are not modelled yet"))
+            }
+            IOMMUFD_CMD_VDEVICE_ALLOC => {
+                let c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
+                // Linux's `virt_id > ULONG_MAX` check cannot fire on a 64-bit kernel.
+                // No object is a vIOMMU yet.
+                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(
+                    match self.object_type(c.viommu_id) {
+                        Ok(_) => Condition::WrongObjectType,
+                        Err(_) => Condition::NoSuchObject,
+                    },
+                ))
+            }
+            IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
+            _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
+        }
+    }
+
+    /// `ENOENT` unless `id` is a bound device.
+    fn lookup_device(&self, id: u32) -> Result<()> {
+        match self.object_type(id) {
+            Ok(ObjectType::Device) => Ok(()),
+            Ok(_) => {
+                Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType))
+            }
+            Err(_) => {
+                Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject))
+            }
+        }
+    }
+
+    /// `ENOENT` unless `id` is an IOAS.
+    fn check_ioas(&self, id: u32) -> Result<()> {
+        self.table.lock().ioas_mut(id).map(|_| ())
+    }
+
+    /// The VFIO compatibility IOAS, `ENODEV` without one.
+    fn compat_ioas(&self) -> Result<u32> {
+        let id = self.settings.lock().vfio_ioas;
+        match id {
+            Some(id) if self.check_ioas(id).is_ok() => Ok(id),
+            _ => Err(enodev("no VFIO compatibility IOAS")),
+        }
+    }
+
+    /// `IOMMU_IOAS_IOVA_RANGES`: writes up to `num_iovas` ranges to `allowed_iovas`, always
+    /// reports how many there are, and is `EMSGSIZE` (with the struct updated) when they did
+    /// not all fit.
+    fn uapi_iova_ranges(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
+        let mut c: IommuIoasIovaRanges = copy_struct_from_user(cmd, min)?;
+        reserved_zero(c.__reserved.into())?;
+        let ranges = self.ioas_iova_ranges(c.ioas_id)?;
+        let max = c.num_iovas as usize;
+        for (i, r) in ranges.iter().enumerate().take(max) {
+            let elm = IommuIovaRange {
+                start: r.start,
+                last: r.last,
+            };
+            self.mem
+                .write(c.allowed_iovas.wrapping_add(i as u64 * 16), elm.as_bytes())?;
+        }
+        c.num_iovas = ranges.len() as u32;
+        c.out_iova_alignment = self.ioas_iova_alignment(c.ioas_id)?;
+        copy_struct_to_user(cmd, &c);
+        if ranges.len() > max {
+            return Err(emsgsize_v(
+                "more IOVA ranges than num_iovas",
+                ranges.len() as u64,
+            ));
+        }
+        Ok(IoctlOutput::default())
+    }
+
+    /// `IOMMU_OPTION`: `RLIMIT_MODE` of the context (object 0; set only while the context has
+    /// no objects, `EBUSY` otherwise) and `HUGE_PAGES` of an IOAS.
+    fn uapi_option(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
+        let mut c: IommuOption = copy_struct_from_user(cmd, min)?;
+        reserved_zero(c.__reserved.into())?;
+        let bad_op = || Err(eopnotsupp_v("unknown option op", c.op.into()));
+        match c.option_id {
+            IOMMU_OPTION_RLIMIT_MODE => {
+                if c.object_id != 0 {
+                    return Err(eopnotsupp_v(
+                        "RLIMIT_MODE takes object 0",
+                        c.object_id.into(),
+                    ));
+                }
+                match c.op {
+                    IOMMU_OPTION_OP_GET => c.val64 = self.settings.lock().account_mm.into(),
+                    IOMMU_OPTION_OP_SET => {
+                        // Linux needs CAP_SYS_RESOURCE; the model grants it.
+                        if !self.is_empty() {
+                            return Err(iommu_core::error::ebusy("context has objects"));
+                        }
+                        self.settings.lock().account_mm = match c.val64 {
+                            0 => false,
+                            1 => true,
+                            v => return Err(einval_v("RLIMIT_MODE is 0 or 1", v)),
+                        };
+                    }
+                    _ => return bad_op(),
+                }
+            }
+            IOMMU_OPTION_HUGE_PAGES => {
+                self.check_ioas(c.object_id)?;
+                let set = match c.op {
+                    IOMMU_OPTION_OP_GET => None,
+                    IOMMU_OPTION_OP_SET => match c.val64 {
+                        0 => Some(false),
+                        1 => Some(true),
+                        v => return Err(einval_v("HUGE_PAGES is 0 or 1", v)),
+                    },
+                    _ => return bad_op(),
+                };
+                c.val64 = self.ioas_huge_pages(c.object_id, set)?.into();
+            }
+            id => return Err(eopnotsupp_v("unknown option", id.into())),
+        }
+        // Linux copies back only `val64`.
+        let off = core::mem::offset_of!(IommuOption, val64);
+        cmd[off..off + 8].copy_from_slice(&c.val64.to_ne_bytes());
+        Ok(IoctlOutput::default())
+    }
+
+    /// The selftest's `IOMMU_TEST_CMD`: the operations that need no mock device
+    /// (`ADD_RESERVED`, `MD_CHECK_REFS`, `SET_TEMP_MEMORY_LIMIT`); the rest are `EOPNOTSUPP`,
+    /// as Linux's switch answers an unknown op.
+    fn uapi_test_cmd(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
+        let c: IommuTestCmd = copy_struct_from_user(cmd, min)?;
+        match c.op {
+            test_op::ADD_RESERVED => {
+                let (start, length) = (c.payload[0], c.payload[1]);
+                if length == 0 {
+                    return Err(einval_v("reserved length is 0", 0));
+                }
+                let last = start
+                    .checked_add(length - 1)
+                    .ok_or(iommu_core::error::eoverflow_v(
+                        "reserved range wraps",
+                        start,
+                    ))?;
+                self.ioas_reserve(c.id, start, last)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::MD_CHECK_REFS => {
+                let (length, uptr, refs) = (c.payload[0], c.payload[1], c.payload[2] as u32);
+                if !length.is_multiple_of(4096)
+                    || !uptr.is_multiple_of(4096)
+                    || uptr.checked_add(length).is_none()
+                {
+                    return Err(einval_v("check_refs range not page aligned", uptr));
+                }
+                for page in (uptr..uptr + length).step_by(4096) {
+                    let n = self.mem.pin_count(page)?;
+                    if n != refs {
+                        return Err(eio_v("page pin count differs", page));
+                    }
+                }
+                Ok(IoctlOutput::default())
+            }
+            test_op::SET_TEMP_MEMORY_LIMIT => {
+                self.settings.lock().temp_memory_limit = Some(c.payload[0] as u32);
+                Ok(IoctlOutput::default())
+            }
+            op => Err(eopnotsupp_v("selftest op not modelled yet", op.into())),
+        }
+    }
+
+    /// The VFIO type1 compatibility commands (Linux `iommufd_vfio_ioctl`).
+    fn vfio_ioctl(&self, request: u32, arg: u64) -> Result<IoctlOutput> {
+        let ret = |ret| Ok(IoctlOutput { ret, new_fd: None });
+        match request {
+            VFIO_GET_API_VERSION => ret(VFIO_API_VERSION),
+            VFIO_CHECK_EXTENSION => match arg {
+                VFIO_TYPE1_IOMMU | VFIO_TYPE1V2_IOMMU | VFIO_UNMAP_ALL => ret(1),
+                // Every HWPT of this model enforces cache coherency.
+                VFIO_DMA_CC_IOMMU => self.compat_ioas().and_then(|_| ret(1)),
+                _ => ret(0),
+            },
+            VFIO_SET_IOMMU => {
+                if arg != VFIO_TYPE1_IOMMU && arg != VFIO_TYPE1V2_IOMMU {
+                    return Err(einval_v("unknown VFIO IOMMU type", arg));
+                }
+                self.compat_ioas()?;
+                ret(0)
+            }
+            VFIO_IOMMU_GET_INFO => {
+                let mut info = VfioIommuInfo::default();
+                let minsz = core::mem::offset_of!(VfioIommuInfo, cap_offset);
+                self.mem.read(arg, &mut info.as_mut_bytes()[..minsz])?;
+                if (info.argsz as usize) < minsz {
+                    return Err(einval_v("argsz below the minimum", info.argsz.into()));
+                }
+                self.compat_ioas()?;
+                info.flags = VFIO_IOMMU_INFO_PGSIZES;
+                info.iova_pgsizes = 4096;
+                let n = (info.argsz as usize).min(size_of_val(&info));
+                self.mem.write(arg, &info.as_bytes()[..n])?;
+                ret(0)
+            }
+            VFIO_IOMMU_MAP_DMA => {
+                let mut map = VfioDmaMap::default();
+                self.mem.read(arg, map.as_mut_bytes())?;
+                let known = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+                if (map.argsz as usize) < size_of_val(&map) || map.flags & !known != 0 {
+                    return Err(einval("bad argsz or flags"));
+                }
+                let mut prot = 0;
+                if map.flags & VFIO_DMA_MAP_FLAG_READ != 0 {
+                    prot |= IOMMU_READ;
+                }
+                if map.flags & VFIO_DMA_MAP_FLAG_WRITE != 0 {
+                    prot |= IOMMU_WRITE;
+                }
+                let ioas = self.compat_ioas()?;
+                self.ioas_map_user(ioas, Some(map.iova), map.vaddr, map.size, prot)?;
+                ret(0)
+            }
+            VFIO_IOMMU_UNMAP_DMA => {
+                let mut unmap = VfioDmaUnmap::default();
+                self.mem.read(arg, unmap.as_mut_bytes())?;
+                if (unmap.argsz as usize) < size_of_val(&unmap)
+                    || unmap.flags & !VFIO_DMA_UNMAP_FLAG_ALL != 0
+                {
+                    return Err(einval("bad argsz or flags"));
+                }
+                let ioas = self.compat_ioas()?;
+                let (iova, len) = if unmap.flags & VFIO_DMA_UNMAP_FLAG_ALL != 0 {
+                    if unmap.iova != 0 || unmap.size != 0 {
+                        return Err(einval("UNMAP_ALL takes iova 0 and size 0"));
+                    }
+                    (0, u64::MAX)
+                } else {
+                    (unmap.iova, unmap.size)
+                };
+                unmap.size = self.ioas_unmap(ioas, iova, len)?;
+                self.mem.write(arg, unmap.as_bytes())?;
+                ret(0)
+            }
+            _ => {
+                Err(enotty_v("unknown command", request.into()).because(Condition::UnknownCommand))
+            }
+        }
+    }
+}
