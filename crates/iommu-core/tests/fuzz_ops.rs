@@ -115,29 +115,92 @@ impl Code {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Attach { dom: usize, dev: usize, pasid: PasidSel },
-    Detach { dom: usize, dev: usize, pasid: PasidSel },
-    Replace { dom: usize, dev: usize, pasid: PasidSel },
-    GroupAttach { dom: usize, group: usize },
-    GroupDetach { dom: usize, group: usize },
-    GroupAttachHandle { dom: usize, group: usize },
-    GroupDetachHandle { dom: usize, group: usize },
-    GroupReplaceHandle { dom: usize, group: usize },
-    Bind { dev: usize, mm: usize },
-    Unbind { pick: usize },
+    Attach {
+        dom: usize,
+        dev: usize,
+        pasid: PasidSel,
+    },
+    Detach {
+        dom: usize,
+        dev: usize,
+        pasid: PasidSel,
+    },
+    Replace {
+        dom: usize,
+        dev: usize,
+        pasid: PasidSel,
+    },
+    GroupAttach {
+        dom: usize,
+        group: usize,
+    },
+    GroupDetach {
+        dom: usize,
+        group: usize,
+    },
+    GroupAttachHandle {
+        dom: usize,
+        group: usize,
+    },
+    GroupDetachHandle {
+        dom: usize,
+        group: usize,
+    },
+    GroupReplaceHandle {
+        dom: usize,
+        group: usize,
+    },
+    Bind {
+        dev: usize,
+        mm: usize,
+    },
+    Unbind {
+        pick: usize,
+    },
     /// A partial request, of a new group or another one of an open group.
-    Partial { dev: usize, pasid: PasidSel, pv: bool, addr_ok: bool, open: Option<usize> },
+    Partial {
+        dev: usize,
+        pasid: PasidSel,
+        pv: bool,
+        addr_ok: bool,
+        open: Option<usize>,
+    },
     /// A last request: completes an open group, or a group of one.
-    Last { dev: usize, pasid: PasidSel, pv: bool, addr_ok: bool, open: Option<usize> },
-    Respond { keeper: usize, pick: usize, code: Code },
-    DropGroup { keeper: usize, pick: usize },
-    EnableIopf { dev: usize, queued: bool },
-    DisableIopf { dev: usize },
-    DiscardPartial { dev: usize },
-    Flush { dev: usize },
+    Last {
+        dev: usize,
+        pasid: PasidSel,
+        pv: bool,
+        addr_ok: bool,
+        open: Option<usize>,
+    },
+    Respond {
+        keeper: usize,
+        pick: usize,
+        code: Code,
+    },
+    DropGroup {
+        keeper: usize,
+        pick: usize,
+    },
+    EnableIopf {
+        dev: usize,
+        queued: bool,
+    },
+    DisableIopf {
+        dev: usize,
+    },
+    DiscardPartial {
+        dev: usize,
+    },
+    Flush {
+        dev: usize,
+    },
     RunOne,
     ShutdownQueue,
-    RemoveDevice { group: usize, dev: usize },
+    RemoveDevice {
+        group: usize,
+        dev: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -175,8 +238,14 @@ fn op() -> impl Strategy<Value = Op> {
 /// Who holds a slot, in the model.
 #[derive(Clone)]
 enum Owner {
-    Plain { dom: usize, handle: Arc<AttachHandle<Tag>> },
-    Sva { bond: u64, mm: usize },
+    Plain {
+        dom: usize,
+        handle: Arc<AttachHandle<Tag>>,
+    },
+    Sva {
+        bond: u64,
+        mm: usize,
+    },
 }
 
 /// A fault-reporting state of one device (a `FaultParam`), by generation.
@@ -265,12 +334,18 @@ impl System {
             .map(|(i, &(g, max))| groups[g].add_device(format!("d{i}"), max).unwrap())
             .collect();
         let keepers: Vec<Arc<Keeper>> = (0..FAULT_DOMS)
-            .map(|_| Arc::new(Keeper { groups: Mutex::new(Vec::new()) }))
+            .map(|_| {
+                Arc::new(Keeper {
+                    groups: Mutex::new(Vec::new()),
+                })
+            })
             .collect();
         let paging = || DomainRequest::Paging { dma_api: false };
         let mut doms: Vec<Arc<Domain>> = keepers
             .iter()
-            .map(|k| Domain::alloc(&devs[0], paging(), Some(k.clone() as Arc<dyn IopfHandler>)).unwrap())
+            .map(|k| {
+                Domain::alloc(&devs[0], paging(), Some(k.clone() as Arc<dyn IopfHandler>)).unwrap()
+            })
             .collect();
         doms.push(Domain::alloc_paging(&devs[0]).unwrap());
         let other = MockDriver::new("foreign");
@@ -278,7 +353,12 @@ impl System {
         let odev = og.add_device("foreign-dev", 64).unwrap();
         doms.push(Domain::alloc_paging(&odev).unwrap());
         let mms = (0..N_MM as u64)
-            .map(|id| Arc::new(Mm { id: id + 1, iommu: MmIommuData::default() }) as Arc<dyn AddressSpace>)
+            .map(|id| {
+                Arc::new(Mm {
+                    id: id + 1,
+                    iommu: MmIommuData::default(),
+                }) as Arc<dyn AddressSpace>
+            })
             .collect();
         System {
             mock,
@@ -297,7 +377,11 @@ impl System {
             groups: self.groups.iter().map(|g| g.snapshot()).collect(),
             hw: self.mock.hw(),
             responses: self.mock.responses().len(),
-            kept: self.keepers.iter().map(|k| k.groups.lock().unwrap().len()).collect(),
+            kept: self
+                .keepers
+                .iter()
+                .map(|k| k.groups.lock().unwrap().len())
+                .collect(),
             queued: self.queue.pending(),
             users: self.bonds.iter().map(|(b, _)| b.data().users()).collect(),
         }
@@ -335,12 +419,23 @@ impl Model {
         (0..DEVS.len()).filter(move |&d| DEVS[d].0 == group && !self.removed[d])
     }
 
-    fn respond(&mut self, sys: &System, dev: usize, pasid: u32, grpid: u32, code: PageResponseCode) {
-        self.expected.push((sys.devs[dev].id(), PageResponse { pasid, grpid, code }));
+    fn respond(
+        &mut self,
+        sys: &System,
+        dev: usize,
+        pasid: u32,
+        grpid: u32,
+        code: PageResponseCode,
+    ) {
+        self.expected
+            .push((sys.devs[dev].id(), PageResponse { pasid, grpid, code }));
     }
 
     fn pending(&self, dev: usize, generation: u64) -> usize {
-        self.queue.iter().filter(|w| w.dev == dev && w.generation == generation).count()
+        self.queue
+            .iter()
+            .filter(|w| w.dev == dev && w.generation == generation)
+            .count()
     }
 
     /// Runs the oldest SVA work item, as the manual queue does.
@@ -354,14 +449,20 @@ impl Model {
             w.bond,
             w.grpid
         );
-        let code = if w.ok { PageResponseCode::Success } else { PageResponseCode::Invalid };
+        let code = if w.ok {
+            PageResponseCode::Success
+        } else {
+            PageResponseCode::Invalid
+        };
         self.respond(sys, w.dev, w.pasid, w.grpid, code);
         Ok(true)
     }
 
     /// `iopf_queue_flush_dev` on a device whose fault reporting is enabled.
     fn flush(&mut self, sys: &System, dev: usize) -> Result<(), TestCaseError> {
-        let Some(p) = &self.params[dev] else { return Ok(()) };
+        let Some(p) = &self.params[dev] else {
+            return Ok(());
+        };
         let (generation, queued) = (p.generation, p.queued);
         if queued {
             while self.pending(dev, generation) != 0 && self.run_one(sys)? {}
@@ -401,7 +502,13 @@ fn check_outcome<T>(
         (Err(e), Some(errno)) => {
             prop_assert_eq!(e.errno_name(), errno, "{}: {}", what, e);
             prop_assert!(e.errno() > 0 && !e.to_string().is_empty());
-            prop_assert_eq!(&sys.observable(), &before, "{} was rejected ({}) but changed state", what, e);
+            prop_assert_eq!(
+                &sys.observable(),
+                &before,
+                "{} was rejected ({}) but changed state",
+                what,
+                e
+            );
         }
         (Ok(_), Some(errno)) => prop_assert!(false, "{what} succeeded; the model expected {errno}"),
         (Err(e), None) => prop_assert!(false, "{what} failed ({e}); the model expected success"),
@@ -429,7 +536,12 @@ fn check_invariants(m: &Model, sys: &System) -> Result<(), TestCaseError> {
                 }
                 Some(Owner::Plain { handle, dom }) => {
                     let h = plain.map_err(|e| TestCaseError::fail(format!("({g}, {p}): {e}")))?;
-                    prop_assert!(Arc::ptr_eq(&h, handle), "({}, {}) holds another handle", g, p);
+                    prop_assert!(
+                        Arc::ptr_eq(&h, handle),
+                        "({}, {}) holds another handle",
+                        g,
+                        p
+                    );
                     prop_assert!(Arc::ptr_eq(h.domain(), &sys.doms[*dom]));
                     prop_assert_eq!(sva.unwrap_err().errno_name(), "EBUSY");
                 }
@@ -515,7 +627,8 @@ fn step(m: &mut Model, sys: &mut System, op: &Op) -> Result<(), TestCaseError> {
             }
         }
         Op::GroupAttach { dom, group } => {
-            let want = group_preflight(m, dom, group).or_else(|| m.rid[group].is_some().then_some("EBUSY"));
+            let want = group_preflight(m, dom, group)
+                .or_else(|| m.rid[group].is_some().then_some("EBUSY"));
             let res = attach_group(&sys.doms[dom], &sys.groups[group]);
             check_outcome("attach_group", &res, want, before, sys)?;
             if res.is_ok() {
@@ -570,12 +683,15 @@ fn step(m: &mut Model, sys: &mut System, op: &Op) -> Result<(), TestCaseError> {
             check_outcome("replace_group_handle", &res, want, before, sys)?;
             if let Ok(r) = res {
                 match (m.slots.get(&(group, 0)), &r.old) {
-                    (Some(Owner::Plain { handle, .. }), Some(old)) => prop_assert!(old.is_handle(handle)),
+                    (Some(Owner::Plain { handle, .. }), Some(old)) => {
+                        prop_assert!(old.is_handle(handle))
+                    }
                     (None, None) => {}
                     _ => prop_assert!(false, "replace_group_handle returned the wrong old handle"),
                 }
                 m.rid[group] = Some(dom);
-                m.slots.insert((group, 0), Owner::Plain { dom, handle: r.new });
+                m.slots
+                    .insert((group, 0), Owner::Plain { dom, handle: r.new });
             }
         }
         Op::Bind { dev, mm } => bind(m, sys, dev, mm, before)?,
@@ -585,7 +701,11 @@ fn step(m: &mut Model, sys: &mut System, op: &Op) -> Result<(), TestCaseError> {
             }
             let (bond, id) = sys.bonds.remove(pick % sys.bonds.len());
             let pasid = bond.pasid();
-            let dev = sys.devs.iter().position(|d| Arc::ptr_eq(d, bond.data().device())).unwrap();
+            let dev = sys
+                .devs
+                .iter()
+                .position(|d| Arc::ptr_eq(d, bond.data().device()))
+                .unwrap();
             let g = Model::group_of(dev);
             bond.unbind();
             let users = m.bond_users.get_mut(&id).unwrap();
@@ -594,18 +714,36 @@ fn step(m: &mut Model, sys: &mut System, op: &Op) -> Result<(), TestCaseError> {
                 m.bond_users.remove(&id);
                 // The last unbind detaches (if the slot is still the bond's) and flushes the
                 // queue of every device in the group before it returns.
-                if matches!(m.slots.get(&(g, pasid)), Some(Owner::Sva { bond, .. }) if *bond == id) {
+                if matches!(m.slots.get(&(g, pasid)), Some(Owner::Sva { bond, .. }) if *bond == id)
+                {
                     m.slots.remove(&(g, pasid));
                 }
                 // A removed device has no group: unbind finds no queue to flush.
-                let members: Vec<usize> = if m.removed[dev] { Vec::new() } else { m.members(g).collect() };
+                let members: Vec<usize> = if m.removed[dev] {
+                    Vec::new()
+                } else {
+                    m.members(g).collect()
+                };
                 for d in members {
                     m.flush(sys, d)?;
                 }
                 m.unbound.push(id);
             }
         }
-        Op::Partial { dev, pasid, pv, addr_ok, open } | Op::Last { dev, pasid, pv, addr_ok, open } => {
+        Op::Partial {
+            dev,
+            pasid,
+            pv,
+            addr_ok,
+            open,
+        }
+        | Op::Last {
+            dev,
+            pasid,
+            pv,
+            addr_ok,
+            open,
+        } => {
             let last = matches!(op, Op::Last { .. });
             let (grpid, dev, p, pv) = match open.filter(|_| !m.open.is_empty()) {
                 Some(i) => {
@@ -665,7 +803,11 @@ fn step(m: &mut Model, sys: &mut System, op: &Op) -> Result<(), TestCaseError> {
             };
             check_outcome("iopf enable", &res, want, before, sys)?;
             if res.is_ok() {
-                m.params[dev] = Some(Param { generation: m.next_generation, queued, partials: Vec::new() });
+                m.params[dev] = Some(Param {
+                    generation: m.next_generation,
+                    queued,
+                    partials: Vec::new(),
+                });
                 m.next_generation += 1;
             }
         }
@@ -735,7 +877,13 @@ fn group_preflight(m: &Model, dom: usize, group: usize) -> Option<&'static str> 
     }
 }
 
-fn bind(m: &mut Model, sys: &mut System, dev: usize, mm: usize, before: Observable) -> Result<(), TestCaseError> {
+fn bind(
+    m: &mut Model,
+    sys: &mut System,
+    dev: usize,
+    mm: usize,
+    before: Observable,
+) -> Result<(), TestCaseError> {
     let g = Model::group_of(dev);
     let max = DEVS[dev].1;
     let had = sys.mms[mm].iommu_mm().pasid();
@@ -799,16 +947,32 @@ fn report(
         pasid,
         grpid,
         perm: IOMMU_FAULT_PERM_READ,
-        addr: if addr_ok { 0x1000 } else { FAULT_LIMIT + 0x1000 },
+        addr: if addr_ok {
+            0x1000
+        } else {
+            FAULT_LIMIT + 0x1000
+        },
     };
     let g = Model::group_of(dev);
     let key = if pv { pasid } else { 0 };
-    let route = if m.removed[dev] { None } else { m.slots.get(&(g, key)).cloned() };
+    let route = if m.removed[dev] {
+        None
+    } else {
+        m.slots.get(&(g, key)).cloned()
+    };
     let route = route.filter(|o| matches!(o, Owner::Sva { .. } | Owner::Plain { dom: 0 | 1, .. }));
-    let kept_before: Vec<usize> = sys.keepers.iter().map(|k| k.groups.lock().unwrap().len()).collect();
+    let kept_before: Vec<usize> = sys
+        .keepers
+        .iter()
+        .map(|k| k.groups.lock().unwrap().len())
+        .collect();
     let res = report_device_fault(&sys.devs[dev], req);
     let (Some(owner), Some(param)) = (route, m.params[dev].as_mut()) else {
-        prop_assert_eq!(res.map_err(|e| e.errno_name()), Err("EINVAL"), "unrouted request");
+        prop_assert_eq!(
+            res.map_err(|e| e.errno_name()),
+            Err("EINVAL"),
+            "unrouted request"
+        );
         m.respond(sys, dev, pasid, grpid, PageResponseCode::Invalid);
         *m.refused.entry(grpid).or_default() += 1;
         return Ok(());
@@ -833,16 +997,30 @@ fn report(
             prop_assert_eq!(held.len(), kept_before[dom] + 1);
             let got = held.last().unwrap();
             // No delivery to anyone but the attachment the model says owns the slot.
-            prop_assert!(got.attachment().is_handle(&handle), "group delivered to a stale attachment");
+            prop_assert!(
+                got.attachment().is_handle(&handle),
+                "group delivered to a stale attachment"
+            );
             prop_assert_eq!(got.last().grpid, grpid);
             drop(held);
             m.kept[dom].push(Kept { dev, pasid, grpid });
         }
         Owner::Sva { bond, .. } => {
             if queued && !m.queue_shut {
-                m.queue.push_back(Work { dev, generation, pasid, grpid, ok, bond });
+                m.queue.push_back(Work {
+                    dev,
+                    generation,
+                    pasid,
+                    grpid,
+                    ok,
+                    bond,
+                });
             } else {
-                let code = if ok { PageResponseCode::Success } else { PageResponseCode::Invalid };
+                let code = if ok {
+                    PageResponseCode::Success
+                } else {
+                    PageResponseCode::Invalid
+                };
                 m.respond(sys, dev, pasid, grpid, code);
             }
         }
@@ -857,7 +1035,13 @@ fn finish(mut m: Model, mut sys: System) -> Result<(), TestCaseError> {
         let held = std::mem::take(&mut *keeper.groups.lock().unwrap());
         for (group, kept) in held.into_iter().zip(std::mem::take(&mut m.kept[k])) {
             drop(group);
-            m.respond(&sys, kept.dev, kept.pasid, kept.grpid, PageResponseCode::Invalid);
+            m.respond(
+                &sys,
+                kept.dev,
+                kept.pasid,
+                kept.grpid,
+                PageResponseCode::Invalid,
+            );
         }
     }
     while !sys.bonds.is_empty() {
@@ -876,7 +1060,11 @@ fn finish(mut m: Model, mut sys: System) -> Result<(), TestCaseError> {
         prop_assert_eq!(n, want, "responses for group {}", g);
     }
     for g in &m.routed {
-        prop_assert!(sys.mock.responses().iter().any(|(_, r)| r.grpid == *g), "group {} never answered", g);
+        prop_assert!(
+            sys.mock.responses().iter().any(|(_, r)| r.grpid == *g),
+            "group {} never answered",
+            g
+        );
     }
     Ok(())
 }
@@ -892,7 +1080,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 proptest! {
@@ -922,8 +1113,17 @@ fn queued_sva_work_never_runs_after_unbind_when_iopf_was_disabled_first() {
     assert_eq!(sys.queue.pending(), 1);
     iopf_disable(&sys.devs[0]).unwrap();
     bond.unbind();
-    assert_eq!(sys.queue.pending(), 0, "work left to run after unbind returned");
-    let codes: Vec<_> = sys.mock.responses().iter().map(|(_, r)| (r.grpid, r.code)).collect();
+    assert_eq!(
+        sys.queue.pending(),
+        0,
+        "work left to run after unbind returned"
+    );
+    let codes: Vec<_> = sys
+        .mock
+        .responses()
+        .iter()
+        .map(|(_, r)| (r.grpid, r.code))
+        .collect();
     assert_eq!(codes, [(1, PageResponseCode::Success)]);
 }
 

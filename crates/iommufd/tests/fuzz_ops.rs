@@ -115,22 +115,77 @@ enum Write {
 #[derive(Debug, Clone)]
 enum Op {
     IoasAlloc,
-    Map { ioas: Id, iova: Option<u64>, pa: u64, len: u64, prot: u32 },
-    Unmap { ioas: Id, iova: u64, len: u64 },
-    Bind { dev: usize },
-    Unbind { dev: Id },
-    HwptAlloc { dev: Id, pt: Id, flags: u32, fault: Id, data_type: u32, data: Vec<u8> },
-    IoctlHwptAlloc { cmd: Vec<u8>, data: Vec<u8> },
-    FaultAlloc { flags: u32 },
-    IoctlFaultAlloc { cmd: Vec<u8> },
-    Attach { dev: Id, pasid: u32, pt: Id },
-    Replace { dev: Id, pasid: u32, pt: Id },
-    Detach { dev: Id, pasid: u32 },
-    Destroy { id: Id },
-    Report { dev: usize, pasid: u32, partials: usize },
-    Read { fd: usize, len: usize, offset: u64 },
-    Write { fd: usize, offset: u64, what: Write },
-    Close { fd: usize },
+    Map {
+        ioas: Id,
+        iova: Option<u64>,
+        pa: u64,
+        len: u64,
+        prot: u32,
+    },
+    Unmap {
+        ioas: Id,
+        iova: u64,
+        len: u64,
+    },
+    Bind {
+        dev: usize,
+    },
+    Unbind {
+        dev: Id,
+    },
+    HwptAlloc {
+        dev: Id,
+        pt: Id,
+        flags: u32,
+        fault: Id,
+        data_type: u32,
+        data: Vec<u8>,
+    },
+    IoctlHwptAlloc {
+        cmd: Vec<u8>,
+        data: Vec<u8>,
+    },
+    FaultAlloc {
+        flags: u32,
+    },
+    IoctlFaultAlloc {
+        cmd: Vec<u8>,
+    },
+    Attach {
+        dev: Id,
+        pasid: u32,
+        pt: Id,
+    },
+    Replace {
+        dev: Id,
+        pasid: u32,
+        pt: Id,
+    },
+    Detach {
+        dev: Id,
+        pasid: u32,
+    },
+    Destroy {
+        id: Id,
+    },
+    Report {
+        dev: usize,
+        pasid: u32,
+        partials: usize,
+    },
+    Read {
+        fd: usize,
+        len: usize,
+        offset: u64,
+    },
+    Write {
+        fd: usize,
+        offset: u64,
+        what: Write,
+    },
+    Close {
+        fd: usize,
+    },
 }
 
 fn flags() -> impl Strategy<Value = u32> {
@@ -233,7 +288,16 @@ impl System {
             }
             groups.push(group);
         }
-        System { mock, _groups: groups, devs, ictx: Ictx::new(), ids: Vec::new(), kinds: BTreeMap::new(), dev_ids: [None; N_DEV], fds: Vec::new() }
+        System {
+            mock,
+            _groups: groups,
+            devs,
+            ictx: Ictx::new(),
+            ids: Vec::new(),
+            kinds: BTreeMap::new(),
+            dev_ids: [None; N_DEV],
+            fds: Vec::new(),
+        }
     }
 
     fn id(&self, id: Id) -> u32 {
@@ -252,7 +316,9 @@ impl System {
         let max = self.ids.iter().copied().max().unwrap_or(0);
         let pasids = [IOMMU_NO_PASID, 1, 2, 3];
         Observable {
-            objects: (0..=max + 1).map(|i| self.ictx.object_type(i).ok()).collect(),
+            objects: (0..=max + 1)
+                .map(|i| self.ictx.object_type(i).ok())
+                .collect(),
             attached: self
                 .dev_ids
                 .iter()
@@ -262,14 +328,22 @@ impl System {
             iopf: self.devs.iter().map(|d| iopf_stats(d).is_some()).collect(),
             hw: self.mock.hw(),
             responses: self.mock.responses().len(),
-            fds: self.fds.iter().map(|f| f.as_ref().map(|f| (f.pending(), f.unanswered()))).collect(),
+            fds: self
+                .fds
+                .iter()
+                .map(|f| f.as_ref().map(|f| (f.pending(), f.unanswered())))
+                .collect(),
         }
     }
 
     /// Notes a new object's ID (IDs of destroyed objects may come back).
     fn record_id(&mut self, kind: Kind, id: u32) -> Result<(), TestCaseError> {
         prop_assert!(id != 0, "object ID 0 handed out");
-        prop_assert!(self.ictx.object_type(id).is_ok(), "new object {} not in the table", id);
+        prop_assert!(
+            self.ictx.object_type(id).is_ok(),
+            "new object {} not in the table",
+            id
+        );
         if !self.ids.contains(&id) {
             self.ids.push(id);
         }
@@ -282,10 +356,26 @@ impl System {
 }
 
 /// An error must be errno-style and leave everything as it was.
-fn check<T>(what: &str, res: &iommu_core::Result<T>, before: Observable, sys: &System) -> Result<(), TestCaseError> {
+fn check<T>(
+    what: &str,
+    res: &iommu_core::Result<T>,
+    before: Observable,
+    sys: &System,
+) -> Result<(), TestCaseError> {
     if let Err(e) = res {
-        prop_assert!(e.errno() > 0 && !e.to_string().is_empty(), "{}: not errno-style: {:?}", what, e);
-        prop_assert_eq!(&sys.observable(), &before, "{} failed ({}) but changed state", what, e);
+        prop_assert!(
+            e.errno() > 0 && !e.to_string().is_empty(),
+            "{}: not errno-style: {:?}",
+            what,
+            e
+        );
+        prop_assert_eq!(
+            &sys.observable(),
+            &before,
+            "{} failed ({}) but changed state",
+            what,
+            e
+        );
     }
     Ok(())
 }
@@ -307,10 +397,19 @@ fn check_responses(sys: &System, b: &Books, exact: bool) -> Result<(), TestCaseE
         if exact {
             prop_assert_eq!(got, owed, "responses for group {}", g);
         } else {
-            prop_assert!(got <= owed, "group {} answered {} times, owed {}", g, got, owed);
+            prop_assert!(
+                got <= owed,
+                "group {} answered {} times, owed {}",
+                g,
+                got,
+                owed
+            );
         }
     }
-    prop_assert!(per.keys().all(|&g| g >= 1 && g < b.next_grpid), "a response for a group never reported");
+    prop_assert!(
+        per.keys().all(|&g| g >= 1 && g < b.next_grpid),
+        "a response for a group never reported"
+    );
     prop_assert_eq!(sys.mock.contract_violations(), Vec::<String>::new());
     Ok(())
 }
@@ -329,11 +428,22 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
                 sys.record_id(Kind::Ioas, id)?;
             }
         }
-        &Op::Map { ioas, iova, pa, len, prot } => {
+        &Op::Map {
+            ioas,
+            iova,
+            pa,
+            len,
+            prot,
+        } => {
             let r = sys.ictx.ioas_map(sys.id(ioas), iova, pa, len, prot);
             check("ioas_map", &r, before, sys)?;
             if let Ok(at) = r {
-                prop_assert!(at.checked_add(len).is_some(), "mapped [{:#x}, +{:#x}) wraps", at, len);
+                prop_assert!(
+                    at.checked_add(len).is_some(),
+                    "mapped [{:#x}, +{:#x}) wraps",
+                    at,
+                    len
+                );
                 if let Some(want) = iova {
                     prop_assert_eq!(at, want);
                 }
@@ -362,8 +472,22 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
                 }
             }
         }
-        Op::HwptAlloc { dev, pt, flags, fault, data_type, data } => {
-            let r = sys.ictx.hwpt_alloc(sys.id(*dev), sys.id(*pt), *flags, sys.id(*fault), *data_type, data);
+        Op::HwptAlloc {
+            dev,
+            pt,
+            flags,
+            fault,
+            data_type,
+            data,
+        } => {
+            let r = sys.ictx.hwpt_alloc(
+                sys.id(*dev),
+                sys.id(*pt),
+                *flags,
+                sys.id(*fault),
+                *data_type,
+                data,
+            );
             check("hwpt_alloc", &r, before, sys)?;
             if let Ok(id) = r {
                 sys.record_id(Kind::Hwpt, id)?;
@@ -422,13 +546,23 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
                 prop_assert_eq!(sys.ictx.object_type(id).unwrap_err().errno_name(), "ENOENT");
             }
         }
-        &Op::Report { dev, pasid, partials } => {
+        &Op::Report {
+            dev,
+            pasid,
+            partials,
+        } => {
             let grpid = b.next_grpid.max(1);
             b.next_grpid = grpid + 1;
             let pv = if pasid != IOMMU_NO_PASID { PV } else { 0 };
             for i in 0..=partials {
                 let last = if i == partials { LAST } else { 0 };
-                let req = PageRequest { flags: pv | last, pasid, grpid, perm: IOMMU_FAULT_PERM_READ, addr: 0x1000 * i as u64 };
+                let req = PageRequest {
+                    flags: pv | last,
+                    pasid,
+                    grpid,
+                    perm: IOMMU_FAULT_PERM_READ,
+                    addr: 0x1000 * i as u64,
+                };
                 match report_device_fault(&sys.devs[dev], req) {
                     Ok(()) if last != 0 => {
                         b.taken.insert(grpid);
@@ -442,35 +576,57 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
             }
         }
         &Op::Read { fd, len, offset } => {
-            let Some(Some(f)) = sys.fds.get(fd % sys.fds.len().max(1)) else { return Ok(()) };
+            let Some(Some(f)) = sys.fds.get(fd % sys.fds.len().max(1)) else {
+                return Ok(());
+            };
             let fd = fd % sys.fds.len();
             let mut buf = vec![0u8; len];
             let r = f.read_at(&mut buf, offset);
             check("fault fd read", &r, before, sys)?;
             let Ok(n) = r else { return Ok(()) };
-            prop_assert!(n <= len && n % FAULT_RECORD_SIZE == 0, "read {} bytes into {}", n, len);
+            prop_assert!(
+                n <= len && n % FAULT_RECORD_SIZE == 0,
+                "read {} bytes into {}",
+                n,
+                len
+            );
             let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
             for rec in buf[..n].chunks_exact(FAULT_RECORD_SIZE) {
                 let rec = IommuHwptPgfault::read_from_bytes(rec).unwrap();
                 prop_assert!(rec.cookie != 0, "cookie 0 handed out");
-                prop_assert!(b.taken.contains(&rec.grpid), "record of group {} nobody took", rec.grpid);
+                prop_assert!(
+                    b.taken.contains(&rec.grpid),
+                    "record of group {} nobody took",
+                    rec.grpid
+                );
                 match seen.insert(rec.grpid, rec.cookie) {
                     Some(c) => prop_assert_eq!(c, rec.cookie, "one group, two cookies"),
-                    None => prop_assert!(b.read.insert(rec.grpid), "group {} read twice", rec.grpid),
+                    None => {
+                        prop_assert!(b.read.insert(rec.grpid), "group {} read twice", rec.grpid)
+                    }
                 }
             }
             // A cookie may come back once its group was answered (by a write or auto-response).
-            b.cookies.entry(fd).or_default().extend(seen.into_iter().map(|(g, c)| (c, g)));
+            b.cookies
+                .entry(fd)
+                .or_default()
+                .extend(seen.into_iter().map(|(g, c)| (c, g)));
         }
         Op::Write { fd, offset, what } => {
-            let Some(Some(f)) = sys.fds.get(fd % sys.fds.len().max(1)) else { return Ok(()) };
+            let Some(Some(f)) = sys.fds.get(fd % sys.fds.len().max(1)) else {
+                return Ok(());
+            };
             let fd = fd % sys.fds.len();
             let cookies = b.cookies.entry(fd).or_default();
             let nth = |pick: usize| cookies.keys().nth(pick % cookies.len().max(1)).copied();
             let bytes = match what {
                 &Write::Answer { pick, invalid } => {
                     let Some(c) = nth(pick) else { return Ok(()) };
-                    let code = if invalid { IOMMUFD_PAGE_RESP_INVALID } else { IOMMUFD_PAGE_RESP_SUCCESS };
+                    let code = if invalid {
+                        IOMMUFD_PAGE_RESP_INVALID
+                    } else {
+                        IOMMUFD_PAGE_RESP_SUCCESS
+                    };
                     answer_bytes(c, code)
                 }
                 &Write::Bad { cookie, code } => answer_bytes(cookie, code),
@@ -481,7 +637,11 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
                     v
                 }
                 &Write::Oversize { answers, junk } => {
-                    let mut v: Vec<u8> = cookies.keys().take(answers).flat_map(|&c| answer_bytes(c, 0)).collect();
+                    let mut v: Vec<u8> = cookies
+                        .keys()
+                        .take(answers)
+                        .flat_map(|&c| answer_bytes(c, 0))
+                        .collect();
                     v.extend((0..junk).map(|i| i as u8));
                     v
                 }
@@ -489,7 +649,12 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
             let r = f.write_at(&bytes, *offset);
             check("fault fd write", &r, before, sys)?;
             if let Ok(n) = r {
-                prop_assert!(n <= bytes.len() && n % 8 == 0 && (n > 0 || bytes.is_empty()), "wrote {} of {} bytes", n, bytes.len());
+                prop_assert!(
+                    n <= bytes.len() && n % 8 == 0 && (n > 0 || bytes.is_empty()),
+                    "wrote {} of {} bytes",
+                    n,
+                    bytes.len()
+                );
                 for rec in bytes[..n].chunks_exact(8) {
                     let rec = IommuHwptPageResponse::read_from_bytes(rec).unwrap();
                     // Applied records retire their cookie.
@@ -512,10 +677,17 @@ fn step(sys: &mut System, b: &mut Books, op: &Op) -> Result<(), TestCaseError> {
 fn teardown(mut sys: System, b: Books) -> Result<(), TestCaseError> {
     sys.fds.clear();
     for d in sys.dev_ids.iter().flatten() {
-        sys.ictx.unbind_device(*d).map_err(|e| TestCaseError::fail(format!("unbind {d}: {e}")))?;
+        sys.ictx
+            .unbind_device(*d)
+            .map_err(|e| TestCaseError::fail(format!("unbind {d}: {e}")))?;
     }
     sys.dev_ids = [None; N_DEV];
-    let mut live: Vec<u32> = sys.ids.iter().copied().filter(|&i| sys.ictx.object_type(i).is_ok()).collect();
+    let mut live: Vec<u32> = sys
+        .ids
+        .iter()
+        .copied()
+        .filter(|&i| sys.ictx.object_type(i).is_ok())
+        .collect();
     while !live.is_empty() {
         let n = live.len();
         live.retain(|&i| sys.ictx.destroy(i).is_err());
@@ -525,10 +697,19 @@ fn teardown(mut sys: System, b: Books) -> Result<(), TestCaseError> {
         prop_assert_eq!(sys.ictx.object_type(i).unwrap_err().errno_name(), "ENOENT");
     }
     check_responses(&sys, &b, true)?;
-    let System { mock, ictx, devs, _groups, .. } = sys;
+    let System {
+        mock,
+        ictx,
+        devs,
+        _groups,
+        ..
+    } = sys;
     drop(ictx);
     prop_assert_eq!(mock.contract_violations(), Vec::<String>::new());
-    prop_assert!(devs.iter().all(|d| iopf_stats(d).is_none()), "fault reporting left enabled");
+    prop_assert!(
+        devs.iter().all(|d| iopf_stats(d).is_none()),
+        "fault reporting left enabled"
+    );
     Ok(())
 }
 
@@ -536,20 +717,39 @@ fn teardown(mut sys: System, b: Books) -> Result<(), TestCaseError> {
 /// fault queue, a fault-capable HWPT (PASID-compatible) on it attached at the RID, and device 2
 /// bound too. Each step is an ordinary op, checked like any other.
 fn setup_ops() -> Vec<Op> {
-    let (ioas, dev0, fault, hwpt) = (Id::Of(Kind::Ioas, 0), Id::Of(Kind::Dev, 0), Id::Of(Kind::Fault, 0), Id::Of(Kind::Hwpt, 0));
+    let (ioas, dev0, fault, hwpt) = (
+        Id::Of(Kind::Ioas, 0),
+        Id::Of(Kind::Dev, 0),
+        Id::Of(Kind::Fault, 0),
+        Id::Of(Kind::Hwpt, 0),
+    );
     vec![
         Op::Bind { dev: 0 },
         Op::IoasAlloc,
         Op::FaultAlloc { flags: 0 },
-        Op::HwptAlloc { dev: dev0, pt: ioas, flags: IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID, fault, data_type: 0, data: Vec::new() },
-        Op::Attach { dev: dev0, pasid: IOMMU_NO_PASID, pt: hwpt },
+        Op::HwptAlloc {
+            dev: dev0,
+            pt: ioas,
+            flags: IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID,
+            fault,
+            data_type: 0,
+            data: Vec::new(),
+        },
+        Op::Attach {
+            dev: dev0,
+            pasid: IOMMU_NO_PASID,
+            pt: hwpt,
+        },
         Op::Bind { dev: 2 },
     ]
 }
 
 fn run(setup: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     let mut sys = System::new();
-    let mut b = Books { next_grpid: 1, ..Books::default() };
+    let mut b = Books {
+        next_grpid: 1,
+        ..Books::default()
+    };
     let prefix = if setup { setup_ops() } else { Vec::new() };
     for op in prefix.iter().chain(ops) {
         step(&mut sys, &mut b, op)?;
@@ -559,7 +759,10 @@ fn run(setup: bool, ops: &[Op]) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 proptest! {
@@ -580,16 +783,25 @@ proptest! {
 #[test]
 fn hostile_map_lengths_and_physical_addresses_are_refused_without_state_change() {
     let mut sys = System::new();
-    let mut b = Books { next_grpid: 1, ..Books::default() };
+    let mut b = Books {
+        next_grpid: 1,
+        ..Books::default()
+    };
     for op in setup_ops() {
         step(&mut sys, &mut b, &op).unwrap();
     }
     let ioas = sys.id(Id::Of(Kind::Ioas, 0));
     let before = sys.observable();
-    let wrap = sys.ictx.ioas_map(ioas, Some(0), u64::MAX & !0xfff, 0x2000, 1).unwrap_err();
+    let wrap = sys
+        .ictx
+        .ioas_map(ioas, Some(0), u64::MAX & !0xfff, 0x2000, 1)
+        .unwrap_err();
     assert_eq!(wrap.errno_name(), "EINVAL", "{wrap}");
     let huge = sys.ictx.ioas_map(ioas, Some(0), 0, 1 << 47, 1).unwrap_err();
     assert_eq!(huge.errno_name(), "ENOMEM", "{huge}");
     assert_eq!(sys.observable(), before);
-    assert_eq!(sys.ictx.ioas_map(ioas, Some(0), 0x1000, 0x2000, 1).unwrap(), 0);
+    assert_eq!(
+        sys.ictx.ioas_map(ioas, Some(0), 0x1000, 0x2000, 1).unwrap(),
+        0
+    );
 }
