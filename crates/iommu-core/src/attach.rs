@@ -142,7 +142,9 @@ pub(crate) fn detach_device_pasid_handle<T: Send + Sync + 'static>(
     handle: &Arc<AttachHandle<T>>,
     dev: &Device,
 ) -> Result<Attachment> {
-    detach_pasid_if(handle.domain(), dev, handle.pasid(), |a| a.is_handle(handle))
+    detach_pasid_if(handle.domain(), dev, handle.pasid(), |a| {
+        a.is_handle(handle)
+    })
 }
 
 fn detach_pasid_if(

@@ -1079,11 +1079,18 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     finish(m, sys)
 }
 
+/// `PROPTEST_CASES`, else the CI budget: 10,000 sequences in release builds (`.ci/run`'s fuzz
+/// step), a tenth of that in the debug build of `cargo test --workspace`.
 fn cases() -> u32 {
+    let default = if cfg!(debug_assertions) {
+        1_000
+    } else {
+        10_000
+    };
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+        .unwrap_or(default)
 }
 
 proptest! {
