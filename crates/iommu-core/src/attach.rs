@@ -132,6 +132,27 @@ pub fn attach_device_pasid<T: Send + Sync + 'static>(
 /// group, `EINVAL` for `IOMMU_NO_PASID` or a slot holding another domain, `ENOENT` for an
 /// empty slot — all without side effects.
 pub fn detach_device_pasid(domain: &Arc<Domain>, dev: &Device, pasid: u32) -> Result<Attachment> {
+    detach_pasid_if(domain, dev, pasid, |_| true)
+}
+
+/// [`detach_device_pasid`] of exactly `handle`: `EINVAL` if the slot holds another handle, even
+/// one on the same domain (SVA unbind of a bond whose slot was replaced must not tear down the
+/// bond attached there since).
+pub(crate) fn detach_device_pasid_handle<T: Send + Sync + 'static>(
+    handle: &Arc<AttachHandle<T>>,
+    dev: &Device,
+) -> Result<Attachment> {
+    detach_pasid_if(handle.domain(), dev, handle.pasid(), |a| {
+        a.is_handle(handle)
+    })
+}
+
+fn detach_pasid_if(
+    domain: &Arc<Domain>,
+    dev: &Device,
+    pasid: u32,
+    is_ours: impl FnOnce(&Attachment) -> bool,
+) -> Result<Attachment> {
     let group = dev.group()?;
     if pasid == IOMMU_NO_PASID {
         return Err(einval("PASID 0 is the RID; use detach_group_handle"));
@@ -140,7 +161,7 @@ pub fn detach_device_pasid(domain: &Arc<Domain>, dev: &Device, pasid: u32) -> Re
     let current = group.slot(pasid).ok_or(
         enoent_v("nothing attached to PASID", pasid.into()).because(Condition::NoSuchPasid),
     )?;
-    if !Arc::ptr_eq(current.domain(), domain) {
+    if !Arc::ptr_eq(current.domain(), domain) || !is_ours(&Attachment(current.clone())) {
         return Err(
             einval_v("another domain is attached to PASID", pasid.into())
                 .because(Condition::NotAttached),

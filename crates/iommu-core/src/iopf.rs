@@ -130,12 +130,16 @@ pub(crate) fn publish_fault_param(dev: &Device, param: FaultParam) -> Result<()>
 
 /// Disables fault reporting for `dev` (Linux `iopf_queue_remove_device`): discards its partial
 /// requests (never answered, H10) and unpublishes its fault state. Groups already with a handler
-/// stay owned by it and are answered by it. `ENODEV` if not enabled.
+/// stay owned by it and are answered by it; handler work queued on an IOPF queue runs before
+/// this returns, because once the state is unpublished no flush (SVA unbind's) can find it and
+/// it would run after the unbind returned (DESIGN §4.2). `ENODEV` if not enabled.
 pub fn iopf_disable(dev: &Device) -> Result<()> {
     let param = dev.fault_param.write().take().ok_or(
         enodev("fault reporting is not enabled").because(Condition::FaultReportingDisabled),
     )?;
     param.discard_partial();
+    #[cfg(feature = "std")]
+    crate::iopf_queue::flush_param(&param);
     Ok(())
 }
 

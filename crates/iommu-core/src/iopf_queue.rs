@@ -234,10 +234,15 @@ pub fn iopf_queue_flush_dev(dev: &Device) -> Result<()> {
     let param = dev.fault_param().ok_or(
         enodev("fault reporting is not enabled").because(Condition::FaultReportingDisabled),
     )?;
-    // A manual queue has nobody else to run the work: run it here, oldest first.
+    flush_param(&param);
+    Ok(())
+}
+
+/// Waits until every work item queued under `param` has run; a manual queue has nobody else to
+/// run it, so it runs here, oldest first.
+pub(crate) fn flush_param(param: &FaultParam) {
     if let Some(q) = param.queue.as_ref().filter(|q| q.is_manual()) {
         while param.work.pending() != 0 && q.run_one() {}
     }
     param.work.wait_idle();
-    Ok(())
 }

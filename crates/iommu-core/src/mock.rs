@@ -21,6 +21,9 @@ use crate::driver::{Capabilities, DomainRequest, DriverDomain, IommuDriver};
 use crate::error::{eopnotsupp, Error, Result};
 use crate::fault::{PageRequest, PageResponse};
 
+/// Pages the mock maps at most, over all its domains (4 GiB of 4 KiB pages).
+pub const MOCK_MAX_MAPPED_PAGES: u64 = 1 << 20;
+
 /// One call the core made into the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -414,7 +417,22 @@ impl IommuDriver for MockDriver {
     }
 
     fn map_pages(&self, domain: &Domain, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
+        if iova.checked_add(len).is_none() {
+            return Err(crate::error::einval_v("IOVA range wraps", iova));
+        }
+        if pa.checked_add(len).is_none() {
+            return Err(crate::error::einval_v("physical range wraps", pa));
+        }
         let mut b = self.books.lock();
+        // The books hold one entry per page: a bound keeps a hostile length from taking all
+        // memory, as a real IOMMU runs out of page-table memory.
+        let total = (b.hw.maps.len() as u64).saturating_add(len / 4096);
+        if total > MOCK_MAX_MAPPED_PAGES {
+            return Err(crate::error::enomem_v(
+                "mock IOMMU maps at most MOCK_MAX_MAPPED_PAGES pages",
+                total,
+            ));
+        }
         let pages = (0..len / 4096).map(|i| (domain.id(), iova + i * 4096));
         if let Some((_, at)) = pages.clone().find(|k| b.hw.maps.contains_key(k)) {
             return Err(crate::error::eexist_v("IOVA already mapped", at));

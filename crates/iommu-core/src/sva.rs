@@ -14,7 +14,7 @@
 use alloc::sync::Arc;
 use core::fmt;
 
-use crate::attach::{attach_device_pasid, attach_handle_get, detach_device_pasid};
+use crate::attach::{attach_device_pasid, attach_handle_get, detach_device_pasid_handle};
 use crate::device::Device;
 use crate::domain::Domain;
 use crate::driver::DomainRequest;
@@ -190,7 +190,8 @@ fn unbind(h: Arc<AttachHandle<SvaHandleData>>) {
     }
     let domain = h.domain().clone();
     // Detach fences reports in flight; then wait for SVA work already queued on the workers.
-    let _ = detach_device_pasid(&domain, &h.dev, h.pasid());
+    // Only this bond's own attachment: its slot may have been replaced and re-bound since.
+    let _ = detach_device_pasid_handle(&h, &h.dev);
     #[cfg(feature = "std")]
     if let Ok(group) = h.dev.group() {
         for d in group.devices() {
