@@ -255,14 +255,11 @@ proptest! {
     #![proptest_config(Config { cases: cases(64), max_shrink_iters: 64, ..Config::default() })]
 
     /// A file `check` accepts runs, deterministically and at a tiny scale, with every invariant
-    /// held and in bounded time.
-    ///
-    /// Ignored until issue 11's "memory follows use" and "one validation for check and run"
-    /// land: today files with large declared VMAs pass `check` and then panic in `PhysMem::new`
-    /// or run past the bound, because physical memory is sized by the declaration (the case is
-    /// in fuzz_scenario.proptest-regressions and in `a_large_lazy_vma_runs_at_a_tiny_scale`).
+    /// held and in bounded time. (Files with large declared VMAs used to pass `check` and then
+    /// panic in `PhysMem::new` or run past the bound, because physical memory was sized by the
+    /// declaration: the case is in fuzz_scenario.proptest-regressions and in
+    /// `a_large_lazy_vma_runs_at_a_tiny_scale`.)
     #[test]
-    #[ignore = "issue 11: memory sized by declarations; check accepts files run cannot run"]
     fn every_file_check_accepts_runs(text in mutated()) {
         if let Ok(scenario) = Scenario::parse(&text) {
             if let Err(e) = run_tiny(scenario) {
@@ -283,13 +280,13 @@ fn the_shipped_scenarios_pass_check_and_run_tiny() {
 
 /// Found by the fuzzer: a scenario whose VMA is declared large passes `check`, but `run` at a
 /// tiny scale (one page per job) sizes physical memory by the declaration: with `1048576GiB`
-/// (1 PiB) it panics in `PhysMem::new` (ENOMEM from the host); under a memory limit a
-/// `4096MiB` VMA did the same, and one sequence ran past [`RUN_BOUND`]. Ignored until issue 11's
-/// memory slice lands.
+/// (1 PiB) it panicked in `PhysMem::new` (ENOMEM from the host); under a memory limit a
+/// `4096MiB` VMA did the same, and one sequence ran past [`RUN_BOUND`]. Physical memory now
+/// follows use.
 #[test]
-#[ignore = "issue 11: memory sized by declarations; PhysMem::new panics"]
 fn a_large_lazy_vma_runs_at_a_tiny_scale() {
-    let text = FILES[0].replacen("size = \"8MiB\"", "size = \"1048576GiB\"", 1);
+    // 32 TiB: validation now refuses more than 64 TiB per process (1 PiB was the finding).
+    let text = FILES[0].replacen("size = \"8MiB\"", "size = \"32768GiB\"", 1);
     assert_ne!(text, FILES[0]);
     let s = Scenario::parse(&text).expect("check accepts it");
     run_tiny(s).unwrap();
