@@ -592,7 +592,10 @@ impl Ictx {
         if len == 0 {
             return Err(einval_v("zero-length unmap", iova));
         }
-        let last = iova.saturating_add(len - 1);
+        // Linux `iopt_unmap_iova`: a range whose last byte wraps is EOVERFLOW.
+        let last = iova
+            .checked_add(len - 1)
+            .ok_or(eoverflow_v("unmap range wraps", iova))?;
         let hit: Vec<(u64, u64)> = ioas
             .maps_in(iova, last)
             .map(|(&s, m)| (s, m.last(s)))
