@@ -289,3 +289,18 @@ fn a_failed_owner_fails_the_build_naming_it() {
     );
     assert_eq!(r.bytes, 0, "{}", r.text());
 }
+
+/// A scenario built by hand, so never validated, may hold an event at `u64::MAX` ms: virtual
+/// time saturates instead of wrapping (a debug panic, or an early event in release), and the
+/// run ends without waiting for it.
+#[test]
+fn an_unvalidated_huge_event_time_neither_wraps_nor_waits() {
+    let mut s = Scenario::parse(munmap_while_running().text()).unwrap_or_else(|e| panic!("{e}"));
+    for e in &mut s.events {
+        e.trigger = iommu_sim::scenario::Trigger::AtMs(u64::MAX);
+    }
+    for mode in [Mode::Deterministic { seed: 3 }, Mode::Threads] {
+        let r = run_scenario(&s, 64, mode);
+        assert!(r.invariants.is_some(), "{}", r.text());
+    }
+}

@@ -39,7 +39,7 @@ const PRQ_BATCH: usize = 1;
 pub(super) fn run(world: &World<'_>, seed: u64, opts: &RunOptions) -> Ran {
     let mut s = Scheduler::new(world, seed, opts);
     loop {
-        s.world.obs.set_virtual_ns(s.now * STEP_NS);
+        s.world.obs.set_virtual_ns(s.now.saturating_mul(STEP_NS));
         let jobs_done = s.act.jobs.iter().all(|j| j.done);
         if !s.pending.is_empty() {
             s.fire_due_events(jobs_done);
@@ -120,11 +120,11 @@ impl<'w, 's> Scheduler<'w, 's> {
     fn fire_due_events(&mut self, jobs_done: bool) {
         let scenario = self.world.scenario;
         let groups = self.world.groups_answered();
-        let now_ms = self.now * STEP_NS / 1_000_000;
+        let now = self.now;
         let mut keep = Vec::new();
         for i in std::mem::take(&mut self.pending) {
             let due = match scenario.events[i].trigger {
-                Trigger::AtMs(ms) => now_ms >= ms,
+                Trigger::AtMs(ms) => now >= at_ms_step(ms),
                 Trigger::AfterGroups(g) => groups >= g,
             };
             if due {
@@ -157,7 +157,7 @@ impl<'w, 's> Scheduler<'w, 's> {
         } else {
             self.world.fire(i, None);
         }
-        self.fired.push((i, now * STEP_NS, STEP_NS));
+        self.fired.push((i, now.saturating_mul(STEP_NS), STEP_NS));
     }
 
     /// Starts reading back, through the device, every owner job that succeeded and that no
@@ -218,7 +218,7 @@ impl<'w, 's> Scheduler<'w, 's> {
         for &a in &self.runnable {
             moved |= self.act.step(a, self.world, self.now, &self.progress) == Step::Moved;
         }
-        self.now += 1;
+        self.now = self.now.saturating_add(1);
         if moved || jump_to_next_event(self.world.scenario, &self.pending, &mut self.now) {
             self.idle = 0;
             return;
@@ -249,7 +249,7 @@ impl<'w, 's> Scheduler<'w, 's> {
         let a = self.runnable[self.rng.random_range(0..self.runnable.len())];
         let r = self.act.step(a, self.world, self.now, &self.progress);
         self.world.obs.log(&format!("{} {a:?} {r:?}", self.now));
-        self.now += 1;
+        self.now = self.now.saturating_add(1);
         if r == Step::Moved {
             self.idle = 0;
         } else {
@@ -275,12 +275,20 @@ impl<'w, 's> Scheduler<'w, 's> {
     }
 }
 
+/// The virtual step at which an `at_ms` event is due. Saturating: a scenario built by hand
+/// (not parsed, so not validated) may hold any time; it then fires at the end of virtual time
+/// (one jump, no wait) instead of wrapping into an early one — and is compared in steps, so
+/// it does become due once time has jumped there.
+fn at_ms_step(ms: u64) -> u64 {
+    ms.saturating_mul(1_000_000 / STEP_NS)
+}
+
 /// Moves virtual time to the earliest pending timed event; `false` if there is none ahead.
 fn jump_to_next_event(scenario: &Scenario, pending: &[usize], now: &mut u64) -> bool {
     let next = pending
         .iter()
         .filter_map(|&i| match scenario.events[i].trigger {
-            Trigger::AtMs(ms) => Some(ms * 1_000_000 / STEP_NS),
+            Trigger::AtMs(ms) => Some(at_ms_step(ms)),
             Trigger::AfterGroups(_) => None,
         })
         .min();

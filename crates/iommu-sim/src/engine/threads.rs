@@ -97,7 +97,10 @@ impl Shared<'_, '_> {
     }
 
     /// Fires each event when due, every millisecond (and ticks the progress bar), until the
-    /// jobs are done and no event is left; `after_groups` events not due by then are dropped.
+    /// jobs are done and no event is left; `after_groups` events not due by then are dropped,
+    /// and `at_ms` events still ahead fire at once — nothing runs until then, so waiting would
+    /// only sleep (as deterministic mode jumps its virtual time to them), and a time far ahead
+    /// must not make a run wait for years.
     fn fire_events(&self) {
         let scenario = self.world.scenario;
         let mut pending: Vec<usize> = (0..scenario.events.len()).collect();
@@ -113,7 +116,7 @@ impl Shared<'_, '_> {
             for &i in &pending {
                 let e = &scenario.events[i];
                 let due = match e.trigger {
-                    Trigger::AtMs(ms) => now_ms >= ms,
+                    Trigger::AtMs(ms) => now_ms >= ms || done,
                     Trigger::AfterGroups(g) => groups >= g,
                 };
                 if due {

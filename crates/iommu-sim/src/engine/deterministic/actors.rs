@@ -160,7 +160,7 @@ impl JobRun {
         let j = &world.scenario.jobs[self.i];
         self.out
             .latency
-            .record((now - self.chunk_start + 1) * STEP_NS);
+            .record((now - self.chunk_start + 1).saturating_mul(STEP_NS));
         self.out.bytes += n;
         progress.inc(n);
         if let Some(p) = self.pasid {
@@ -189,7 +189,10 @@ impl JobRun {
     /// The job is over (done or failed): its span ends now.
     fn finish(&mut self, now: u64) {
         self.done = true;
-        self.out.span = Some((self.start * STEP_NS, (now - self.start + 1) * STEP_NS));
+        self.out.span = Some((
+            self.start.saturating_mul(STEP_NS),
+            (now - self.start + 1).saturating_mul(STEP_NS),
+        ));
     }
 }
 
