@@ -73,4 +73,11 @@ pub mod user_memory;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
 pub use ictx::{Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END};
+/// The selftest mock device (`IOMMU_TEST_OP_MOCK_DOMAIN` and friends).
+pub mod selftest {
+    pub use crate::ictx::{
+        MockDomainIds, IOMMU_TEST_DEV_CACHE_DEFAULT, MOCK_DEV_CACHE_NUM,
+        MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
+    };
+}
 pub use iommu_core::IOMMU_NO_PASID;

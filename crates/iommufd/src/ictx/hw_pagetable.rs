@@ -4,7 +4,7 @@
 use alloc::sync::Arc;
 
 use iommu_core::error::{einval_v, eopnotsupp, eopnotsupp_v, Condition};
-use iommu_core::{Domain, DomainRequest, Result};
+use iommu_core::{Device, Domain, DomainRequest, Result};
 
 use super::{lookup_error, Ictx, Object, Table};
 use crate::fault::Fault;
@@ -28,6 +28,9 @@ pub(super) struct Hwpt {
     pub(super) kind: HwptKind,
     pub(super) fault: Option<Arc<Fault>>,
     pub(super) pasid_compat: bool,
+    /// Allocated by attaching a device to an IOAS (Linux `auto_domain`): shared by every
+    /// device attached to that IOAS whose IOMMU can use it, destroyed with its last attachment.
+    pub(super) auto_domain: bool,
 }
 
 /// Every flag `IOMMU_HWPT_ALLOC` knows.
@@ -105,6 +108,66 @@ fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
 }
 
 impl Table {
+    /// What a device attaches to for `pt_id`: the HWPT itself, or for an IOAS its automatic
+    /// paging HWPT, an existing one that `dev`'s IOMMU can use or a new one (Linux
+    /// `iommufd_device_auto_get_domain`; it has no PASID support, as Linux allocates it with
+    /// no flags). A new one is installed now; if the attach then fails,
+    /// [`Table::reap_auto_hwpts`] removes it.
+    pub(super) fn attach_target_for(&mut self, dev: &Arc<Device>, pt_id: u32) -> Result<Arc<Hwpt>> {
+        let ioas_hwpts: alloc::vec::Vec<u32> = match self.objects.get(&pt_id) {
+            Some(Object::Ioas(ioas)) => ioas.hwpts.keys().copied().collect(),
+            _ => return self.attach_target(pt_id),
+        };
+        let usable =
+            |h: &Hwpt| h.auto_domain && dev.iommu().is_some_and(|i| h.domain.is_compatible_with(i));
+        if let Some(h) = ioas_hwpts
+            .iter()
+            .filter_map(|&id| self.hwpt(id).ok())
+            .find(|h| usable(h))
+        {
+            return Ok(h.clone());
+        }
+        let domain = Domain::alloc(dev, DomainRequest::Paging { dma_api: false }, None)?;
+        let id = self.install_hwpt(Hwpt {
+            domain,
+            kind: HwptKind::Paging {
+                ioas_id: pt_id,
+                nest_parent: false,
+            },
+            fault: None,
+            pasid_compat: false,
+            auto_domain: true,
+        })?;
+        Ok(self.hwpt(id)?.clone())
+    }
+
+    /// Destroys every automatic HWPT nothing uses any more (the table holds the only
+    /// reference).
+    pub(super) fn reap_auto_hwpts(&mut self) {
+        let unused: alloc::vec::Vec<u32> = self
+            .objects
+            .iter()
+            .filter_map(|(&id, o)| match o {
+                Object::Hwpt(h) if h.auto_domain && Arc::strong_count(h) == 1 => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in unused {
+            self.remove_hwpt_object(id);
+        }
+    }
+
+    /// Removes HWPT `id` from the table and from its IOAS.
+    pub(super) fn remove_hwpt_object(&mut self, id: u32) {
+        if let Some(Object::Hwpt(h)) = self.remove_object(id) {
+            if let HwptKind::Paging { ioas_id, .. } = h.kind {
+                if let Ok(ioas) = self.ioas_mut(ioas_id) {
+                    ioas.remove_hwpt(id, &h.domain);
+                }
+            }
+        }
+    }
+
     /// What `pt_id` makes the new HWPT: paging on an IOAS or nested on a paging HWPT.
     fn hwpt_kind(&self, pt_id: u32, flags: u32, data_type: u32) -> Result<HwptKind> {
         match self.objects.get(&pt_id) {
@@ -181,6 +244,7 @@ impl Ictx {
             kind,
             fault,
             pasid_compat: flags & IOMMU_HWPT_ALLOC_PASID != 0,
+            auto_domain: false,
         })
     }
 

@@ -63,10 +63,20 @@ const ULONG_MAX: u64 = u64::MAX;
 pub mod test_op {
     /// `IOMMU_TEST_OP_ADD_RESERVED`.
     pub const ADD_RESERVED: u32 = 1;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN`.
+    pub const MOCK_DOMAIN: u32 = 2;
+    /// `IOMMU_TEST_OP_MD_CHECK_MAP`.
+    pub const MD_CHECK_MAP: u32 = 3;
     /// `IOMMU_TEST_OP_MD_CHECK_REFS`.
     pub const MD_CHECK_REFS: u32 = 4;
     /// `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`.
     pub const SET_TEMP_MEMORY_LIMIT: u32 = 9;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`.
+    pub const MOCK_DOMAIN_REPLACE: u32 = 10;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`.
+    pub const MOCK_DOMAIN_FLAGS: u32 = 12;
+    /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`.
+    pub const DEV_CHECK_CACHE: u32 = 16;
 }
 
 /// `IOMMU_IOAS_MAP_*` flags to `IOMMU_READ`/`IOMMU_WRITE`; `EOPNOTSUPP` for unknown flags
@@ -91,6 +101,13 @@ fn map_prot(flags: u32, overflow: bool) -> Result<u32> {
         return Err(einval_v("map needs READABLE or WRITEABLE", flags.into()));
     }
     Ok(prot)
+}
+
+/// Writes `v` at byte `off` of the command struct, when the caller's struct reaches it.
+fn put_u32(cmd: &mut [u8], off: usize, v: u32) {
+    if let Some(dst) = cmd.get_mut(off..off + 4) {
+        dst.copy_from_slice(&v.to_ne_bytes());
+    }
 }
 
 fn reserved_zero(v: u64) -> Result<()> {
@@ -442,9 +459,9 @@ impl Ictx {
         Ok(IoctlOutput::default())
     }
 
-    /// The selftest's `IOMMU_TEST_CMD`: the operations that need no mock device
-    /// (`ADD_RESERVED`, `MD_CHECK_REFS`, `SET_TEMP_MEMORY_LIMIT`); the rest are `EOPNOTSUPP`,
-    /// as Linux's switch answers an unknown op.
+    /// The selftest's `IOMMU_TEST_CMD`: `ADD_RESERVED`, `MD_CHECK_REFS`,
+    /// `SET_TEMP_MEMORY_LIMIT` and the mock device's operations (see [`Ictx::mock_domain`]);
+    /// the rest are `EOPNOTSUPP`, as Linux's switch answers an unknown op.
     fn uapi_test_cmd(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
         let c: IommuTestCmd = copy_struct_from_user(cmd, min)?;
         match c.op {
@@ -476,6 +493,34 @@ impl Ictx {
                         return Err(eio_v("page pin count differs", page));
                     }
                 }
+                Ok(IoctlOutput::default())
+            }
+            test_op::MOCK_DOMAIN | test_op::MOCK_DOMAIN_FLAGS => {
+                let flags = if c.op == test_op::MOCK_DOMAIN_FLAGS {
+                    (c.payload[1] >> 32) as u32
+                } else {
+                    0
+                };
+                let ids = self.mock_domain(c.id, flags)?;
+                // `mock_domain`: out_stdev_id, out_hwpt_id, out_idev_id from byte 16.
+                put_u32(cmd, 16, ids.stdev_id);
+                put_u32(cmd, 20, ids.hwpt_id);
+                put_u32(cmd, 24, ids.idev_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::MOCK_DOMAIN_REPLACE => {
+                let hwpt_id = self.mock_domain_replace(c.id, c.payload[0] as u32)?;
+                put_u32(cmd, 16, hwpt_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::MD_CHECK_MAP => {
+                let (iova, length, uptr) = (c.payload[0], c.payload[1], c.payload[2]);
+                self.md_check_map(c.id, iova, length, uptr)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::DEV_CHECK_CACHE => {
+                let (cache_id, value) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.dev_check_cache(c.id, cache_id, value)?;
                 Ok(IoctlOutput::default())
             }
             test_op::SET_TEMP_MEMORY_LIMIT => {

@@ -16,13 +16,14 @@ mod fault_queue;
 mod hw_pagetable;
 mod ioas;
 mod ioctl;
+mod selftest;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::Relaxed};
 
-use iommu_core::error::{ebusy_v, einval_v, enoent_v, enospc, eopnotsupp_v, Condition};
+use iommu_core::error::{ebusy_v, einval_v, enoent_v, enospc, Condition};
 use iommu_core::sync::Mutex;
 use iommu_core::{device_release_dma_owner, DeviceId, DmaOwner, Error, GroupId, Result};
 
@@ -34,6 +35,10 @@ use ioas::IoasObj;
 
 pub use ioas::{IovaRange, IOAS_APERTURE_END};
 pub use ioctl::{IoctlOutput, NewFd};
+pub use selftest::{
+    MockDomainIds, IOMMU_TEST_DEV_CACHE_DEFAULT, MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY,
+    MOCK_FLAGS_DEVICE_PASID, MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
+};
 
 /// The kind of object an ID names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,8 @@ pub enum ObjectType {
     HwptNested,
     /// `IOMMUFD_OBJ_FAULT`.
     Fault,
+    /// `IOMMUFD_OBJ_SELFTEST`: a selftest mock device (see [`Ictx::mock_domain`]).
+    Selftest,
 }
 
 enum Object {
@@ -55,6 +62,7 @@ enum Object {
     Device(IdevObj),
     Hwpt(Arc<Hwpt>),
     Fault(Arc<Fault>),
+    Selftest(selftest::MockDevObj),
 }
 
 #[derive(Default)]
@@ -64,6 +72,8 @@ struct Table {
     ids: IdSpace,
     /// Bound devices by core identity, so a second bind is refused without a table scan.
     bound: BTreeMap<DeviceId, u32>,
+    /// The mock IOMMU behind this context's selftest devices, made with the first one.
+    mock: Option<Arc<iommu_core::mock::MockDriver>>,
 }
 
 /// The largest object ID: Linux allocates IDs from an XArray limited to 31 bits
@@ -244,16 +254,11 @@ impl Table {
         })
     }
 
-    /// The HWPT a device is to be attached to: `ENOENT` for an unknown ID, `EOPNOTSUPP` for an
-    /// IOAS (auto-created domains are not modelled), `EINVAL` for other objects.
+    /// The HWPT a device is to be attached to: `ENOENT` for an unknown ID, `EINVAL` for objects
+    /// other than HWPTs (an IOAS is resolved by [`Table::attach_target_for`]).
     fn attach_target(&self, pt_id: u32) -> Result<Arc<Hwpt>> {
         match self.objects.get(&pt_id) {
             Some(Object::Hwpt(h)) => Ok(h.clone()),
-            Some(Object::Ioas(_)) => Err(eopnotsupp_v(
-                "attach by IOAS (auto domain) is not supported; allocate a HWPT",
-                pt_id.into(),
-            )
-            .because(Condition::WrongObjectType)),
             Some(_) => Err(lookup_error(true, einval_v, "pt_id is not a HWPT", pt_id)),
             None => Err(lookup_error(false, enoent_v, "no such object", pt_id)),
         }
@@ -323,6 +328,7 @@ impl Ictx {
                 HwptKind::Nested { .. } => ObjectType::HwptNested,
             }),
             Some(Object::Fault(_)) => Ok(ObjectType::Fault),
+            Some(Object::Selftest(_)) => Ok(ObjectType::Selftest),
             None => Err(lookup_error(false, enoent_v, "no such object", id)),
         }
     }
@@ -336,18 +342,18 @@ impl Ictx {
     pub fn destroy(&self, id: u32) -> Result<()> {
         let mut t = self.table.lock();
         t.destroy_blocker(id)?;
-        match t.remove_object(id) {
-            Some(Object::Hwpt(h)) => {
-                if let HwptKind::Paging { ioas_id, .. } = h.kind {
-                    if let Ok(ioas) = t.ioas_mut(ioas_id) {
-                        ioas.remove_hwpt(id, &h.domain);
-                    }
-                }
-            }
-            Some(Object::Fault(f)) => {
-                f.shutdown();
-            }
-            _ => {}
+        if matches!(t.objects.get(&id), Some(Object::Hwpt(_))) {
+            t.remove_hwpt_object(id);
+            return Ok(());
+        }
+        if let Some(Object::Selftest(m)) = t.objects.get(&id) {
+            let m = m.clone();
+            let r = selftest::destroy_mock_dev(&mut t, id, &m);
+            t.reap_auto_hwpts();
+            return r;
+        }
+        if let Some(Object::Fault(f)) = t.remove_object(id) {
+            f.shutdown();
         }
         Ok(())
     }

@@ -1,0 +1,133 @@
+//! The selftest mock device and automatic paging HWPTs (attaching to an IOAS), through the
+//! Rust API: what Linux 7.3's `iommufd_mock_domain.{basic,replace,alloc_hwpt}` rely on.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Fx, RID};
+use iommu_core::IOMMU_READ;
+use iommufd::selftest::*;
+use iommufd::user_memory::SimMemory;
+use iommufd::{Ictx, ObjectType};
+
+const BUF: u64 = 0x40_0000;
+const PAGE: u64 = 4096;
+
+fn e<T: std::fmt::Debug>(r: iommu_core::Result<T>) -> &'static str {
+    r.unwrap_err().errno_name()
+}
+
+#[test]
+fn attaching_to_an_ioas_uses_a_shared_automatic_hwpt_that_dies_with_its_last_attachment() {
+    let fx = Fx::new(2);
+    let (d0, d1) = (fx.dev_ids[0], fx.dev_ids[1]);
+    fx.ictx.device_attach(d0, RID, fx.ioas).unwrap();
+    let auto = fx.ictx.attached_hwpt(d0, RID).unwrap().unwrap();
+    assert_eq!(fx.ictx.object_type(auto).unwrap(), ObjectType::HwptPaging);
+    // A second device of the same IOMMU shares it.
+    fx.ictx.device_attach(d1, RID, fx.ioas).unwrap();
+    assert_eq!(fx.ictx.attached_hwpt(d1, RID).unwrap(), Some(auto));
+    // Attached: neither it nor its IOAS can be destroyed.
+    assert_eq!(e(fx.ictx.destroy(auto)), "EBUSY");
+    assert_eq!(e(fx.ictx.destroy(fx.ioas)), "EBUSY");
+    // Replacing onto the IOAS it is already on is a no-op.
+    fx.ictx.device_replace(d0, RID, fx.ioas).unwrap();
+    assert_eq!(fx.ictx.attached_hwpt(d0, RID).unwrap(), Some(auto));
+    fx.ictx.device_detach(d0, RID).unwrap();
+    assert!(fx.ictx.object_type(auto).is_ok(), "still used by d1");
+    // Moving the last user to another IOAS destroys it.
+    let other = fx.ictx.ioas_alloc().unwrap();
+    fx.ictx.device_replace(d1, RID, other).unwrap();
+    assert_eq!(e(fx.ictx.object_type(auto)), "ENOENT");
+    assert_ne!(fx.ictx.attached_hwpt(d1, RID).unwrap(), Some(auto));
+    fx.ictx.destroy(fx.ioas).unwrap();
+    // An attach that fails leaves no automatic HWPT behind.
+    let before = fx.ictx.attached_hwpt(d1, RID).unwrap();
+    assert_eq!(e(fx.ictx.device_attach(d1, RID, other)), "EBUSY");
+    assert_eq!(fx.ictx.attached_hwpt(d1, RID).unwrap(), before);
+}
+
+#[test]
+fn mock_domain_creates_binds_and_attaches_and_destroy_takes_it_all_down() {
+    let mem = Arc::new(SimMemory::new());
+    mem.map(BUF, 4 * PAGE, true).unwrap();
+    let ictx = Ictx::with_user_memory(mem.clone());
+    let ioas = ictx.ioas_alloc().unwrap();
+    assert_eq!(e(ictx.mock_domain(ioas, 1 << 1)), "EINVAL", "unknown flag");
+    assert_eq!(e(ictx.mock_domain(99, 0)), "ENOENT");
+    assert!(ictx.object_type(1).is_ok() && ictx.object_type(2).is_err());
+
+    let a = ictx.mock_domain(ioas, 0).unwrap();
+    // Linux's order: selftest object, device object, automatic HWPT.
+    assert_eq!((a.stdev_id, a.idev_id, a.hwpt_id), (2, 3, 4));
+    assert_eq!(ictx.object_type(a.stdev_id).unwrap(), ObjectType::Selftest);
+    assert_eq!(ictx.object_type(a.idev_id).unwrap(), ObjectType::Device);
+    assert!(!ictx.mock_device(a.stdev_id).unwrap().supports_pasid());
+    let b = ictx.mock_domain(ioas, MOCK_FLAGS_DEVICE_PASID).unwrap();
+    assert_eq!(b.hwpt_id, a.hwpt_id, "the automatic HWPT is shared");
+    assert!(ictx.mock_device(b.stdev_id).unwrap().supports_pasid());
+
+    // MD_CHECK_MAP: the IOVA translates to the user VA, granule by granule.
+    let iova = ictx
+        .ioas_map_user(ioas, None, BUF, 2 * PAGE, IOMMU_READ)
+        .unwrap();
+    ictx.md_check_map(a.hwpt_id, iova, 2 * PAGE, BUF).unwrap();
+    ictx.md_check_map(
+        a.hwpt_id,
+        iova + MOCK_PAGE_SIZE,
+        MOCK_PAGE_SIZE,
+        BUF + MOCK_PAGE_SIZE,
+    )
+    .unwrap();
+    let check = |i, l, u| e(ictx.md_check_map(a.hwpt_id, i, l, u));
+    assert_eq!(check(iova, 2 * PAGE, BUF + PAGE), "EINVAL", "wrong page");
+    assert_eq!(check(iova + 1, PAGE, BUF), "EINVAL", "misaligned");
+    assert_eq!(
+        check(iova + 2 * PAGE, PAGE, BUF),
+        "EINVAL",
+        "IOVA not mapped"
+    );
+    assert_eq!(check(iova, PAGE, BUF + 4 * PAGE), "EFAULT", "no user page");
+    assert_eq!(e(ictx.md_check_map(a.stdev_id, iova, PAGE, BUF)), "ENOENT");
+
+    // DEV_CHECK_CACHE: every entry starts at the default.
+    for c in 0..MOCK_DEV_CACHE_NUM as u32 {
+        ictx.dev_check_cache(a.idev_id, c, IOMMU_TEST_DEV_CACHE_DEFAULT)
+            .unwrap();
+    }
+    assert_eq!(e(ictx.dev_check_cache(a.idev_id, 0, 0)), "EINVAL");
+    assert_eq!(
+        e(ictx.dev_check_cache(a.idev_id, 4, IOMMU_TEST_DEV_CACHE_DEFAULT)),
+        "EINVAL"
+    );
+    assert_eq!(e(ictx.dev_check_cache(a.stdev_id, 0, 0)), "ENOENT");
+
+    // Replace onto a new IOAS, then back onto a HWPT.
+    let ioas2 = ictx.ioas_alloc().unwrap();
+    let h2 = ictx.mock_domain_replace(a.stdev_id, ioas2).unwrap();
+    assert_ne!(h2, a.hwpt_id);
+    assert_eq!(
+        ictx.mock_domain_replace(a.stdev_id, a.hwpt_id).unwrap(),
+        a.hwpt_id
+    );
+    assert_eq!(
+        e(ictx.object_type(h2)),
+        "ENOENT",
+        "auto HWPT went with its last user"
+    );
+    assert_eq!(e(ictx.mock_domain_replace(a.idev_id, ioas)), "ENOENT");
+
+    // The device object cannot be destroyed; its selftest object can, taking it along.
+    assert_eq!(e(ictx.destroy(a.idev_id)), "EBUSY");
+    ictx.destroy(a.stdev_id).unwrap();
+    assert_eq!(e(ictx.object_type(a.idev_id)), "ENOENT");
+    assert!(ictx.object_type(a.hwpt_id).is_ok(), "b still uses it");
+    ictx.destroy(b.stdev_id).unwrap();
+    assert_eq!(e(ictx.object_type(a.hwpt_id)), "ENOENT");
+    // Nothing is left pinned once the IOAS has no HWPT.
+    assert_eq!(
+        iommufd::user_memory::UserMemory::pin_count(&*mem, BUF).unwrap(),
+        0
+    );
+}
