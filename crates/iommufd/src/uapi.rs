@@ -434,6 +434,13 @@ uapi_struct!(
     }
 );
 uapi_struct!(
+    /// `struct iommu_hwpt_invalidate` (32 bytes).
+    IommuHwptInvalidate {
+        size: u32, hwpt_id: u32, data_uptr: u64, data_type: u32, entry_len: u32, entry_num: u32,
+        __reserved: u32,
+    }
+);
+uapi_struct!(
     /// The selftest's `struct iommu_test_cmd` (72 bytes): a header and a 56-byte union whose
     /// layout depends on `op`.
     IommuTestCmd { size: u32, op: u32, id: u32, __reserved: u32, payload: [u64; 7] }
@@ -477,6 +484,8 @@ const _: () = {
     assert!(offset_of!(IommuHwInfo, out_max_pasid_log2) == 28);
     assert!(offset_of!(IommuHwInfo, out_capabilities) == 32);
     assert!(size_of::<IommuTestCmd>() == 72);
+    assert!(size_of::<IommuHwptInvalidate>() == 32);
+    assert!(offset_of!(IommuHwptInvalidate, entry_num) == 24);
     assert!(size_of::<VfioDmaMap>() == 32);
     assert!(size_of::<VfioDmaUnmap>() == 24);
     assert!(size_of::<VfioIommuInfo>() == 24);

@@ -131,3 +131,73 @@ fn mock_domain_creates_binds_and_attaches_and_destroy_takes_it_all_down() {
         0
     );
 }
+
+#[test]
+fn selftest_nested_hwpts_carry_an_iotlb_that_invalidation_clears() {
+    use iommufd::uapi::{IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_DATA_SELFTEST};
+    let ictx = Ictx::new();
+    let ioas = ictx.ioas_alloc().unwrap();
+    let m = ictx.mock_domain(ioas, 0).unwrap();
+    let dev = m.idev_id;
+    let parent = ictx
+        .hwpt_alloc(dev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, &[])
+        .unwrap();
+    let data = IOMMU_TEST_IOTLB_DEFAULT.to_ne_bytes();
+    let nested = |ty, d: &[u8]| ictx.hwpt_alloc(dev, parent, 0, 0, ty, d);
+    assert_eq!(e(nested(IOMMU_HWPT_DATA_SELFTEST + 1, &data)), "EOPNOTSUPP");
+    assert_eq!(e(nested(IOMMU_HWPT_DATA_SELFTEST, &data[..3])), "EINVAL");
+    assert_eq!(e(nested(IOMMU_HWPT_DATA_SELFTEST, &[0; 9])), "EINVAL");
+    let h = nested(IOMMU_HWPT_DATA_SELFTEST, &data).unwrap();
+    for i in 0..MOCK_NESTED_DOMAIN_IOTLB_NUM as u32 {
+        ictx.md_check_iotlb(h, i, IOMMU_TEST_IOTLB_DEFAULT).unwrap();
+    }
+    assert_eq!(
+        e(ictx.md_check_iotlb(h, 4, IOMMU_TEST_IOTLB_DEFAULT)),
+        "EINVAL"
+    );
+    assert_eq!(e(ictx.md_check_iotlb(parent, 0, 0)), "ENOENT");
+
+    // Records: (flags, iotlb_id) pairs.
+    let recs = |r: &[(u32, u32)]| -> Vec<u8> {
+        r.iter()
+            .flat_map(|&(f, i)| f.to_ne_bytes().into_iter().chain(i.to_ne_bytes()))
+            .collect()
+    };
+    let inv = |hwpt, ty, len, bytes: &[u8]| {
+        let n = (bytes.len() / 8) as u32;
+        let (done, r) = ictx.hwpt_invalidate(hwpt, ty, len, n, &mut |i, buf| {
+            buf.copy_from_slice(&bytes[i as usize * 8..][..8]);
+            Ok(())
+        });
+        (done, r.map(|_| "ok").unwrap_or_else(|e| e.errno_name()))
+    };
+    let sel = IOMMU_HWPT_INVALIDATE_DATA_SELFTEST;
+    assert_eq!(
+        inv(parent, sel, 8, &recs(&[(0, 0)])),
+        (0, "EINVAL"),
+        "not nested"
+    );
+    assert_eq!(
+        inv(h, sel + 1, 8, &recs(&[(0, 0)])),
+        (0, "EINVAL"),
+        "data type"
+    );
+    assert_eq!(inv(h, sel, 9, &recs(&[(0, 0)])), (0, "EINVAL"), "entry_len");
+    assert_eq!(
+        inv(h, sel, 4097, &recs(&[(0, 0)])),
+        (0, "EINVAL"),
+        "entry_len bound"
+    );
+    assert_eq!(inv(99, sel, 8, &recs(&[(0, 0)])), (0, "ENOENT"));
+    // The first record applies, the second stops it.
+    assert_eq!(inv(h, sel, 8, &recs(&[(0, 0), (2, 1)])), (1, "EOPNOTSUPP"));
+    assert_eq!(inv(h, sel, 8, &recs(&[(0, 1), (0, 4)])), (1, "EINVAL"));
+    ictx.md_check_iotlb(h, 0, 0).unwrap();
+    ictx.md_check_iotlb(h, 1, 0).unwrap();
+    ictx.md_check_iotlb(h, 2, IOMMU_TEST_IOTLB_DEFAULT).unwrap();
+    assert_eq!(
+        inv(h, sel, 8, &recs(&[(IOMMU_TEST_INVALIDATE_FLAG_ALL, 77)])),
+        (1, "ok")
+    );
+    ictx.md_check_iotlb(h, 3, 0).unwrap();
+}

@@ -3,7 +3,7 @@
 
 use alloc::sync::Arc;
 
-use iommu_core::error::{einval_v, eopnotsupp, eopnotsupp_v, Condition};
+use iommu_core::error::{einval_v, enoent_v, eopnotsupp, eopnotsupp_v, Condition};
 use iommu_core::{Device, Domain, DomainRequest, Result};
 
 use super::{lookup_error, Ictx, Object, Table};
@@ -32,6 +32,10 @@ pub(super) struct Hwpt {
     /// device attached to that IOAS whose IOMMU can use it, destroyed with its last attachment.
     pub(super) auto_domain: bool,
 }
+
+/// The most records one `IOMMU_HWPT_INVALIDATE` takes (Linux's bound, so one call cannot pin
+/// the CPU).
+pub const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
 
 /// Every flag `IOMMU_HWPT_ALLOC` knows.
 const VALID_FLAGS: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT
@@ -268,6 +272,63 @@ impl Ictx {
         c.out_hwpt_id = id;
         copy_struct_to_user(cmd, &c);
         Ok(id)
+    }
+
+    /// `IOMMU_HWPT_INVALIDATE` of HWPT `hwpt_id`: hands `entry_num` driver records of
+    /// `entry_len` bytes (`read(i, buf)` fills record `i`) of type `data_type` to the HWPT's
+    /// driver, which applies them in order. Returns how many were applied, and the error
+    /// that stopped it (applied records stay applied, as in Linux).
+    ///
+    /// `EINVAL` for records when `entry_len` is 0 or above 4096 or `entry_num` above 2^19;
+    /// `ENOENT` for no such object; `EINVAL` for an object that is not a nested HWPT;
+    /// `EOPNOTSUPP` for a driver without user cache invalidation (only the selftest mock has
+    /// one); then the driver's errors.
+    pub fn hwpt_invalidate(
+        &self,
+        hwpt_id: u32,
+        data_type: u32,
+        entry_len: u32,
+        entry_num: u32,
+        read: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
+    ) -> (u32, Result<()>) {
+        if entry_num != 0
+            && (entry_len == 0 || entry_len > 4096 || entry_num > INVALIDATE_ENTRY_NUM_MAX)
+        {
+            return (
+                0,
+                Err(einval_v(
+                    "entry_len must be 1..=4096 and entry_num at most 2^19",
+                    entry_num.into(),
+                )),
+            );
+        }
+        let domain = {
+            let t = self.table.lock();
+            match t.objects.get(&hwpt_id) {
+                Some(Object::Hwpt(h)) if matches!(h.kind, HwptKind::Nested { .. }) => {
+                    h.domain.clone()
+                }
+                o => {
+                    let e = lookup_error(o.is_some(), enoent_v, "no such nested HWPT", hwpt_id);
+                    let e = if o.is_some() {
+                        einval_v("only nested HWPTs are invalidated", hwpt_id.into())
+                            .because(Condition::WrongObjectType)
+                    } else {
+                        e
+                    };
+                    return (0, Err(e));
+                }
+            }
+        };
+        match domain.driver_data::<super::selftest::SelftestNested>() {
+            Some(n) => n.invalidate(data_type, entry_len, entry_num, read),
+            None => (
+                0,
+                Err(eopnotsupp(
+                    "the HWPT's driver has no user cache invalidation",
+                )),
+            ),
+        }
     }
 
     /// The domain of HWPT `hwpt_id` (`ENOENT` if there is no such HWPT).

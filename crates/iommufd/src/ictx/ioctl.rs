@@ -75,6 +75,10 @@ pub mod test_op {
     pub const MOCK_DOMAIN_REPLACE: u32 = 10;
     /// `IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`.
     pub const MOCK_DOMAIN_FLAGS: u32 = 12;
+    /// `IOMMU_TEST_OP_MD_CHECK_IOTLB`.
+    pub const MD_CHECK_IOTLB: u32 = 14;
+    /// `IOMMU_TEST_OP_TRIGGER_IOPF`.
+    pub const TRIGGER_IOPF: u32 = 15;
     /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`.
     pub const DEV_CHECK_CACHE: u32 = 16;
 }
@@ -295,6 +299,30 @@ impl Ictx {
                 self.ioctl_hwpt_alloc(cmd, &data)?;
                 none()
             }
+            IOMMUFD_CMD_HWPT_INVALIDATE => {
+                let mut c: IommuHwptInvalidate = copy_struct_from_user(cmd, min)?;
+                let (done, res) = if c.__reserved != 0 {
+                    (
+                        0,
+                        Err(eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags)),
+                    )
+                } else if c.entry_num != 0 && c.data_uptr == 0 {
+                    (0, Err(einval("data_uptr is NULL with entries")))
+                } else {
+                    let (uptr, len) = (c.data_uptr, u64::from(c.entry_len));
+                    self.hwpt_invalidate(
+                        c.hwpt_id,
+                        c.data_type,
+                        c.entry_len,
+                        c.entry_num,
+                        &mut |i, buf| self.read_driver_record(uptr + u64::from(i) * len, len, buf),
+                    )
+                };
+                // Linux reports how many records were applied, on success and on error.
+                c.entry_num = done;
+                copy_struct_to_user(cmd, &c);
+                res.map(|()| IoctlOutput::default())
+            }
             IOMMUFD_CMD_FAULT_QUEUE_ALLOC => {
                 let c: IommuFaultAlloc = copy_struct_from_user(cmd, min)?;
                 let (id, endpoint) = self.fault_queue_alloc(c.flags)?;
@@ -351,6 +379,26 @@ impl Ictx {
             IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
             _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
         }
+    }
+
+    /// Reads a driver record of `len` user bytes at `uptr` into `buf` as Linux's
+    /// `copy_struct_from_user`: a longer record must be zero beyond `buf` (`E2BIG`), a shorter
+    /// one is zero-extended; `EFAULT` for memory that is not there.
+    fn read_driver_record(&self, uptr: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+        let n = (len as usize).min(buf.len());
+        buf.fill(0);
+        self.mem.read(uptr, &mut buf[..n])?;
+        let mut at = n as u64;
+        let mut chunk = [0u8; 64];
+        while at < len {
+            let k = chunk.len().min((len - at) as usize);
+            self.mem.read(uptr + at, &mut chunk[..k])?;
+            if chunk[..k].iter().any(|&b| b != 0) {
+                return Err(e2big_v("non-zero bytes beyond the driver record", at));
+            }
+            at += k as u64;
+        }
+        Ok(())
     }
 
     /// `ENOENT` unless `id` is a bound device.
@@ -516,6 +564,18 @@ impl Ictx {
             test_op::MD_CHECK_MAP => {
                 let (iova, length, uptr) = (c.payload[0], c.payload[1], c.payload[2]);
                 self.md_check_map(c.id, iova, length, uptr)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::MD_CHECK_IOTLB => {
+                let (iotlb_id, value) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.md_check_iotlb(c.id, iotlb_id, value)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::TRIGGER_IOPF => {
+                // `trigger_iopf`: dev_id, pasid, grpid, perm, then the 64-bit addr.
+                let (dev_id, pasid) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                let (grpid, perm) = (c.payload[1] as u32, (c.payload[1] >> 32) as u32);
+                self.trigger_iopf(dev_id, pasid, grpid, perm, c.payload[2])?;
                 Ok(IoctlOutput::default())
             }
             test_op::DEV_CHECK_CACHE => {

@@ -36,8 +36,10 @@ use ioas::IoasObj;
 pub use ioas::{IovaRange, IOAS_APERTURE_END};
 pub use ioctl::{IoctlOutput, NewFd};
 pub use selftest::{
-    MockDomainIds, IOMMU_TEST_DEV_CACHE_DEFAULT, MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY,
-    MOCK_FLAGS_DEVICE_PASID, MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
+    MockDomainIds, IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, IOMMU_TEST_DEV_CACHE_DEFAULT,
+    IOMMU_TEST_INVALIDATE_FLAG_ALL, IOMMU_TEST_IOTLB_DEFAULT, MOCK_DEV_CACHE_NUM,
+    MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_NESTED_DOMAIN_IOTLB_NUM,
+    MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
 };
 
 /// The kind of object an ID names.
@@ -73,7 +75,7 @@ struct Table {
     /// Bound devices by core identity, so a second bind is refused without a table scan.
     bound: BTreeMap<DeviceId, u32>,
     /// The mock IOMMU behind this context's selftest devices, made with the first one.
-    mock: Option<Arc<iommu_core::mock::MockDriver>>,
+    mock: Option<Arc<dyn iommu_core::IommuDriver>>,
 }
 
 /// The largest object ID: Linux allocates IDs from an XArray limited to 31 bits

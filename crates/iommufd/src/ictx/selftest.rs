@@ -7,12 +7,18 @@ use alloc::format;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use iommu_core::error::{efault_v, einval_v, enoent_v, Condition};
+use iommu_core::error::{efault_v, einval, einval_v, enoent_v, eopnotsupp_v, Condition};
 use iommu_core::mock::MockDriver;
-use iommu_core::{Capabilities, Device, Group, IommuDriver, Result, IOMMU_NO_PASID};
+use iommu_core::sync::Mutex;
+use iommu_core::{
+    report_device_fault, Capabilities, Device, Domain, DomainRequest, DriverDomain, Group,
+    IommuDriver, PageRequest, PageResponse, Result, IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID, IOMMU_NO_PASID,
+};
 
 use super::hw_pagetable::HwptKind;
 use super::{lookup_error, Ictx, Object, Table};
+use crate::uapi::IOMMU_HWPT_DATA_SELFTEST;
 
 /// `MOCK_FLAGS_DEVICE_NO_DIRTY`: the device refuses dirty-tracking domains.
 pub const MOCK_FLAGS_DEVICE_NO_DIRTY: u32 = 1 << 0;
@@ -26,6 +32,164 @@ pub const MOCK_DEV_CACHE_NUM: usize = 4;
 pub const IOMMU_TEST_DEV_CACHE_DEFAULT: u32 = 0xbaddad;
 /// The granule `MD_CHECK_MAP` walks: the kernel mock's page size (`MOCK_PAGE_SIZE`).
 pub const MOCK_PAGE_SIZE: u64 = 2048;
+
+/// `IOMMU_HWPT_INVALIDATE_DATA_SELFTEST`: the invalidation record,
+/// `struct iommu_hwpt_invalidate_selftest { u32 flags; u32 iotlb_id }`.
+pub const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdeadbeef;
+/// `IOMMU_TEST_INVALIDATE_FLAG_ALL`: invalidate every IOTLB entry, ignoring `iotlb_id`.
+pub const IOMMU_TEST_INVALIDATE_FLAG_ALL: u32 = 1;
+/// Entries of a mock nested domain's IOTLB (`MOCK_NESTED_DOMAIN_IOTLB_NUM`).
+pub const MOCK_NESTED_DOMAIN_IOTLB_NUM: usize = 4;
+/// What a nested domain's IOTLB entries start as, in the selftest (`IOMMU_TEST_IOTLB_DEFAULT`).
+pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0xbadbeef;
+
+/// The selftest IOMMU: the core's [`MockDriver`] (books, hardware state, page tables), plus
+/// what the kernel mock's nested domains carry: the selftest data format and an IOTLB array
+/// that user invalidation clears.
+struct SelftestIommu {
+    inner: Arc<MockDriver>,
+}
+
+/// The driver state of a selftest nested domain.
+pub(super) struct SelftestNested {
+    iotlb: Mutex<[u32; MOCK_NESTED_DOMAIN_IOTLB_NUM]>,
+}
+
+/// Reads a driver record of `len` bytes (`src`) into `N` bytes as Linux's
+/// `iommu_copy_struct_from_user`: `EINVAL` below `min` or above `N`.
+fn driver_record<const N: usize>(src: &[u8], min: usize) -> Result<[u8; N]> {
+    if src.len() < min || src.len() > N {
+        return Err(einval_v("driver data length", src.len() as u64));
+    }
+    let mut out = [0u8; N];
+    out[..src.len()].copy_from_slice(src);
+    Ok(out)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_ne_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+impl IommuDriver for SelftestIommu {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn probe_device(&self, dev: &Device) -> Result<()> {
+        self.inner.probe_device(dev)
+    }
+    fn release_device(&self, dev: &Device) {
+        self.inner.release_device(dev)
+    }
+    fn dev_has_pri(&self, dev: &Device) -> bool {
+        self.inner.dev_has_pri(dev)
+    }
+    /// Nested domains take only `IOMMU_HWPT_DATA_SELFTEST` (`EOPNOTSUPP` otherwise) with 4 to
+    /// 8 bytes of data (`EINVAL` otherwise); their IOTLB starts filled with the given value.
+    fn domain_alloc(&self, dev: &Device, req: &DomainRequest<'_>) -> Result<DriverDomain> {
+        let nested = match req {
+            DomainRequest::Nested {
+                data_type, data, ..
+            } => {
+                if *data_type != IOMMU_HWPT_DATA_SELFTEST {
+                    return Err(eopnotsupp_v("nested data type", (*data_type).into())
+                        .because(Condition::UnsupportedFlags));
+                }
+                // `struct iommu_hwpt_selftest { u32 iotlb; u32 pagetable_type }`, at least
+                // `iotlb`; the page-table type means nothing to a nested domain.
+                let cfg: [u8; 8] = driver_record(data, 4)?;
+                Some(SelftestNested {
+                    iotlb: Mutex::new([u32_at(&cfg, 0); MOCK_NESTED_DOMAIN_IOTLB_NUM]),
+                })
+            }
+            _ => None,
+        };
+        let mut d = self.inner.domain_alloc(dev, req)?;
+        if let Some(n) = nested {
+            d.data = alloc::boxed::Box::new(n);
+        }
+        Ok(d)
+    }
+    fn attach_dev(&self, domain: &Domain, dev: &Device) -> Result<()> {
+        self.inner.attach_dev(domain, dev)
+    }
+    fn set_dev_pasid(
+        &self,
+        domain: &Domain,
+        dev: &Device,
+        pasid: u32,
+        old: Option<&Domain>,
+    ) -> Result<()> {
+        self.inner.set_dev_pasid(domain, dev, pasid, old)
+    }
+    fn remove_dev_pasid(&self, dev: &Device, pasid: u32, domain: &Domain) {
+        self.inner.remove_dev_pasid(dev, pasid, domain)
+    }
+    fn map_pages(&self, domain: &Domain, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
+        self.inner.map_pages(domain, iova, pa, len, prot)
+    }
+    fn unmap_pages(&self, domain: &Domain, iova: u64, len: u64) -> Result<u64> {
+        self.inner.unmap_pages(domain, iova, len)
+    }
+    fn iova_to_phys(&self, domain: &Domain, iova: u64) -> Option<u64> {
+        self.inner.iova_to_phys(domain, iova)
+    }
+    fn page_response(&self, dev: &Device, req: &PageRequest, resp: PageResponse) {
+        self.inner.page_response(dev, req, resp)
+    }
+}
+
+impl SelftestNested {
+    /// The mock's user cache invalidation: each record (`read(i, buf)` fills record `i`, of
+    /// `entry_len` bytes) clears one IOTLB entry or, with `IOMMU_TEST_INVALIDATE_FLAG_ALL`,
+    /// all. Returns how many records were applied, and the error that stopped it: `EINVAL`
+    /// for another data type, a record length other than 8 or an `iotlb_id` above 3,
+    /// `EOPNOTSUPP` for unknown flags, the reader's error.
+    pub(super) fn invalidate(
+        &self,
+        data_type: u32,
+        entry_len: u32,
+        entry_num: u32,
+        read: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
+    ) -> (u32, Result<()>) {
+        if data_type != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
+            return (0, Err(einval_v("invalidation data type", data_type.into())));
+        }
+        let mut done = 0;
+        for i in 0..entry_num {
+            let rec = if entry_len as usize > 8 || entry_len < 8 {
+                Err(einval_v("invalidation entry_len", entry_len.into()))
+            } else {
+                let mut b = [0u8; 8];
+                read(i, &mut b).map(|()| b)
+            };
+            let rec = match rec {
+                Ok(r) => r,
+                Err(e) => return (done, Err(e)),
+            };
+            let (flags, id) = (u32_at(&rec, 0), u32_at(&rec, 4));
+            if flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return (
+                    done,
+                    Err(eopnotsupp_v("invalidation flags", flags.into())
+                        .because(Condition::UnsupportedFlags)),
+                );
+            }
+            let mut iotlb = self.iotlb.lock();
+            if flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                *iotlb = [0; MOCK_NESTED_DOMAIN_IOTLB_NUM];
+            } else if let Some(e) = iotlb.get_mut(id as usize) {
+                *e = 0;
+            } else {
+                return (done, Err(einval_v("iotlb_id above 3", id.into())));
+            }
+            done += 1;
+        }
+        (done, Ok(()))
+    }
+}
 
 /// Names the mock devices of every context apart.
 static NEXT_MOCK_DEV: AtomicU64 = AtomicU64::new(0);
@@ -53,15 +217,20 @@ pub struct MockDomainIds {
 }
 
 impl Table {
-    /// This context's mock IOMMU: nesting, PRI, 20-bit PASIDs, as the kernel's mock.
-    fn mock_driver(&mut self) -> Arc<MockDriver> {
+    /// This context's mock IOMMU: nesting, PRI, 20-bit PASIDs and a user-owned PASID table
+    /// (a fault on an unattached PASID goes to the nested domain on the RID), as the kernel's
+    /// mock.
+    fn mock_driver(&mut self) -> Arc<dyn IommuDriver> {
         self.mock
             .get_or_insert_with(|| {
                 let caps = Capabilities {
                     max_pasids: 1 << MOCK_PASID_WIDTH,
+                    user_pasid_table: true,
                     ..Capabilities::default()
                 };
-                MockDriver::with_capabilities("iommufd-selftest", caps)
+                Arc::new(SelftestIommu {
+                    inner: MockDriver::with_capabilities("iommufd-selftest", caps),
+                }) as Arc<dyn IommuDriver>
             })
             .clone()
     }
@@ -104,7 +273,7 @@ impl Ictx {
         let stdev_id = t.alloc_id()?;
         let drv = t.mock_driver();
         let n = NEXT_MOCK_DEV.fetch_add(1, Relaxed);
-        let group = Group::new(drv as Arc<dyn IommuDriver>, format!("mock{n}"));
+        let group = Group::new(drv, format!("mock{n}"));
         let max_pasids = if dev_flags & MOCK_FLAGS_DEVICE_PASID != 0 {
             1 << MOCK_PASID_WIDTH
         } else {
@@ -228,5 +397,69 @@ impl Ictx {
                 cache_id.into(),
             )),
         }
+    }
+
+    /// `IOMMU_TEST_OP_MD_CHECK_IOTLB`: `EINVAL` unless IOTLB entry `iotlb_id` of selftest
+    /// nested HWPT `hwpt_id` holds `value`; `ENOENT` for no such nested HWPT, `EINVAL` for one
+    /// of another driver.
+    pub fn md_check_iotlb(&self, hwpt_id: u32, iotlb_id: u32, value: u32) -> Result<()> {
+        let domain = {
+            let t = self.table.lock();
+            t.typed(hwpt_id, "no such nested HWPT", |o| match o {
+                Object::Hwpt(h) if matches!(h.kind, HwptKind::Nested { .. }) => {
+                    Some(h.domain.clone())
+                }
+                _ => None,
+            })?
+        };
+        let nested = domain
+            .driver_data::<SelftestNested>()
+            .ok_or(einval("not a selftest nested HWPT"))?;
+        let entry = nested.iotlb.lock().get(iotlb_id as usize).copied();
+        match entry {
+            Some(v) if v == value => Ok(()),
+            Some(_) => Err(einval_v("IOTLB entry differs", iotlb_id.into())),
+            None => Err(einval_v("iotlb_id above 3", iotlb_id.into())),
+        }
+    }
+
+    /// `IOMMU_TEST_OP_TRIGGER_IOPF`: the mock device behind device object `idev_id` reports a
+    /// one-request page request group (with a PASID unless `pasid` is `IOMMU_NO_PASID`), as
+    /// its hardware would; where it goes is the core's business. `ENOENT` for no such device
+    /// object, `EINVAL` for one that is not a mock device.
+    pub fn trigger_iopf(
+        &self,
+        idev_id: u32,
+        pasid: u32,
+        grpid: u32,
+        perm: u32,
+        addr: u64,
+    ) -> Result<()> {
+        let dev = {
+            let t = self.table.lock();
+            t.idev(idev_id)?;
+            t.objects
+                .values()
+                .find_map(|o| match o {
+                    Object::Selftest(m) if m.idev_id == idev_id => Some(m.dev.clone()),
+                    _ => None,
+                })
+                .ok_or(einval_v("not a mock device", idev_id.into()))?
+        };
+        let mut flags = IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE;
+        if pasid != IOMMU_NO_PASID {
+            flags |= IOMMU_FAULT_PAGE_REQUEST_PASID_VALID;
+        }
+        let req = PageRequest {
+            flags,
+            pasid,
+            grpid,
+            perm,
+            addr,
+        };
+        // Linux reports and returns 0 whatever became of the fault (an unhandled one is
+        // answered by the core).
+        let _ = report_device_fault(&dev, req);
+        Ok(())
     }
 }
