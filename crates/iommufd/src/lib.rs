@@ -72,7 +72,9 @@ pub mod uapi;
 pub mod user_memory;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
-pub use ictx::{Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END};
+pub use ictx::{
+    Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END, IOMMU_VIOMMU_TYPE_SELFTEST,
+};
 /// The selftest mock device (`IOMMU_TEST_OP_MOCK_DOMAIN` and friends).
 pub mod selftest {
     pub use crate::ictx::{

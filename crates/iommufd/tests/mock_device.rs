@@ -201,3 +201,117 @@ fn selftest_nested_hwpts_carry_an_iotlb_that_invalidation_clears() {
     );
     ictx.md_check_iotlb(h, 3, 0).unwrap();
 }
+
+#[test]
+fn viommu_nested_hwpts_need_a_vdevice_and_fault_through_the_rid() {
+    use iommufd::uapi::{
+        IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HWPT_DATA_SELFTEST, IOMMU_HWPT_FAULT_ID_VALID,
+    };
+    use iommufd::IOMMU_VIOMMU_TYPE_SELFTEST as SELFTEST;
+    let ictx = Ictx::new();
+    let ioas = ictx.ioas_alloc().unwrap();
+    let m = ictx.mock_domain(ioas, 0).unwrap();
+    let dev = m.idev_id;
+    let parent = ictx
+        .hwpt_alloc(dev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, &[])
+        .unwrap();
+    let plain = ictx.hwpt_alloc(dev, ioas, 0, 0, 0, &[]).unwrap();
+    assert_eq!(e(ictx.viommu_alloc(dev, parent, 0, &[])), "EOPNOTSUPP");
+    assert_eq!(
+        e(ictx.viommu_alloc(dev, parent, SELFTEST + 1, &[])),
+        "EOPNOTSUPP"
+    );
+    assert_eq!(e(ictx.viommu_alloc(99, parent, SELFTEST, &[])), "ENOENT");
+    assert_eq!(e(ictx.viommu_alloc(dev, ioas, SELFTEST, &[])), "ENOENT");
+    assert_eq!(e(ictx.viommu_alloc(dev, plain, SELFTEST, &[])), "EINVAL");
+    let viommu = ictx.viommu_alloc(dev, parent, SELFTEST, &[]).unwrap();
+    assert_eq!(ictx.object_type(viommu).unwrap(), ObjectType::Viommu);
+    assert_eq!(
+        e(ictx.destroy(parent)),
+        "EBUSY",
+        "the vIOMMU holds its parent"
+    );
+
+    let (fault_id, fd) = ictx.fault_queue_alloc(0).unwrap();
+    let data = IOMMU_TEST_IOTLB_DEFAULT.to_ne_bytes();
+    let iopf = ictx
+        .hwpt_alloc(
+            dev,
+            viommu,
+            IOMMU_HWPT_FAULT_ID_VALID,
+            fault_id,
+            IOMMU_HWPT_DATA_SELFTEST,
+            &data,
+        )
+        .unwrap();
+    assert_eq!(e(ictx.destroy(viommu)), "EBUSY", "a nested HWPT is on it");
+    assert_eq!(
+        e(ictx.mock_domain_replace(m.stdev_id, iopf)),
+        "ENOENT",
+        "no vDEVICE yet"
+    );
+    assert_eq!(e(ictx.vdevice_alloc(parent, dev, 0x99)), "ENOENT");
+    let vdev = ictx.vdevice_alloc(viommu, dev, 0x99).unwrap();
+    assert_eq!(e(ictx.vdevice_alloc(viommu, dev, 0x98)), "EEXIST");
+    ictx.mock_domain_replace(m.stdev_id, iopf).unwrap();
+
+    // A fault on PASID 1 of a device without PASIDs reaches the nested domain on its RID.
+    ictx.trigger_iopf(dev, 1, 2, 3, 0xdeadbeaf).unwrap();
+    let mut buf = vec![0u8; iommufd::FAULT_RECORD_SIZE];
+    assert_eq!(fd.read(&mut buf).unwrap(), iommufd::FAULT_RECORD_SIZE);
+    assert_eq!(e(ictx.trigger_iopf(m.stdev_id, 1, 2, 3, 0)), "ENOENT");
+
+    ictx.mock_domain_replace(m.stdev_id, ioas).unwrap();
+    ictx.destroy(iopf).unwrap();
+    ictx.destroy(vdev).unwrap();
+    ictx.destroy(viommu).unwrap();
+    ictx.destroy(parent).unwrap();
+}
+
+#[test]
+fn pasid_ops_of_the_mock_device_follow_the_pasid_compat_rules() {
+    use iommufd::uapi::IOMMU_HWPT_ALLOC_PASID;
+    let ictx = Ictx::new();
+    let ioas = ictx.ioas_alloc().unwrap();
+    let m = ictx.mock_domain(ioas, MOCK_FLAGS_DEVICE_PASID).unwrap();
+    let plain = ictx.mock_domain(ioas, 0).unwrap();
+    let s2 = ictx
+        .hwpt_alloc(m.idev_id, ioas, IOMMU_HWPT_ALLOC_PASID, 0, 0, &[])
+        .unwrap();
+    let s2b = ictx
+        .hwpt_alloc(m.idev_id, ioas, IOMMU_HWPT_ALLOC_PASID, 0, 0, &[])
+        .unwrap();
+    // Detaching what is not attached is not an error.
+    ictx.mock_pasid_detach(m.stdev_id, 100).unwrap();
+    // The RID is on the (non PASID compatible) automatic HWPT.
+    assert_eq!(e(ictx.mock_pasid_attach(m.stdev_id, 100, s2)), "EINVAL");
+    ictx.mock_domain_replace(m.stdev_id, s2).unwrap();
+    assert_eq!(ictx.mock_pasid_attach(m.stdev_id, 100, s2).unwrap(), s2);
+    ictx.mock_pasid_check_hwpt(m.stdev_id, 100, s2).unwrap();
+    assert_eq!(e(ictx.mock_pasid_check_hwpt(m.stdev_id, 100, 0)), "EINVAL");
+    assert_eq!(
+        e(ictx.mock_pasid_attach(m.stdev_id, 100, s2b)),
+        "EBUSY",
+        "EBUSY before EINVAL"
+    );
+    assert_eq!(
+        e(ictx.mock_pasid_attach(m.stdev_id, 101, ioas)),
+        "EINVAL",
+        "auto HWPT: no PASID"
+    );
+    assert_eq!(
+        e(ictx.mock_pasid_attach(plain.stdev_id, 100, s2)),
+        "EINVAL",
+        "no PASID bits"
+    );
+    assert_eq!(ictx.mock_pasid_replace(m.stdev_id, 100, s2b).unwrap(), s2b);
+    ictx.mock_pasid_detach(m.stdev_id, 100).unwrap();
+    ictx.mock_pasid_check_hwpt(m.stdev_id, 100, 0).unwrap();
+    // PASID 1024: the mock fails the second set_dev_pasid on purpose; the replace changes
+    // nothing.
+    ictx.mock_pasid_attach(m.stdev_id, 1024, s2).unwrap();
+    assert_eq!(e(ictx.mock_pasid_replace(m.stdev_id, 1024, s2b)), "ENOMEM");
+    ictx.mock_pasid_check_hwpt(m.stdev_id, 1024, s2).unwrap();
+    ictx.mock_pasid_detach(m.stdev_id, 1024).unwrap();
+    assert_eq!(e(ictx.mock_pasid_detach(m.idev_id, 1)), "ENOENT");
+}

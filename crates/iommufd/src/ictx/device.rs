@@ -190,12 +190,13 @@ impl Table {
         hwpt: &Arc<Hwpt>,
     ) -> Result<()> {
         let ga = self.attachment_mut(gid, pasid);
-        if !Arc::ptr_eq(&ga.hwpt, hwpt) {
-            return Err(einval("group is attached to another HWPT there"));
-        }
+        // Linux's order: the device being there already wins over another HWPT.
         if ga.devices.contains(&dev_id) {
             return Err(ebusy_v("device already attached at PASID", pasid.into())
                 .because(Condition::PasidInUse));
+        }
+        if !Arc::ptr_eq(&ga.hwpt, hwpt) {
+            return Err(einval("group is attached to another HWPT there"));
         }
         if hwpt.fault.is_some() {
             self.iopf_get(dev_id)?;
@@ -308,6 +309,7 @@ impl Table {
             self.detach(dev_id, p)?;
         }
         device_release_dma_owner(&self.idev(dev_id)?.dev)?;
+        self.remove_vdevices_of(dev_id);
         self.remove_object(dev_id);
         let ig = self
             .igroups
@@ -324,6 +326,7 @@ impl Table {
     pub(super) fn attach(&mut self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<()> {
         let (dev, group) = self.idev_refs(dev_id)?;
         let hwpt = self.attach_target_for(&dev, pt_id)?;
+        self.check_vdevice(dev_id, &hwpt)?;
         self.check_pasid_compat(group.id(), pasid, &hwpt)?;
         if self.igroups[&group.id()].attaches.contains_key(&pasid) {
             self.join_attachment(group.id(), dev_id, pasid, &hwpt)
@@ -345,6 +348,7 @@ impl Table {
         }
         let devices: Vec<u32> = ga.devices.iter().copied().collect();
         let old_fault = ga.hwpt.fault.is_some();
+        self.check_vdevice(dev_id, &hwpt)?;
         self.check_pasid_compat(group.id(), pasid, &hwpt)?;
         let new_fault = hwpt.fault.is_some();
         if new_fault {

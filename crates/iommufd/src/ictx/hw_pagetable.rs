@@ -15,8 +15,15 @@ use crate::uapi::{
 };
 
 pub(super) enum HwptKind {
-    Paging { ioas_id: u32, nest_parent: bool },
-    Nested { _parent: Arc<Hwpt> },
+    Paging {
+        ioas_id: u32,
+        nest_parent: bool,
+    },
+    Nested {
+        _parent: Arc<Hwpt>,
+        /// The vIOMMU it was allocated on, if any (kept busy while the HWPT exists).
+        viommu: Option<Arc<super::viommu::Viommu>>,
+    },
 }
 
 /// A HWPT (`iommufd_hw_pagetable`): one domain, its fault queue, and what it hangs on.
@@ -108,6 +115,7 @@ fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
     }
     Ok(HwptKind::Nested {
         _parent: parent.clone(),
+        viommu: None,
     })
 }
 
@@ -177,6 +185,17 @@ impl Table {
         match self.objects.get(&pt_id) {
             Some(Object::Ioas(_)) => paging_kind(pt_id, flags, data_type),
             Some(Object::Hwpt(p)) => nested_kind(p, pt_id, flags),
+            // On a vIOMMU: nested on its parent, holding the vIOMMU.
+            Some(Object::Viommu(v)) => {
+                let kind = nested_kind(&v.parent, pt_id, flags)?;
+                let HwptKind::Nested { _parent, .. } = kind else {
+                    unreachable!("nested_kind makes nested kinds")
+                };
+                Ok(HwptKind::Nested {
+                    _parent,
+                    viommu: Some(v.clone()),
+                })
+            }
             o => Err(lookup_error(
                 o.is_some(),
                 einval_v,
@@ -235,7 +254,9 @@ impl Ictx {
             None
         };
         let req = match &kind {
-            HwptKind::Nested { _parent: parent } => DomainRequest::Nested {
+            HwptKind::Nested {
+                _parent: parent, ..
+            } => DomainRequest::Nested {
                 parent: &parent.domain,
                 data_type,
                 data,

@@ -81,6 +81,14 @@ pub mod test_op {
     pub const TRIGGER_IOPF: u32 = 15;
     /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`.
     pub const DEV_CHECK_CACHE: u32 = 16;
+    /// `IOMMU_TEST_OP_PASID_ATTACH`.
+    pub const PASID_ATTACH: u32 = 18;
+    /// `IOMMU_TEST_OP_PASID_REPLACE`.
+    pub const PASID_REPLACE: u32 = 19;
+    /// `IOMMU_TEST_OP_PASID_DETACH`.
+    pub const PASID_DETACH: u32 = 20;
+    /// `IOMMU_TEST_OP_PASID_CHECK_HWPT`.
+    pub const PASID_CHECK_HWPT: u32 = 21;
 }
 
 /// `IOMMU_IOAS_MAP_*` flags to `IOMMU_READ`/`IOMMU_WRITE`; `EOPNOTSUPP` for unknown flags
@@ -354,27 +362,25 @@ impl Ictx {
                 Err(eopnotsupp("hardware info is not modelled yet"))
             }
             IOMMUFD_CMD_VIOMMU_ALLOC => {
-                let c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
-                if c.flags != 0 || c.r#type == 0 {
-                    return Err(eopnotsupp_v(
-                        "vIOMMU flags must be 0 and type not DEFAULT",
-                        c.r#type.into(),
-                    )
-                    .because(Condition::UnsupportedFlags));
+                let mut c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
+                if c.flags != 0 {
+                    return Err(eopnotsupp_v("vIOMMU flags must be 0", c.flags.into())
+                        .because(Condition::UnsupportedFlags));
                 }
-                self.lookup_device(c.dev_id)?;
-                Err(eopnotsupp("vIOMMU objects are not modelled yet"))
+                let mut data = alloc::vec![0u8; c.data_len as usize];
+                if !data.is_empty() {
+                    self.mem.read(c.data_uptr, &mut data)?;
+                }
+                c.out_viommu_id = self.viommu_alloc(c.dev_id, c.hwpt_id, c.r#type, &data)?;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_VDEVICE_ALLOC => {
-                let c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
+                let mut c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
                 // Linux's `virt_id > ULONG_MAX` check cannot fire on a 64-bit kernel.
-                // No object is a vIOMMU yet.
-                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(
-                    match self.object_type(c.viommu_id) {
-                        Ok(_) => Condition::WrongObjectType,
-                        Err(_) => Condition::NoSuchObject,
-                    },
-                ))
+                c.out_vdevice_id = self.vdevice_alloc(c.viommu_id, c.dev_id, c.virt_id)?;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
             _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
@@ -576,6 +582,26 @@ impl Ictx {
                 let (dev_id, pasid) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
                 let (grpid, perm) = (c.payload[1] as u32, (c.payload[1] >> 32) as u32);
                 self.trigger_iopf(dev_id, pasid, grpid, perm, c.payload[2])?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_ATTACH | test_op::PASID_REPLACE => {
+                // `pasid_attach`/`pasid_replace`: pasid, then pt_id (updated to the HWPT).
+                let (pasid, pt_id) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                let hwpt_id = if c.op == test_op::PASID_ATTACH {
+                    self.mock_pasid_attach(c.id, pasid, pt_id)?
+                } else {
+                    self.mock_pasid_replace(c.id, pasid, pt_id)?
+                };
+                put_u32(cmd, 20, hwpt_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_DETACH => {
+                self.mock_pasid_detach(c.id, c.payload[0] as u32)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_CHECK_HWPT => {
+                let (pasid, hwpt_id) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.mock_pasid_check_hwpt(c.id, pasid, hwpt_id)?;
                 Ok(IoctlOutput::default())
             }
             test_op::DEV_CHECK_CACHE => {

@@ -17,6 +17,7 @@ mod hw_pagetable;
 mod ioas;
 mod ioctl;
 mod selftest;
+mod viommu;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
@@ -41,6 +42,7 @@ pub use selftest::{
     MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID, MOCK_NESTED_DOMAIN_IOTLB_NUM,
     MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
 };
+pub use viommu::IOMMU_VIOMMU_TYPE_SELFTEST;
 
 /// The kind of object an ID names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,10 @@ pub enum ObjectType {
     Fault,
     /// `IOMMUFD_OBJ_SELFTEST`: a selftest mock device (see [`Ictx::mock_domain`]).
     Selftest,
+    /// `IOMMUFD_OBJ_VIOMMU`.
+    Viommu,
+    /// `IOMMUFD_OBJ_VDEVICE`.
+    Vdevice,
 }
 
 enum Object {
@@ -65,6 +71,8 @@ enum Object {
     Hwpt(Arc<Hwpt>),
     Fault(Arc<Fault>),
     Selftest(selftest::MockDevObj),
+    Viommu(Arc<viommu::Viommu>),
+    Vdevice(viommu::Vdevice),
 }
 
 #[derive(Default)]
@@ -279,6 +287,10 @@ impl Table {
             Some(Object::Hwpt(h)) if Arc::strong_count(h) > 1 => {
                 busy("HWPT is attached or has nested children", id.into())
             }
+            // Nested HWPTs and vDEVICEs on it hold the others.
+            Some(Object::Viommu(v)) if Arc::strong_count(v) > 1 => {
+                busy("vIOMMU has nested HWPTs or vDEVICEs", id.into())
+            }
             Some(Object::Fault(f)) if Arc::strong_count(f) > 1 => {
                 busy("fault object has its fd open or HWPTs", id.into())
             }
@@ -331,6 +343,8 @@ impl Ictx {
             }),
             Some(Object::Fault(_)) => Ok(ObjectType::Fault),
             Some(Object::Selftest(_)) => Ok(ObjectType::Selftest),
+            Some(Object::Viommu(_)) => Ok(ObjectType::Viommu),
+            Some(Object::Vdevice(_)) => Ok(ObjectType::Vdevice),
             None => Err(lookup_error(false, enoent_v, "no such object", id)),
         }
     }

@@ -46,9 +46,21 @@ pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0xbadbeef;
 /// The selftest IOMMU: the core's [`MockDriver`] (books, hardware state, page tables), plus
 /// what the kernel mock's nested domains carry: the selftest data format and an IOTLB array
 /// that user invalidation clears.
+///
+/// SPEC §6.1 \[6.16\], as in Linux 7.3: there is no IOPF feature call; fault reporting is on
+/// while a fault-capable domain is attached to the RID or a PASID of the device. Here
+/// iommufd's per-device count enables it on the first such attachment and disables it after
+/// the last one's auto-response (H22), which is the same window.
 struct SelftestIommu {
     inner: Arc<MockDriver>,
+    /// Devices whose next `set_dev_pasid` of [`IOMMU_TEST_PASID_RESERVED`] fails with
+    /// `ENOMEM`: the kernel mock arms this on the first attach of that PASID, so a replace
+    /// exercises the core's error path; detaching disarms it.
+    pasid_fake_error: Mutex<alloc::collections::BTreeSet<iommu_core::DeviceId>>,
 }
+
+/// The PASID whose replace the mock fails on purpose (`IOMMU_TEST_PASID_RESERVED`).
+pub const IOMMU_TEST_PASID_RESERVED: u32 = 1024;
 
 /// The driver state of a selftest nested domain.
 pub(super) struct SelftestNested {
@@ -83,6 +95,9 @@ impl IommuDriver for SelftestIommu {
     fn release_device(&self, dev: &Device) {
         self.inner.release_device(dev)
     }
+    /// SPEC §6.1 \[6.16\], as in Linux 7.3: PRI does not need PASID; a mock device without
+    /// PASID bits still reports page faults (to its RID's domain, or with the user-owned PASID
+    /// table, to the nested domain on its RID).
     fn dev_has_pri(&self, dev: &Device) -> bool {
         self.inner.dev_has_pri(dev)
     }
@@ -122,9 +137,22 @@ impl IommuDriver for SelftestIommu {
         pasid: u32,
         old: Option<&Domain>,
     ) -> Result<()> {
+        if pasid == IOMMU_TEST_PASID_RESERVED {
+            let mut armed = self.pasid_fake_error.lock();
+            if armed.remove(&dev.id()) {
+                return Err(iommu_core::error::enomem_v(
+                    "selftest: the second set_dev_pasid of PASID 1024 fails",
+                    pasid.into(),
+                ));
+            }
+            armed.insert(dev.id());
+        }
         self.inner.set_dev_pasid(domain, dev, pasid, old)
     }
     fn remove_dev_pasid(&self, dev: &Device, pasid: u32, domain: &Domain) {
+        if pasid == IOMMU_TEST_PASID_RESERVED {
+            self.pasid_fake_error.lock().remove(&dev.id());
+        }
         self.inner.remove_dev_pasid(dev, pasid, domain)
     }
     fn map_pages(&self, domain: &Domain, iova: u64, pa: u64, len: u64, prot: u32) -> Result<()> {
@@ -230,6 +258,7 @@ impl Table {
                 };
                 Arc::new(SelftestIommu {
                     inner: MockDriver::with_capabilities("iommufd-selftest", caps),
+                    pasid_fake_error: Mutex::default(),
                 }) as Arc<dyn IommuDriver>
             })
             .clone()
@@ -460,6 +489,55 @@ impl Ictx {
         // Linux reports and returns 0 whatever became of the fault (an unhandled one is
         // answered by the core).
         let _ = report_device_fault(&dev, req);
+        Ok(())
+    }
+
+    /// The device object behind selftest object `stdev_id` (`ENOENT` if it is none).
+    fn mock_idev(&self, stdev_id: u32) -> Result<u32> {
+        Ok(self.table.lock().mock_dev(stdev_id)?.idev_id)
+    }
+
+    /// `IOMMU_TEST_OP_PASID_ATTACH`: [`Ictx::device_attach`] of selftest object `stdev_id`'s
+    /// device at `pasid`; returns the HWPT now attached there.
+    pub fn mock_pasid_attach(&self, stdev_id: u32, pasid: u32, pt_id: u32) -> Result<u32> {
+        let idev_id = self.mock_idev(stdev_id)?;
+        self.device_attach(idev_id, pasid, pt_id)?;
+        Ok(self.attached_hwpt(idev_id, pasid)?.unwrap_or(pt_id))
+    }
+
+    /// `IOMMU_TEST_OP_PASID_REPLACE`: [`Ictx::device_replace`] of selftest object
+    /// `stdev_id`'s device at `pasid`; returns the HWPT now attached there.
+    pub fn mock_pasid_replace(&self, stdev_id: u32, pasid: u32, pt_id: u32) -> Result<u32> {
+        let idev_id = self.mock_idev(stdev_id)?;
+        self.device_replace(idev_id, pasid, pt_id)?;
+        Ok(self.attached_hwpt(idev_id, pasid)?.unwrap_or(pt_id))
+    }
+
+    /// `IOMMU_TEST_OP_PASID_DETACH`: detaches selftest object `stdev_id`'s device from
+    /// `pasid`; like Linux's `iommufd_device_detach` it cannot fail (detaching what is not
+    /// attached does nothing). `ENOENT` only for no such selftest object.
+    pub fn mock_pasid_detach(&self, stdev_id: u32, pasid: u32) -> Result<()> {
+        let idev_id = self.mock_idev(stdev_id)?;
+        let _ = self.device_detach(idev_id, pasid);
+        Ok(())
+    }
+
+    /// `IOMMU_TEST_OP_PASID_CHECK_HWPT`: `EINVAL` unless what the core has attached at
+    /// `pasid` of selftest object `stdev_id`'s group is HWPT `hwpt_id`'s domain (`hwpt_id` 0:
+    /// nothing attached). `ENOENT` for no such selftest object or HWPT.
+    pub fn mock_pasid_check_hwpt(&self, stdev_id: u32, pasid: u32, hwpt_id: u32) -> Result<()> {
+        let t = self.table.lock();
+        let m = t.mock_dev(stdev_id)?;
+        let attached = iommu_core::attach_handle_get_any(&m.group, pasid)
+            .ok()
+            .map(|h| h.domain().id());
+        let want = match hwpt_id {
+            0 => None,
+            id => Some(t.hwpt(id)?.domain.id()),
+        };
+        if attached != want {
+            return Err(einval_v("PASID is attached elsewhere", pasid.into()));
+        }
         Ok(())
     }
 }
