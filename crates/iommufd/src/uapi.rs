@@ -329,6 +329,14 @@ pub const IOMMU_VFIO_IOAS_SET: u16 = 1;
 /// `IOMMU_VFIO_IOAS_CLEAR`.
 pub const IOMMU_VFIO_IOAS_CLEAR: u16 = 2;
 
+/// `IOMMU_HW_INFO_TYPE_NONE`: the driver reports no hardware information.
+pub const IOMMU_HW_INFO_TYPE_NONE: u32 = 0;
+/// `IOMMU_HW_INFO_TYPE_DEFAULT`: whatever type the driver reports (input only).
+pub const IOMMU_HW_INFO_TYPE_DEFAULT: u32 = 0;
+/// `IOMMU_HW_INFO_TYPE_SELFTEST`: the selftest mock's `struct iommu_test_hw_info`.
+pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeedbeef;
+/// `IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED`: ATS cannot be used for the device.
+pub const IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED: u64 = 1 << 3;
 /// `IOMMU_HW_INFO_FLAG_INPUT_TYPE`: `in_data_type` selects the info type.
 pub const IOMMU_HW_INFO_FLAG_INPUT_TYPE: u32 = 1 << 0;
 

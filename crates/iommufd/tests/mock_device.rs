@@ -315,3 +315,29 @@ fn pasid_ops_of_the_mock_device_follow_the_pasid_compat_rules() {
     ictx.mock_pasid_detach(m.stdev_id, 1024).unwrap();
     assert_eq!(e(ictx.mock_pasid_detach(m.idev_id, 1)), "ENOENT");
 }
+
+#[test]
+fn hw_info_reports_the_mock_registers_and_pasid_width() {
+    use iommufd::uapi::{IOMMU_HW_INFO_TYPE_DEFAULT, IOMMU_HW_INFO_TYPE_SELFTEST};
+    let ictx = Ictx::new();
+    let ioas = ictx.ioas_alloc().unwrap();
+    let plain = ictx.mock_domain(ioas, 0).unwrap();
+    let pasid = ictx.mock_domain(ioas, MOCK_FLAGS_DEVICE_PASID).unwrap();
+    let info = ictx
+        .hw_info(plain.idev_id, IOMMU_HW_INFO_TYPE_DEFAULT)
+        .unwrap();
+    assert_eq!(info.data_type, IOMMU_HW_INFO_TYPE_SELFTEST);
+    let mut want = vec![0u8; 4];
+    want.extend(IOMMU_HW_INFO_SELFTEST_REGVAL.to_ne_bytes());
+    assert_eq!(info.data, want, "flags 0, test_reg");
+    assert_eq!(info.max_pasid_log2, 0);
+    let info = ictx
+        .hw_info(pasid.idev_id, IOMMU_HW_INFO_TYPE_SELFTEST)
+        .unwrap();
+    assert_eq!(info.max_pasid_log2, MOCK_PASID_WIDTH as u8);
+    assert_eq!(
+        e(ictx.hw_info(plain.idev_id, IOMMU_HW_INFO_TYPE_SELFTEST + 1)),
+        "EOPNOTSUPP"
+    );
+    assert_eq!(e(ictx.hw_info(plain.stdev_id, 0)), "ENOENT");
+}

@@ -16,13 +16,13 @@
 use alloc::vec::Vec;
 
 use iommu_core::error::{
-    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enoent_v, enotty_v, eopnotsupp,
-    eopnotsupp_v, eoverflow, Condition,
+    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enotty_v, eopnotsupp, eopnotsupp_v,
+    eoverflow, Condition,
 };
 use iommu_core::{Result, IOMMU_READ, IOMMU_WRITE};
 use zerocopy::IntoBytes;
 
-use super::{Ictx, IovaRange, ObjectType};
+use super::{Ictx, IovaRange};
 use crate::fault::FaultFd;
 use crate::uapi::*;
 
@@ -348,7 +348,7 @@ impl Ictx {
                 })
             }
             IOMMUFD_CMD_GET_HW_INFO => {
-                let c: IommuHwInfo = copy_struct_from_user(cmd, min)?;
+                let mut c: IommuHwInfo = copy_struct_from_user(cmd, min)?;
                 if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 {
                     return Err(eopnotsupp_v("unknown hw info flags", c.flags.into())
                         .because(Condition::UnsupportedFlags));
@@ -358,8 +358,25 @@ impl Ictx {
                         | u64::from(c.__reserved[1]) << 8
                         | u64::from(c.__reserved[2]) << 16,
                 )?;
-                self.lookup_device(c.dev_id)?;
-                Err(eopnotsupp("hardware info is not modelled yet"))
+                let in_type = if c.flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 {
+                    c.data_type
+                } else {
+                    IOMMU_HW_INFO_TYPE_DEFAULT
+                };
+                let info = self.hw_info(c.dev_id, in_type)?;
+                // The driver's data up to the user's length, then zeros to the end of it.
+                let copy = (c.data_len as usize).min(info.data.len());
+                if c.data_len != 0 {
+                    let mut out = alloc::vec![0u8; c.data_len as usize];
+                    out[..copy].copy_from_slice(&info.data[..copy]);
+                    self.mem.write(c.data_uptr, &out)?;
+                }
+                c.data_len = info.data.len() as u32;
+                c.data_type = info.data_type;
+                c.out_capabilities = info.capabilities;
+                c.out_max_pasid_log2 = info.max_pasid_log2;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_VIOMMU_ALLOC => {
                 let mut c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
@@ -405,19 +422,6 @@ impl Ictx {
             at += k as u64;
         }
         Ok(())
-    }
-
-    /// `ENOENT` unless `id` is a bound device.
-    fn lookup_device(&self, id: u32) -> Result<()> {
-        match self.object_type(id) {
-            Ok(ObjectType::Device) => Ok(()),
-            Ok(_) => {
-                Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType))
-            }
-            Err(_) => {
-                Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject))
-            }
-        }
     }
 
     /// `ENOENT` unless `id` is an IOAS.

@@ -219,6 +219,22 @@ impl SelftestNested {
     }
 }
 
+/// `IOMMU_HW_INFO_SELFTEST_REGVAL`: the `test_reg` of the mock's hardware information.
+pub const IOMMU_HW_INFO_SELFTEST_REGVAL: u32 = 0xdeadbeef;
+
+/// What `IOMMU_GET_HW_INFO` reports about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HwInfo {
+    /// `out_data_type`: the format of `data` (`IOMMU_HW_INFO_TYPE_NONE` without data).
+    pub data_type: u32,
+    /// The driver's hardware information.
+    pub data: alloc::vec::Vec<u8>,
+    /// `log2` of the device's PASIDs, 0 without PASID support.
+    pub max_pasid_log2: u8,
+    /// `IOMMU_HW_CAP_*` bits.
+    pub capabilities: u64,
+}
+
 /// Names the mock devices of every context apart.
 static NEXT_MOCK_DEV: AtomicU64 = AtomicU64::new(0);
 
@@ -539,5 +555,44 @@ impl Ictx {
             return Err(einval_v("PASID is attached elsewhere", pasid.into()));
         }
         Ok(())
+    }
+
+    /// `IOMMU_GET_HW_INFO` of device `dev_id` asking for info type `in_type`
+    /// (`IOMMU_HW_INFO_TYPE_DEFAULT`: the driver's own). The selftest mock reports
+    /// `struct iommu_test_hw_info { flags 0, test_reg IOMMU_HW_INFO_SELFTEST_REGVAL }` and
+    /// refuses other types with `EOPNOTSUPP`; other drivers report no data. `ENOENT` for no
+    /// such device. Dirty tracking is not modelled, so that capability is never reported.
+    pub fn hw_info(&self, dev_id: u32, in_type: u32) -> Result<HwInfo> {
+        use crate::uapi::{
+            IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED, IOMMU_HW_INFO_TYPE_DEFAULT,
+            IOMMU_HW_INFO_TYPE_NONE, IOMMU_HW_INFO_TYPE_SELFTEST,
+        };
+        let t = self.table.lock();
+        let dev = t.idev(dev_id)?.dev.clone();
+        let iommu = dev.iommu().cloned();
+        let mock = matches!((&t.mock, &iommu), (Some(m), Some(i)) if Arc::ptr_eq(m, i));
+        let (data_type, data) = if mock {
+            if in_type != IOMMU_HW_INFO_TYPE_DEFAULT && in_type != IOMMU_HW_INFO_TYPE_SELFTEST {
+                return Err(eopnotsupp_v("hw info type", in_type.into())
+                    .because(Condition::UnsupportedFlags));
+            }
+            let mut d = alloc::vec![0u8; 8];
+            d[4..].copy_from_slice(&IOMMU_HW_INFO_SELFTEST_REGVAL.to_ne_bytes());
+            (IOMMU_HW_INFO_TYPE_SELFTEST, d)
+        } else {
+            (IOMMU_HW_INFO_TYPE_NONE, alloc::vec::Vec::new())
+        };
+        let ats = iommu.is_some_and(|i| i.capabilities().ats);
+        let max = dev.max_pasids();
+        Ok(HwInfo {
+            data_type,
+            data,
+            max_pasid_log2: if max == 0 { 0 } else { max.ilog2() as u8 },
+            capabilities: if ats {
+                0
+            } else {
+                IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+            },
+        })
     }
 }
