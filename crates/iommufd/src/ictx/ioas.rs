@@ -579,7 +579,8 @@ impl Ictx {
 
     /// `IOMMU_IOAS_UNMAP`: removes every mapping inside `[iova, iova + len)` from the IOAS and
     /// its paging HWPTs; returns the bytes unmapped. `iova` 0 with `len` `u64::MAX` unmaps
-    /// everything and succeeds on an empty IOAS. Otherwise `ENOENT` for an unknown IOAS, when
+    /// everything and succeeds on an empty IOAS. Otherwise `EINVAL` for a zero length,
+    /// `EOVERFLOW` for a range past 2^64, `ENOENT` for an unknown IOAS, when
     /// nothing is mapped there, or when a mapping straddles the range's edge (mappings are not
     /// split, as Linux's areas).
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, len: u64) -> Result<u64> {
@@ -592,7 +593,10 @@ impl Ictx {
         if len == 0 {
             return Err(einval_v("zero-length unmap", iova));
         }
-        let last = iova.saturating_add(len - 1);
+        // Linux's `iopt_unmap_iova`: a range past the end of the address space is EOVERFLOW.
+        let last = iova
+            .checked_add(len - 1)
+            .ok_or(eoverflow_v("unmap range wraps", iova))?;
         let hit: Vec<(u64, u64)> = ioas
             .maps_in(iova, last)
             .map(|(&s, m)| (s, m.last(s)))
