@@ -341,3 +341,19 @@ fn hw_info_reports_the_mock_registers_and_pasid_width() {
     );
     assert_eq!(e(ictx.hw_info(plain.stdev_id, 0)), "ENOENT");
 }
+
+#[test]
+fn a_mock_device_unbound_through_the_rust_api_still_destroys_cleanly() {
+    let ictx = Ictx::new();
+    let ioas = ictx.ioas_alloc().unwrap();
+    let m = ictx.mock_domain(ioas, 0).unwrap();
+    ictx.unbind_device(m.idev_id).unwrap();
+    assert_eq!(
+        e(ictx.object_type(m.hwpt_id)),
+        "ENOENT",
+        "its auto HWPT went too"
+    );
+    ictx.destroy(m.stdev_id).unwrap();
+    ictx.destroy(ioas).unwrap();
+    assert!(ictx.is_empty());
+}

@@ -291,7 +291,8 @@ impl Table {
 /// Destroys selftest object `id`: unbinds its device (detaching it everywhere), then removes
 /// the device from its group.
 pub(super) fn destroy_mock_dev(t: &mut Table, id: u32, m: &MockDevObj) -> Result<()> {
-    if m.idev_id != 0 {
+    // The device object may already be gone (unbound through the Rust API).
+    if m.idev_id != 0 && t.idev(m.idev_id).is_ok() {
         t.unbind(m.idev_id)?;
     }
     t.remove_object(id);
