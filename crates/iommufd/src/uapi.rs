@@ -301,6 +301,8 @@ pub const IOMMU_OPTION: u32 = iommufd_io(IOMMUFD_CMD_OPTION);
 pub const IOMMU_VFIO_IOAS: u32 = iommufd_io(IOMMUFD_CMD_VFIO_IOAS);
 /// `IOMMU_GET_HW_INFO`.
 pub const IOMMU_GET_HW_INFO: u32 = iommufd_io(IOMMUFD_CMD_GET_HW_INFO);
+/// `IOMMU_IOAS_MAP_FILE`.
+pub const IOMMU_IOAS_MAP_FILE: u32 = iommufd_io(IOMMUFD_CMD_IOAS_MAP_FILE);
 /// `IOMMU_HWPT_INVALIDATE`.
 pub const IOMMU_HWPT_INVALIDATE: u32 = iommufd_io(IOMMUFD_CMD_HWPT_INVALIDATE);
 /// `IOMMU_TEST_CMD` (the selftest module's command).
@@ -416,6 +418,12 @@ uapi_struct!(
     }
 );
 uapi_struct!(
+    /// `struct iommu_ioas_map_file` (40 bytes).
+    IommuIoasMapFile {
+        size: u32, flags: u32, ioas_id: u32, fd: i32, start: u64, length: u64, iova: u64,
+    }
+);
+uapi_struct!(
     /// `struct iommu_ioas_copy` (40 bytes).
     IommuIoasCopy {
         size: u32, flags: u32, dst_ioas_id: u32, src_ioas_id: u32, length: u64, dst_iova: u64,
@@ -478,6 +486,8 @@ const _: () = {
     assert!(offset_of!(IommuIoasMap, user_va) == 16);
     assert!(offset_of!(IommuIoasMap, iova) == 32);
     assert!(size_of::<IommuIoasCopy>() == 40);
+    assert!(size_of::<IommuIoasMapFile>() == 40);
+    assert!(offset_of!(IommuIoasMapFile, start) == 16);
     assert!(offset_of!(IommuIoasCopy, src_iova) == 32);
     assert!(size_of::<IommuIoasUnmap>() == 24);
     assert!(offset_of!(IommuIoasUnmap, iova) == 8);

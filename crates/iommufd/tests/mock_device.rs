@@ -357,3 +357,27 @@ fn a_mock_device_unbound_through_the_rust_api_still_destroys_cleanly() {
     ictx.destroy(ioas).unwrap();
     assert!(ictx.is_empty());
 }
+
+#[test]
+fn ioas_map_file_needs_memory_with_files_and_changes_nothing_without() {
+    let mem = Arc::new(SimMemory::new());
+    let ictx = Ictx::with_user_memory(mem);
+    let ioas = ictx.ioas_alloc().unwrap();
+    assert_eq!(
+        e(ictx.ioas_map_file(ioas, None, 3, 0, PAGE, IOMMU_READ)),
+        "EOPNOTSUPP"
+    );
+    assert_eq!(
+        e(ictx.ioas_map_file(99, None, 3, 0, PAGE, IOMMU_READ)),
+        "ENOENT"
+    );
+    assert_eq!(
+        e(ictx.ioas_map_file(ioas, None, 3, 0, 0, IOMMU_READ)),
+        "EINVAL"
+    );
+    assert_eq!(
+        e(ictx.ioas_unmap(ioas, 0, PAGE)),
+        "ENOENT",
+        "nothing was mapped"
+    );
+}

@@ -251,6 +251,15 @@ impl Ictx {
                 copy_struct_to_user(cmd, &c);
                 none()
             }
+            IOMMUFD_CMD_IOAS_MAP_FILE => {
+                let mut c: IommuIoasMapFile = copy_struct_from_user(cmd, min)?;
+                let prot = map_prot(c.flags, c.iova == ULONG_MAX || c.length == ULONG_MAX)?;
+                self.check_ioas(c.ioas_id)?;
+                let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.iova);
+                c.iova = self.ioas_map_file(c.ioas_id, fixed, c.fd, c.start, c.length, prot)?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
             IOMMUFD_CMD_IOAS_COPY => {
                 let mut c: IommuIoasCopy = copy_struct_from_user(cmd, min)?;
                 let overflow =

@@ -385,7 +385,8 @@ impl Ictx {
 
     /// `IOMMU_TEST_OP_MD_CHECK_MAP`: every [`MOCK_PAGE_SIZE`] step of `[iova, iova + length)`
     /// in paging HWPT `hwpt_id` translates to the same step of user memory from `uptr` (in
-    /// this model the user VA is the physical address). `ENOENT` for no such paging HWPT;
+    /// this model the user VA is the physical address; [`crate::user_memory::UserMemory::same_page`] also
+    /// recognises two views of one file page). `ENOENT` for no such paging HWPT;
     /// `EINVAL` for a range not aligned to the granule, one that wraps, or a page that is not
     /// mapped there; `EFAULT` for user memory that is not there.
     pub fn md_check_map(&self, hwpt_id: u32, iova: u64, length: u64, uptr: u64) -> Result<()> {
@@ -412,7 +413,8 @@ impl Ictx {
             self.mem
                 .read(uptr + off, &mut byte)
                 .map_err(|_| efault_v("user memory not present", uptr + off))?;
-            if domain.iova_to_phys(iova + off) != Some(uptr + off) {
+            let phys = domain.iova_to_phys(iova + off);
+            if !phys.is_some_and(|p| self.mem.same_page(p, uptr + off)) {
                 return Err(einval_v(
                     "IOVA does not translate to the user page",
                     iova + off,
