@@ -40,7 +40,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use iommu_core::error::{efault_v, Error};
+use iommu_core::error::{efault_v, einval_v, Error};
 use iommufd::user_memory::{PinCounts, UserMemory, USER_PAGE_SIZE};
 use iommufd::{FaultFd, Ictx};
 
@@ -169,6 +169,47 @@ pub fn range_mapped(maps: &str, uva: u64, len: u64, write: bool) -> bool {
     cursor >= end
 }
 
+/// The file page behind user address `addr` according to `maps` (the text of
+/// `/proc/self/maps`): `(device, inode, page index in the file)` for a file-backed mapping
+/// (memfds and shared anonymous memory are files too), `None` for private anonymous memory or
+/// an unmapped address.
+pub fn file_page(maps: &str, addr: u64) -> Option<(String, u64, u64)> {
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [range, _perms, offset, dev, inode, ..] = f[..] else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            continue;
+        };
+        if !(lo..hi).contains(&addr) {
+            continue;
+        }
+        let (Ok(offset), Ok(inode)) = (u64::from_str_radix(offset, 16), inode.parse::<u64>())
+        else {
+            return None;
+        };
+        if inode == 0 {
+            return None;
+        }
+        let page = offset.checked_add(addr - lo)? / USER_PAGE_SIZE;
+        return Some((dev.to_string(), inode, page));
+    }
+    None
+}
+
+/// The page-aligned span `[base, base + len)` covering `len` bytes from `uva`.
+fn page_span(uva: u64, len: u64) -> Option<(u64, usize)> {
+    let off = uva % USER_PAGE_SIZE;
+    let span = off
+        .checked_add(len)?
+        .checked_next_multiple_of(USER_PAGE_SIZE)?;
+    Some((uva - off, usize::try_from(span).ok()?))
+}
+
 impl ProcessMemory {
     fn mapped(&self, uva: u64, len: u64, write: bool) -> bool {
         match std::fs::read_to_string("/proc/self/maps") {
@@ -236,6 +277,67 @@ impl UserMemory for ProcessMemory {
             return Err(efault_v("user page not mapped", page));
         }
         Ok(self.pins.get(page))
+    }
+
+    /// Maps the file range shared into this process (a new window the caller never sees).
+    /// Linux answers a bad fd with `EBADF`, which the model's errors lack: `EINVAL` here.
+    fn map_file(&self, fd: i32, start: u64, len: u64, writable: bool) -> iommu_core::Result<u64> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes one `struct stat` into `st`, which is large enough, and
+        // touches nothing else; on failure `st` stays unread.
+        if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+            return Err(einval_v("fd is not an open file", fd as u64));
+        }
+        // SAFETY: fstat returned 0, so it initialised `st`.
+        let st = unsafe { st.assume_init() };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(einval_v("fd is not a memfd or regular file", fd as u64));
+        }
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        match start.checked_add(len) {
+            Some(end) if end <= size => {}
+            _ => return Err(einval_v("file range beyond the end of the file", size)),
+        }
+        let (base, span) = page_span(start, len).ok_or(einval_v("file range wraps", start))?;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        let offset = libc::off_t::try_from(base).map_err(|_| einval_v("offset", base))?;
+        // SAFETY: a null hint makes the kernel choose a free range, so no existing mapping is
+        // replaced; the window is private to this crate until `unmap_file` removes it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(einval_v("the file cannot be mapped", fd as u64));
+        }
+        Ok(p as u64 + (start - base))
+    }
+
+    fn unmap_file(&self, uva: u64, len: u64) {
+        if let Some((base, span)) = page_span(uva, len) {
+            // SAFETY: `[base, base + span)` is exactly a window `map_file` created; its IOAS
+            // mapping is gone, so nothing of ours refers to it any more.
+            unsafe { libc::munmap(base as usize as *mut c_void, span) };
+        }
+    }
+
+    fn same_page(&self, a: u64, b: u64) -> bool {
+        if a == b {
+            return true;
+        }
+        if a % USER_PAGE_SIZE != b % USER_PAGE_SIZE {
+            return false;
+        }
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+            return false;
+        };
+        matches!((file_page(&maps, a), file_page(&maps, b)), (Some(x), Some(y)) if x == y)
     }
 }
 

@@ -260,3 +260,84 @@ fn other_paths_and_fds_pass_through() {
     assert!(fd >= 0 && !p::is_ours(fd));
     assert_eq!(p::close(fd), 0);
 }
+
+#[test]
+fn ioas_map_file_maps_a_memfd_and_md_check_map_sees_the_callers_view_of_it() {
+    const PAGE: usize = 4096;
+    let fd = open_iommu();
+    let ioas = ioas_alloc(fd);
+    // A mock device on the IOAS, so mappings reach a domain.
+    let mut md = IommuTestCmd {
+        size: 72,
+        op: 2,
+        id: ioas,
+        ..Default::default()
+    };
+    ioctl(fd, IOMMU_TEST_CMD, &mut md).unwrap();
+    let hwpt_id = (md.payload[0] >> 32) as u32;
+
+    // SAFETY: a NUL-terminated name; no other preconditions.
+    let mfd = unsafe { libc::memfd_create(c"map-file".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(mfd >= 0);
+    // SAFETY: an fd this test owns.
+    assert_eq!(unsafe { libc::ftruncate(mfd, 2 * PAGE as libc::off_t) }, 0);
+    // SAFETY: a fresh shared mapping of the memfd at a kernel-chosen address.
+    let view = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            mfd,
+            0,
+        )
+    };
+    assert_ne!(view, libc::MAP_FAILED);
+    let map_file = |start: u64, length: u64| {
+        let mut c = IommuIoasMapFile {
+            size: 40,
+            flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            ioas_id: ioas,
+            fd: mfd,
+            start,
+            length,
+            iova: 0,
+        };
+        ioctl(fd, IOMMU_IOAS_MAP_FILE, &mut c).map(|_| c.iova)
+    };
+    assert_eq!(
+        map_file(0, 2 * PAGE as u64 + 1),
+        Err(libc::EINVAL),
+        "past the end"
+    );
+    let iova = map_file(PAGE as u64, PAGE as u64).unwrap();
+    let check = |uptr: u64| {
+        let mut c = IommuTestCmd {
+            size: 72,
+            op: 3,
+            id: hwpt_id,
+            payload: [iova, PAGE as u64, uptr, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        ioctl(fd, IOMMU_TEST_CMD, &mut c)
+    };
+    // The test's own view of file page 1 is the page the domain maps; page 0 is not.
+    check(view as u64 + PAGE as u64).unwrap();
+    assert_eq!(check(view as u64), Err(libc::EINVAL));
+    // SAFETY: the mapping created above, unused from here on.
+    unsafe { libc::munmap(view, 2 * PAGE) };
+    // SAFETY: fds this test owns.
+    unsafe { libc::close(mfd) };
+    assert_eq!(p::close(fd), 0);
+}
+
+#[test]
+fn file_pages_are_told_apart_by_device_inode_and_offset() {
+    let maps = "1000-3000 rw-s 00002000 00:01 77 /memfd:a (deleted)\n\
+                5000-6000 rw-s 00003000 00:01 77 /memfd:a (deleted)\n\
+                7000-8000 rw-p 00000000 00:00 0 \n";
+    assert_eq!(p::file_page(maps, 0x2010), Some(("00:01".into(), 77, 3)));
+    assert_eq!(p::file_page(maps, 0x5010), p::file_page(maps, 0x2010));
+    assert_eq!(p::file_page(maps, 0x7000), None, "private anonymous");
+    assert_eq!(p::file_page(maps, 0x9000), None, "unmapped");
+}

@@ -72,5 +72,16 @@ pub mod uapi;
 pub mod user_memory;
 
 pub use fault::{FaultFd, FaultStats, FdHandle, PollMask, FAULT_RECORD_SIZE, RESPONSE_RECORD_SIZE};
-pub use ictx::{Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END};
+pub use ictx::{
+    Ictx, IoctlOutput, IovaRange, NewFd, ObjectType, IOAS_APERTURE_END, IOMMU_VIOMMU_TYPE_SELFTEST,
+};
+/// The selftest mock device (`IOMMU_TEST_OP_MOCK_DOMAIN` and friends).
+pub mod selftest {
+    pub use crate::ictx::{
+        HwInfo, MockDomainIds, IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, IOMMU_HW_INFO_SELFTEST_REGVAL,
+        IOMMU_TEST_DEV_CACHE_DEFAULT, IOMMU_TEST_INVALIDATE_FLAG_ALL, IOMMU_TEST_IOTLB_DEFAULT,
+        MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID,
+        MOCK_NESTED_DOMAIN_IOTLB_NUM, MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
+    };
+}
 pub use iommu_core::IOMMU_NO_PASID;

@@ -301,6 +301,8 @@ pub const IOMMU_OPTION: u32 = iommufd_io(IOMMUFD_CMD_OPTION);
 pub const IOMMU_VFIO_IOAS: u32 = iommufd_io(IOMMUFD_CMD_VFIO_IOAS);
 /// `IOMMU_GET_HW_INFO`.
 pub const IOMMU_GET_HW_INFO: u32 = iommufd_io(IOMMUFD_CMD_GET_HW_INFO);
+/// `IOMMU_IOAS_MAP_FILE`.
+pub const IOMMU_IOAS_MAP_FILE: u32 = iommufd_io(IOMMUFD_CMD_IOAS_MAP_FILE);
 /// `IOMMU_HWPT_INVALIDATE`.
 pub const IOMMU_HWPT_INVALIDATE: u32 = iommufd_io(IOMMUFD_CMD_HWPT_INVALIDATE);
 /// `IOMMU_TEST_CMD` (the selftest module's command).
@@ -329,6 +331,14 @@ pub const IOMMU_VFIO_IOAS_SET: u16 = 1;
 /// `IOMMU_VFIO_IOAS_CLEAR`.
 pub const IOMMU_VFIO_IOAS_CLEAR: u16 = 2;
 
+/// `IOMMU_HW_INFO_TYPE_NONE`: the driver reports no hardware information.
+pub const IOMMU_HW_INFO_TYPE_NONE: u32 = 0;
+/// `IOMMU_HW_INFO_TYPE_DEFAULT`: whatever type the driver reports (input only).
+pub const IOMMU_HW_INFO_TYPE_DEFAULT: u32 = 0;
+/// `IOMMU_HW_INFO_TYPE_SELFTEST`: the selftest mock's `struct iommu_test_hw_info`.
+pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeedbeef;
+/// `IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED`: ATS cannot be used for the device.
+pub const IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED: u64 = 1 << 3;
 /// `IOMMU_HW_INFO_FLAG_INPUT_TYPE`: `in_data_type` selects the info type.
 pub const IOMMU_HW_INFO_FLAG_INPUT_TYPE: u32 = 1 << 0;
 
@@ -408,6 +418,12 @@ uapi_struct!(
     }
 );
 uapi_struct!(
+    /// `struct iommu_ioas_map_file` (40 bytes).
+    IommuIoasMapFile {
+        size: u32, flags: u32, ioas_id: u32, fd: i32, start: u64, length: u64, iova: u64,
+    }
+);
+uapi_struct!(
     /// `struct iommu_ioas_copy` (40 bytes).
     IommuIoasCopy {
         size: u32, flags: u32, dst_ioas_id: u32, src_ioas_id: u32, length: u64, dst_iova: u64,
@@ -431,6 +447,13 @@ uapi_struct!(
     IommuHwInfo {
         size: u32, flags: u32, dev_id: u32, data_len: u32, data_uptr: u64, data_type: u32,
         out_max_pasid_log2: u8, __reserved: [u8; 3], out_capabilities: u64,
+    }
+);
+uapi_struct!(
+    /// `struct iommu_hwpt_invalidate` (32 bytes).
+    IommuHwptInvalidate {
+        size: u32, hwpt_id: u32, data_uptr: u64, data_type: u32, entry_len: u32, entry_num: u32,
+        __reserved: u32,
     }
 );
 uapi_struct!(
@@ -463,6 +486,8 @@ const _: () = {
     assert!(offset_of!(IommuIoasMap, user_va) == 16);
     assert!(offset_of!(IommuIoasMap, iova) == 32);
     assert!(size_of::<IommuIoasCopy>() == 40);
+    assert!(size_of::<IommuIoasMapFile>() == 40);
+    assert!(offset_of!(IommuIoasMapFile, start) == 16);
     assert!(offset_of!(IommuIoasCopy, src_iova) == 32);
     assert!(size_of::<IommuIoasUnmap>() == 24);
     assert!(offset_of!(IommuIoasUnmap, iova) == 8);
@@ -477,6 +502,8 @@ const _: () = {
     assert!(offset_of!(IommuHwInfo, out_max_pasid_log2) == 28);
     assert!(offset_of!(IommuHwInfo, out_capabilities) == 32);
     assert!(size_of::<IommuTestCmd>() == 72);
+    assert!(size_of::<IommuHwptInvalidate>() == 32);
+    assert!(offset_of!(IommuHwptInvalidate, entry_num) == 24);
     assert!(size_of::<VfioDmaMap>() == 32);
     assert!(size_of::<VfioDmaUnmap>() == 24);
     assert!(size_of::<VfioIommuInfo>() == 24);

@@ -43,6 +43,25 @@ pub trait UserMemory: Send + Sync {
     fn unpin(&self, uva: u64, len: u64);
     /// The pins held on the page at `uva`; `EFAULT` if it is not mapped.
     fn pin_count(&self, uva: u64) -> Result<u32>;
+    /// Makes `[start, start + len)` of the caller's file `fd` addressable and returns the user
+    /// VA of `start` (`IOMMU_IOAS_MAP_FILE`); `EBADF` for no such fd, `EINVAL` for a range
+    /// beyond the file's end. Default: `EOPNOTSUPP`, memory without files.
+    fn map_file(&self, fd: i32, start: u64, len: u64, writable: bool) -> Result<u64> {
+        let _ = (start, len, writable);
+        Err(iommu_core::error::eopnotsupp_v(
+            "this memory has no files",
+            fd as u64,
+        ))
+    }
+    /// Releases a window [`UserMemory::map_file`] returned.
+    fn unmap_file(&self, uva: u64, len: u64) {
+        let _ = (uva, len);
+    }
+    /// Whether user addresses `a` and `b` reach the same byte of the same page (the physical
+    /// identity `IOMMU_TEST_OP_MD_CHECK_MAP` compares). Default: the same address.
+    fn same_page(&self, a: u64, b: u64) -> bool {
+        a == b
+    }
 }
 
 /// Per-page pin counts, the bookkeeping half of a [`UserMemory`] (a page is the key, its

@@ -626,3 +626,120 @@ fn vfio_compat_basics() {
     assert_eq!(v(IOMMU_VFIO_IOAS_CLEAR, 0).0, "ok");
     assert_eq!(v(IOMMU_VFIO_IOAS_GET, 0).0, "ENODEV");
 }
+
+/// `IOMMU_TEST_OP_MOCK_DOMAIN` on `pt_id` through the ioctl: (stdev, hwpt, idev).
+fn mock_domain(fx: &Fx, pt_id: u32) -> (u32, u32, u32) {
+    let c = IommuTestCmd {
+        size: 72,
+        op: 2,
+        id: pt_id,
+        ..Default::default()
+    };
+    let (r, out) = fx.cmd(IOMMU_TEST_CMD, &c);
+    assert_eq!(r, "ok");
+    let p = out.payload;
+    (p[0] as u32, (p[0] >> 32) as u32, p[1] as u32)
+}
+
+#[test]
+fn hwpt_invalidate_reports_how_many_records_it_applied_even_on_error() {
+    let fx = Fx::new();
+    let ioas = fx.ioas();
+    let (_, _, idev) = mock_domain(&fx, ioas);
+    let alloc = |pt_id, data: &[u8]| {
+        fx.mem.write(ARRAY, data).unwrap();
+        let c = IommuHwptAlloc {
+            size: 44,
+            flags: if data.is_empty() {
+                IOMMU_HWPT_ALLOC_NEST_PARENT
+            } else {
+                0
+            },
+            dev_id: idev,
+            pt_id,
+            data_type: if data.is_empty() {
+                0
+            } else {
+                IOMMU_HWPT_DATA_SELFTEST
+            },
+            data_len: data.len() as u32,
+            data_uptr: ARRAY,
+            ..Default::default()
+        };
+        let (r, out) = fx.cmd(IOMMU_HWPT_ALLOC, &c);
+        assert_eq!(r, "ok");
+        out.out_hwpt_id
+    };
+    let parent = alloc(ioas, &[]);
+    let nested = alloc(parent, &0xbadbeefu32.to_ne_bytes());
+    // Two records: the first valid, the second with an unknown flag.
+    let recs: Vec<u8> = [0u32, 0, 2, 1]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    fx.mem.write(ARRAY, &recs).unwrap();
+    let inv = |hwpt_id, entry_len, entry_num, data_uptr| {
+        let c = IommuHwptInvalidate {
+            size: 32,
+            hwpt_id,
+            data_uptr,
+            data_type: iommufd::selftest::IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+            entry_len,
+            entry_num,
+            __reserved: 0,
+        };
+        let (r, out) = fx.cmd(IOMMU_HWPT_INVALIDATE, &c);
+        (r, out.entry_num)
+    };
+    assert_eq!(inv(nested, 8, 2, ARRAY), ("EOPNOTSUPP", 1));
+    assert_eq!(
+        inv(nested, 8, 1, 0),
+        ("EINVAL", 0),
+        "NULL data_uptr with records"
+    );
+    assert_eq!(
+        inv(nested, 0, 1, ARRAY),
+        ("EINVAL", 0),
+        "entry_len 0 with records"
+    );
+    assert_eq!(inv(parent, 8, 1, ARRAY), ("EINVAL", 0), "a paging HWPT");
+    assert_eq!(
+        inv(nested, 8, 0, 0),
+        ("ok", 0),
+        "no records: only the type is checked"
+    );
+}
+
+#[test]
+fn get_hw_info_copies_up_to_the_users_length_and_zeroes_the_rest() {
+    let fx = Fx::new();
+    let ioas = fx.ioas();
+    let (_, _, idev) = mock_domain(&fx, ioas);
+    fx.mem.write(ARRAY, &[0xaa; 16]).unwrap();
+    let c = IommuHwInfo {
+        size: 40,
+        dev_id: idev,
+        data_len: 16,
+        data_uptr: ARRAY,
+        ..Default::default()
+    };
+    let (r, out) = fx.cmd(IOMMU_GET_HW_INFO, &c);
+    assert_eq!(r, "ok");
+    assert_eq!(
+        (out.data_len, out.data_type),
+        (8, IOMMU_HW_INFO_TYPE_SELFTEST)
+    );
+    let mut got = [0u8; 16];
+    fx.mem.read(ARRAY, &mut got).unwrap();
+    assert_eq!(&got[4..8], &0xdeadbeefu32.to_ne_bytes(), "test_reg");
+    assert_eq!(&got[8..], &[0u8; 8], "trailing bytes zeroed");
+    let (r, _) = fx.cmd(
+        IOMMU_GET_HW_INFO,
+        &IommuHwInfo {
+            flags: IOMMU_HW_INFO_FLAG_INPUT_TYPE,
+            data_type: IOMMU_HW_INFO_TYPE_SELFTEST + 1,
+            ..c
+        },
+    );
+    assert_eq!(r, "EOPNOTSUPP");
+}

@@ -10,8 +10,8 @@ use iommu_core::error::{ebusy_v, einval, einval_v, Condition};
 use iommu_core::{
     attach_device_pasid, attach_group_handle, detach_device_pasid, detach_group_handle,
     device_claim_dma_owner, device_release_dma_owner, iopf_disable, iopf_enable,
-    replace_device_pasid, replace_group_handle, Attachment, Device, Error, Group, GroupId, Result,
-    IOMMU_NO_PASID,
+    replace_device_pasid, replace_group_handle, Attachment, Device, DmaOwner, Error, Group,
+    GroupId, Result, IOMMU_NO_PASID,
 };
 
 use super::hw_pagetable::Hwpt;
@@ -190,12 +190,13 @@ impl Table {
         hwpt: &Arc<Hwpt>,
     ) -> Result<()> {
         let ga = self.attachment_mut(gid, pasid);
-        if !Arc::ptr_eq(&ga.hwpt, hwpt) {
-            return Err(einval("group is attached to another HWPT there"));
-        }
+        // Linux's order: the device being there already wins over another HWPT.
         if ga.devices.contains(&dev_id) {
             return Err(ebusy_v("device already attached at PASID", pasid.into())
                 .because(Condition::PasidInUse));
+        }
+        if !Arc::ptr_eq(&ga.hwpt, hwpt) {
+            return Err(einval("group is attached to another HWPT there"));
         }
         if hwpt.fault.is_some() {
             self.iopf_get(dev_id)?;
@@ -272,6 +273,115 @@ impl Table {
         Ok(())
     }
 
+    /// [`Ictx::bind_device`] under the table lock.
+    pub(super) fn bind(&mut self, owner: DmaOwner, dev: Arc<Device>) -> Result<u32> {
+        if self.bound.contains_key(&dev.id()) {
+            return Err(ebusy_v("device already bound", dev.id().0));
+        }
+        let group = dev.group()?;
+        let id = self.alloc_id()?;
+        device_claim_dma_owner(&dev, owner)?;
+        self.igroups.entry(group.id()).or_default().bound += 1;
+        self.insert_object(
+            id,
+            Object::Device(IdevObj {
+                dev,
+                group,
+                iopf_refs: 0,
+                iopf_ours: false,
+            }),
+        );
+        Ok(id)
+    }
+
+    /// [`Ictx::unbind_device`] under the table lock (automatic HWPTs left unused stay until
+    /// [`Table::reap_auto_hwpts`]).
+    pub(super) fn unbind(&mut self, dev_id: u32) -> Result<()> {
+        let gid = self.idev(dev_id)?.group.id();
+        let pasids: Vec<u32> = self.igroups[&gid]
+            .attaches
+            .iter()
+            .rev()
+            .filter(|(_, a)| a.devices.contains(&dev_id))
+            .map(|(&p, _)| p)
+            .collect();
+        for p in pasids {
+            self.detach(dev_id, p)?;
+        }
+        device_release_dma_owner(&self.idev(dev_id)?.dev)?;
+        self.remove_vdevices_of(dev_id);
+        self.remove_object(dev_id);
+        let ig = self
+            .igroups
+            .get_mut(&gid)
+            .expect("bound device has an igroup");
+        ig.bound -= 1;
+        if ig.bound == 0 {
+            self.igroups.remove(&gid);
+        }
+        Ok(())
+    }
+
+    /// [`Ictx::device_attach`] under the table lock.
+    pub(super) fn attach(&mut self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<()> {
+        let (dev, group) = self.idev_refs(dev_id)?;
+        let hwpt = self.attach_target_for(&dev, pt_id)?;
+        self.check_vdevice(dev_id, &hwpt)?;
+        self.check_pasid_compat(group.id(), pasid, &hwpt)?;
+        if self.igroups[&group.id()].attaches.contains_key(&pasid) {
+            self.join_attachment(group.id(), dev_id, pasid, &hwpt)
+        } else {
+            self.attach_group(dev_id, (&dev, &group), pasid, hwpt)
+        }
+    }
+
+    /// [`Ictx::device_replace`] under the table lock.
+    pub(super) fn replace(&mut self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<()> {
+        let (dev, group) = self.idev_refs(dev_id)?;
+        let hwpt = self.attach_target_for(&dev, pt_id)?;
+        let ga = self.attachment_of(group.id(), dev_id, pasid).ok_or(
+            einval_v("replace of a device not attached at PASID", pasid.into())
+                .because(Condition::NotAttached),
+        )?;
+        if Arc::ptr_eq(&ga.hwpt, &hwpt) {
+            return Ok(());
+        }
+        let devices: Vec<u32> = ga.devices.iter().copied().collect();
+        let old_fault = ga.hwpt.fault.is_some();
+        self.check_vdevice(dev_id, &hwpt)?;
+        self.check_pasid_compat(group.id(), pasid, &hwpt)?;
+        let new_fault = hwpt.fault.is_some();
+        if new_fault {
+            self.iopf_get_all(&devices)?;
+        }
+        let handle = match install_in_core(Install::Replace, &hwpt, (&dev, &group), pasid, dev_id) {
+            Ok(h) => h,
+            Err(e) => {
+                if new_fault {
+                    self.iopf_put_all(&devices);
+                }
+                return Err(e);
+            }
+        };
+        self.swap_attachment(group.id(), pasid, hwpt, handle);
+        if old_fault {
+            self.iopf_put_all(&devices);
+        }
+        Ok(())
+    }
+
+    /// The ID of the HWPT `dev_id` is attached to at `pasid`, if any.
+    pub(super) fn attached_hwpt_id(&self, dev_id: u32, pasid: u32) -> Result<Option<u32>> {
+        let gid = self.idev(dev_id)?.group.id();
+        let Some(ga) = self.attachment_of(gid, dev_id, pasid) else {
+            return Ok(None);
+        };
+        Ok(self.objects.iter().find_map(|(&id, o)| match o {
+            Object::Hwpt(h) if Arc::ptr_eq(h, &ga.hwpt) => Some(id),
+            _ => None,
+        }))
+    }
+
     /// Detaches every attachment of group `gid`, PASIDs before the RID, ignoring the core's
     /// errors (closing the context).
     pub(super) fn detach_group(&mut self, gid: GroupId) {
@@ -294,24 +404,7 @@ impl Ictx {
     /// `EBUSY` if the device is already bound here; the core's errors for the ownership claim
     /// (`ENODEV` without a group, `EPERM` if someone else owns or uses the group, ...).
     pub fn bind_device(&self, dev: Arc<Device>) -> Result<u32> {
-        let mut t = self.table.lock();
-        if t.bound.contains_key(&dev.id()) {
-            return Err(ebusy_v("device already bound", dev.id().0));
-        }
-        let group = dev.group()?;
-        let id = t.alloc_id()?;
-        device_claim_dma_owner(&dev, self.owner)?;
-        t.igroups.entry(group.id()).or_default().bound += 1;
-        t.insert_object(
-            id,
-            Object::Device(IdevObj {
-                dev,
-                group,
-                iopf_refs: 0,
-                iopf_ours: false,
-            }),
-        );
-        Ok(id)
+        self.table.lock().bind(self.owner, dev)
     }
 
     /// Unbinds device `dev_id` (`iommufd_device_unbind`): detaches it from every PASID and the
@@ -319,25 +412,9 @@ impl Ictx {
     /// ownership. `ENOENT` for an unknown device.
     pub fn unbind_device(&self, dev_id: u32) -> Result<()> {
         let mut t = self.table.lock();
-        let gid = t.idev(dev_id)?.group.id();
-        let pasids: Vec<u32> = t.igroups[&gid]
-            .attaches
-            .iter()
-            .rev()
-            .filter(|(_, a)| a.devices.contains(&dev_id))
-            .map(|(&p, _)| p)
-            .collect();
-        for p in pasids {
-            t.detach(dev_id, p)?;
-        }
-        device_release_dma_owner(&t.idev(dev_id)?.dev)?;
-        t.remove_object(dev_id);
-        let ig = t.igroups.get_mut(&gid).expect("bound device has an igroup");
-        ig.bound -= 1;
-        if ig.bound == 0 {
-            t.igroups.remove(&gid);
-        }
-        Ok(())
+        let r = t.unbind(dev_id);
+        t.reap_auto_hwpts();
+        r
     }
 
     /// The core device behind `dev_id`.
@@ -351,19 +428,14 @@ impl Ictx {
     /// The first device of a group attaches the whole group with a fresh core handle naming
     /// it (owner data [`FdHandle`]); later devices of the group join that attachment. A
     /// fault-capable HWPT enables fault reporting on the device first. Errors, no side
-    /// effects: `ENOENT` unknown device or `pt_id`; `EOPNOTSUPP` `pt_id` an IOAS; `EINVAL`
+    /// effects: `ENOENT` unknown device or `pt_id`; `EINVAL`
     /// `pt_id` not a HWPT, a PASID-incompatible HWPT (SPEC §5.3), or the group attached there
     /// to another HWPT; `EBUSY` the device is already attached there; then the core's errors.
     pub fn device_attach(&self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<()> {
         let mut t = self.table.lock();
-        let (dev, group) = t.idev_refs(dev_id)?;
-        let hwpt = t.attach_target(pt_id)?;
-        t.check_pasid_compat(group.id(), pasid, &hwpt)?;
-        if t.igroups[&group.id()].attaches.contains_key(&pasid) {
-            t.join_attachment(group.id(), dev_id, pasid, &hwpt)
-        } else {
-            t.attach_group(dev_id, (&dev, &group), pasid, hwpt)
-        }
+        let r = t.attach(dev_id, pasid, pt_id);
+        t.reap_auto_hwpts();
+        r
     }
 
     /// Replaces the HWPT of the attachment of `dev_id` at `pasid` with `pt_id`, for the whole
@@ -373,40 +445,15 @@ impl Ictx {
     /// attachment still queued or read-but-unanswered on the *old* HWPT's fault queue is
     /// answered Invalid (the 2026 fix, H21), and fault reporting is dropped for devices that no
     /// longer need it (after the auto-response, H22). Replacing with the current HWPT is a
-    /// no-op. Errors, no side effects (H27): `ENOENT`/`EOPNOTSUPP`/`EINVAL` for `pt_id` as
+    /// no-op. `pt_id` may be an IOAS (its automatic HWPT, as for [`Ictx::device_attach`]); an
+    /// automatic HWPT replaced away from and left unused is destroyed. Errors, no side effects
+    /// (H27): `ENOENT`/`EINVAL` for `pt_id` as
     /// [`Ictx::device_attach`]; `EINVAL` if the device is not attached at `pasid`; the core's.
     pub fn device_replace(&self, dev_id: u32, pasid: u32, pt_id: u32) -> Result<()> {
         let mut t = self.table.lock();
-        let (dev, group) = t.idev_refs(dev_id)?;
-        let hwpt = t.attach_target(pt_id)?;
-        let ga = t.attachment_of(group.id(), dev_id, pasid).ok_or(
-            einval_v("replace of a device not attached at PASID", pasid.into())
-                .because(Condition::NotAttached),
-        )?;
-        if Arc::ptr_eq(&ga.hwpt, &hwpt) {
-            return Ok(());
-        }
-        let devices: Vec<u32> = ga.devices.iter().copied().collect();
-        let old_fault = ga.hwpt.fault.is_some();
-        t.check_pasid_compat(group.id(), pasid, &hwpt)?;
-        let new_fault = hwpt.fault.is_some();
-        if new_fault {
-            t.iopf_get_all(&devices)?;
-        }
-        let handle = match install_in_core(Install::Replace, &hwpt, (&dev, &group), pasid, dev_id) {
-            Ok(h) => h,
-            Err(e) => {
-                if new_fault {
-                    t.iopf_put_all(&devices);
-                }
-                return Err(e);
-            }
-        };
-        t.swap_attachment(group.id(), pasid, hwpt, handle);
-        if old_fault {
-            t.iopf_put_all(&devices);
-        }
-        Ok(())
+        let r = t.replace(dev_id, pasid, pt_id);
+        t.reap_auto_hwpts();
+        r
     }
 
     /// Detaches device `dev_id` from `pasid` (`iommufd_device_detach`). The last device of the
@@ -415,19 +462,14 @@ impl Ictx {
     /// (auto-response, H9), then fault reporting is dropped (H22). `ENOENT` for an unknown
     /// device; `EINVAL` if it is not attached at `pasid`.
     pub fn device_detach(&self, dev_id: u32, pasid: u32) -> Result<()> {
-        self.table.lock().detach(dev_id, pasid)
+        let mut t = self.table.lock();
+        let r = t.detach(dev_id, pasid);
+        t.reap_auto_hwpts();
+        r
     }
 
     /// The HWPT device `dev_id` is attached to at `pasid`, if any.
     pub fn attached_hwpt(&self, dev_id: u32, pasid: u32) -> Result<Option<u32>> {
-        let t = self.table.lock();
-        let gid = t.idev(dev_id)?.group.id();
-        let Some(ga) = t.attachment_of(gid, dev_id, pasid) else {
-            return Ok(None);
-        };
-        Ok(t.objects.iter().find_map(|(&id, o)| match o {
-            Object::Hwpt(h) if Arc::ptr_eq(h, &ga.hwpt) => Some(id),
-            _ => None,
-        }))
+        self.table.lock().attached_hwpt_id(dev_id, pasid)
     }
 }

@@ -3,8 +3,8 @@
 
 use alloc::sync::Arc;
 
-use iommu_core::error::{einval_v, eopnotsupp, eopnotsupp_v, Condition};
-use iommu_core::{Domain, DomainRequest, Result};
+use iommu_core::error::{einval_v, enoent_v, eopnotsupp, eopnotsupp_v, Condition};
+use iommu_core::{Device, Domain, DomainRequest, Result};
 
 use super::{lookup_error, Ictx, Object, Table};
 use crate::fault::Fault;
@@ -15,8 +15,15 @@ use crate::uapi::{
 };
 
 pub(super) enum HwptKind {
-    Paging { ioas_id: u32, nest_parent: bool },
-    Nested { _parent: Arc<Hwpt> },
+    Paging {
+        ioas_id: u32,
+        nest_parent: bool,
+    },
+    Nested {
+        _parent: Arc<Hwpt>,
+        /// The vIOMMU it was allocated on, if any (kept busy while the HWPT exists).
+        viommu: Option<Arc<super::viommu::Viommu>>,
+    },
 }
 
 /// A HWPT (`iommufd_hw_pagetable`): one domain, its fault queue, and what it hangs on.
@@ -28,7 +35,14 @@ pub(super) struct Hwpt {
     pub(super) kind: HwptKind,
     pub(super) fault: Option<Arc<Fault>>,
     pub(super) pasid_compat: bool,
+    /// Allocated by attaching a device to an IOAS (Linux `auto_domain`): shared by every
+    /// device attached to that IOAS whose IOMMU can use it, destroyed with its last attachment.
+    pub(super) auto_domain: bool,
 }
+
+/// The most records one `IOMMU_HWPT_INVALIDATE` takes (Linux's bound, so one call cannot pin
+/// the CPU).
+pub const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
 
 /// Every flag `IOMMU_HWPT_ALLOC` knows.
 const VALID_FLAGS: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT
@@ -101,15 +115,87 @@ fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
     }
     Ok(HwptKind::Nested {
         _parent: parent.clone(),
+        viommu: None,
     })
 }
 
 impl Table {
+    /// What a device attaches to for `pt_id`: the HWPT itself, or for an IOAS its automatic
+    /// paging HWPT, an existing one that `dev`'s IOMMU can use or a new one (Linux
+    /// `iommufd_device_auto_get_domain`; it has no PASID support, as Linux allocates it with
+    /// no flags). A new one is installed now; if the attach then fails,
+    /// [`Table::reap_auto_hwpts`] removes it.
+    pub(super) fn attach_target_for(&mut self, dev: &Arc<Device>, pt_id: u32) -> Result<Arc<Hwpt>> {
+        let ioas_hwpts: alloc::vec::Vec<u32> = match self.objects.get(&pt_id) {
+            Some(Object::Ioas(ioas)) => ioas.hwpts.keys().copied().collect(),
+            _ => return self.attach_target(pt_id),
+        };
+        let usable =
+            |h: &Hwpt| h.auto_domain && dev.iommu().is_some_and(|i| h.domain.is_compatible_with(i));
+        if let Some(h) = ioas_hwpts
+            .iter()
+            .filter_map(|&id| self.hwpt(id).ok())
+            .find(|h| usable(h))
+        {
+            return Ok(h.clone());
+        }
+        let domain = Domain::alloc(dev, DomainRequest::Paging { dma_api: false }, None)?;
+        let id = self.install_hwpt(Hwpt {
+            domain,
+            kind: HwptKind::Paging {
+                ioas_id: pt_id,
+                nest_parent: false,
+            },
+            fault: None,
+            pasid_compat: false,
+            auto_domain: true,
+        })?;
+        Ok(self.hwpt(id)?.clone())
+    }
+
+    /// Destroys every automatic HWPT nothing uses any more (the table holds the only
+    /// reference).
+    pub(super) fn reap_auto_hwpts(&mut self) {
+        let unused: alloc::vec::Vec<u32> = self
+            .objects
+            .iter()
+            .filter_map(|(&id, o)| match o {
+                Object::Hwpt(h) if h.auto_domain && Arc::strong_count(h) == 1 => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in unused {
+            self.remove_hwpt_object(id);
+        }
+    }
+
+    /// Removes HWPT `id` from the table and from its IOAS.
+    pub(super) fn remove_hwpt_object(&mut self, id: u32) {
+        if let Some(Object::Hwpt(h)) = self.remove_object(id) {
+            if let HwptKind::Paging { ioas_id, .. } = h.kind {
+                if let Ok(ioas) = self.ioas_mut(ioas_id) {
+                    ioas.remove_hwpt(id, &h.domain);
+                }
+            }
+        }
+    }
+
     /// What `pt_id` makes the new HWPT: paging on an IOAS or nested on a paging HWPT.
     fn hwpt_kind(&self, pt_id: u32, flags: u32, data_type: u32) -> Result<HwptKind> {
         match self.objects.get(&pt_id) {
             Some(Object::Ioas(_)) => paging_kind(pt_id, flags, data_type),
             Some(Object::Hwpt(p)) => nested_kind(p, pt_id, flags),
+            // On a vIOMMU: nested on its parent, holding the vIOMMU.
+            Some(Object::Viommu(v)) => {
+                let kind = nested_kind(&v.parent, pt_id, flags)?;
+                let HwptKind::Nested { _parent, .. } = kind else {
+                    unreachable!("nested_kind makes nested kinds")
+                };
+                Ok(HwptKind::Nested {
+                    _parent,
+                    viommu: Some(v.clone()),
+                })
+            }
             o => Err(lookup_error(
                 o.is_some(),
                 einval_v,
@@ -168,7 +254,9 @@ impl Ictx {
             None
         };
         let req = match &kind {
-            HwptKind::Nested { _parent: parent } => DomainRequest::Nested {
+            HwptKind::Nested {
+                _parent: parent, ..
+            } => DomainRequest::Nested {
                 parent: &parent.domain,
                 data_type,
                 data,
@@ -181,6 +269,7 @@ impl Ictx {
             kind,
             fault,
             pasid_compat: flags & IOMMU_HWPT_ALLOC_PASID != 0,
+            auto_domain: false,
         })
     }
 
@@ -204,6 +293,63 @@ impl Ictx {
         c.out_hwpt_id = id;
         copy_struct_to_user(cmd, &c);
         Ok(id)
+    }
+
+    /// `IOMMU_HWPT_INVALIDATE` of HWPT `hwpt_id`: hands `entry_num` driver records of
+    /// `entry_len` bytes (`read(i, buf)` fills record `i`) of type `data_type` to the HWPT's
+    /// driver, which applies them in order. Returns how many were applied, and the error
+    /// that stopped it (applied records stay applied, as in Linux).
+    ///
+    /// `EINVAL` for records when `entry_len` is 0 or above 4096 or `entry_num` above 2^19;
+    /// `ENOENT` for no such object; `EINVAL` for an object that is not a nested HWPT;
+    /// `EOPNOTSUPP` for a driver without user cache invalidation (only the selftest mock has
+    /// one); then the driver's errors.
+    pub fn hwpt_invalidate(
+        &self,
+        hwpt_id: u32,
+        data_type: u32,
+        entry_len: u32,
+        entry_num: u32,
+        read: &mut dyn FnMut(u32, &mut [u8]) -> Result<()>,
+    ) -> (u32, Result<()>) {
+        if entry_num != 0
+            && (entry_len == 0 || entry_len > 4096 || entry_num > INVALIDATE_ENTRY_NUM_MAX)
+        {
+            return (
+                0,
+                Err(einval_v(
+                    "entry_len must be 1..=4096 and entry_num at most 2^19",
+                    entry_num.into(),
+                )),
+            );
+        }
+        let domain = {
+            let t = self.table.lock();
+            match t.objects.get(&hwpt_id) {
+                Some(Object::Hwpt(h)) if matches!(h.kind, HwptKind::Nested { .. }) => {
+                    h.domain.clone()
+                }
+                o => {
+                    let e = lookup_error(o.is_some(), enoent_v, "no such nested HWPT", hwpt_id);
+                    let e = if o.is_some() {
+                        einval_v("only nested HWPTs are invalidated", hwpt_id.into())
+                            .because(Condition::WrongObjectType)
+                    } else {
+                        e
+                    };
+                    return (0, Err(e));
+                }
+            }
+        };
+        match domain.driver_data::<super::selftest::SelftestNested>() {
+            Some(n) => n.invalidate(data_type, entry_len, entry_num, read),
+            None => (
+                0,
+                Err(eopnotsupp(
+                    "the HWPT's driver has no user cache invalidation",
+                )),
+            ),
+        }
     }
 
     /// The domain of HWPT `hwpt_id` (`ENOENT` if there is no such HWPT).

@@ -56,6 +56,22 @@ pub(super) struct IoasMap {
     user: bool,
     /// The pin this mapping holds, while it holds one.
     pin: Option<Arc<Pin>>,
+    /// For `IOMMU_IOAS_MAP_FILE`: the window of the file the user VA is in, released with
+    /// the mapping.
+    _file: Option<Arc<FileWindow>>,
+}
+
+/// A file range made addressable by [`UserMemory::map_file`], unmapped on drop.
+pub(super) struct FileWindow {
+    mem: Arc<dyn UserMemory>,
+    uva: u64,
+    len: u64,
+}
+
+impl Drop for FileWindow {
+    fn drop(&mut self) {
+        self.mem.unmap_file(self.uva, self.len);
+    }
 }
 
 impl IoasMap {
@@ -494,6 +510,7 @@ impl Ictx {
                 prot,
                 user: false,
                 pin: None,
+                _file: None,
             },
         )
     }
@@ -520,6 +537,44 @@ impl Ictx {
                 prot,
                 user: true,
                 pin: None,
+                _file: None,
+            },
+        )
+    }
+
+    /// `IOMMU_IOAS_MAP_FILE`: maps `[start, start + len)` of the caller's file `fd` (a memfd)
+    /// at `iova` (or the lowest free IOVA) with `prot`; returns the IOVA used. The context's
+    /// [`UserMemory`] makes the file range addressable ([`UserMemory::map_file`]: `EBADF`,
+    /// `EINVAL` for a range beyond the file's end, `EOPNOTSUPP` where there are no files) and
+    /// the range is then mapped as [`Ictx::ioas_map_user`] maps memory; the window goes with
+    /// the mapping (or at once on an error).
+    pub fn ioas_map_file(
+        &self,
+        ioas_id: u32,
+        iova: Option<u64>,
+        fd: i32,
+        start: u64,
+        len: u64,
+        prot: u32,
+    ) -> Result<u64> {
+        let mut t = self.table.lock();
+        let ioas = t.ioas_mut(ioas_id)?;
+        check_map_args(start, len, prot)?;
+        let uva = self.mem.map_file(fd, start, len, prot & IOMMU_WRITE != 0)?;
+        let window = Arc::new(FileWindow {
+            mem: self.mem.clone(),
+            uva,
+            len,
+        });
+        ioas.insert(
+            iova,
+            IoasMap {
+                len,
+                pa: uva,
+                prot,
+                user: true,
+                pin: None,
+                _file: Some(window),
             },
         )
     }
@@ -564,6 +619,7 @@ impl Ictx {
                 prot,
                 user,
                 pin: None,
+                _file: None,
             };
             if let Err(e) = dst.insert(Some(iova), m) {
                 for at in done {
@@ -579,7 +635,8 @@ impl Ictx {
 
     /// `IOMMU_IOAS_UNMAP`: removes every mapping inside `[iova, iova + len)` from the IOAS and
     /// its paging HWPTs; returns the bytes unmapped. `iova` 0 with `len` `u64::MAX` unmaps
-    /// everything and succeeds on an empty IOAS. Otherwise `ENOENT` for an unknown IOAS, when
+    /// everything and succeeds on an empty IOAS. Otherwise `EINVAL` for a zero length,
+    /// `EOVERFLOW` for a range past 2^64, `ENOENT` for an unknown IOAS, when
     /// nothing is mapped there, or when a mapping straddles the range's edge (mappings are not
     /// split, as Linux's areas).
     pub fn ioas_unmap(&self, ioas_id: u32, iova: u64, len: u64) -> Result<u64> {

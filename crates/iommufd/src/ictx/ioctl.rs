@@ -16,13 +16,13 @@
 use alloc::vec::Vec;
 
 use iommu_core::error::{
-    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enoent_v, enotty_v, eopnotsupp,
-    eopnotsupp_v, eoverflow, Condition,
+    e2big_v, einval, einval_v, eio_v, emsgsize_v, enodev, enotty_v, eopnotsupp, eopnotsupp_v,
+    eoverflow, Condition,
 };
 use iommu_core::{Result, IOMMU_READ, IOMMU_WRITE};
 use zerocopy::IntoBytes;
 
-use super::{Ictx, IovaRange, ObjectType};
+use super::{Ictx, IovaRange};
 use crate::fault::FaultFd;
 use crate::uapi::*;
 
@@ -63,10 +63,32 @@ const ULONG_MAX: u64 = u64::MAX;
 pub mod test_op {
     /// `IOMMU_TEST_OP_ADD_RESERVED`.
     pub const ADD_RESERVED: u32 = 1;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN`.
+    pub const MOCK_DOMAIN: u32 = 2;
+    /// `IOMMU_TEST_OP_MD_CHECK_MAP`.
+    pub const MD_CHECK_MAP: u32 = 3;
     /// `IOMMU_TEST_OP_MD_CHECK_REFS`.
     pub const MD_CHECK_REFS: u32 = 4;
     /// `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`.
     pub const SET_TEMP_MEMORY_LIMIT: u32 = 9;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE`.
+    pub const MOCK_DOMAIN_REPLACE: u32 = 10;
+    /// `IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS`.
+    pub const MOCK_DOMAIN_FLAGS: u32 = 12;
+    /// `IOMMU_TEST_OP_MD_CHECK_IOTLB`.
+    pub const MD_CHECK_IOTLB: u32 = 14;
+    /// `IOMMU_TEST_OP_TRIGGER_IOPF`.
+    pub const TRIGGER_IOPF: u32 = 15;
+    /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`.
+    pub const DEV_CHECK_CACHE: u32 = 16;
+    /// `IOMMU_TEST_OP_PASID_ATTACH`.
+    pub const PASID_ATTACH: u32 = 18;
+    /// `IOMMU_TEST_OP_PASID_REPLACE`.
+    pub const PASID_REPLACE: u32 = 19;
+    /// `IOMMU_TEST_OP_PASID_DETACH`.
+    pub const PASID_DETACH: u32 = 20;
+    /// `IOMMU_TEST_OP_PASID_CHECK_HWPT`.
+    pub const PASID_CHECK_HWPT: u32 = 21;
 }
 
 /// `IOMMU_IOAS_MAP_*` flags to `IOMMU_READ`/`IOMMU_WRITE`; `EOPNOTSUPP` for unknown flags
@@ -91,6 +113,13 @@ fn map_prot(flags: u32, overflow: bool) -> Result<u32> {
         return Err(einval_v("map needs READABLE or WRITEABLE", flags.into()));
     }
     Ok(prot)
+}
+
+/// Writes `v` at byte `off` of the command struct, when the caller's struct reaches it.
+fn put_u32(cmd: &mut [u8], off: usize, v: u32) {
+    if let Some(dst) = cmd.get_mut(off..off + 4) {
+        dst.copy_from_slice(&v.to_ne_bytes());
+    }
 }
 
 fn reserved_zero(v: u64) -> Result<()> {
@@ -222,6 +251,15 @@ impl Ictx {
                 copy_struct_to_user(cmd, &c);
                 none()
             }
+            IOMMUFD_CMD_IOAS_MAP_FILE => {
+                let mut c: IommuIoasMapFile = copy_struct_from_user(cmd, min)?;
+                let prot = map_prot(c.flags, c.iova == ULONG_MAX || c.length == ULONG_MAX)?;
+                self.check_ioas(c.ioas_id)?;
+                let fixed = (c.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(c.iova);
+                c.iova = self.ioas_map_file(c.ioas_id, fixed, c.fd, c.start, c.length, prot)?;
+                copy_struct_to_user(cmd, &c);
+                none()
+            }
             IOMMUFD_CMD_IOAS_COPY => {
                 let mut c: IommuIoasCopy = copy_struct_from_user(cmd, min)?;
                 let overflow =
@@ -278,6 +316,30 @@ impl Ictx {
                 self.ioctl_hwpt_alloc(cmd, &data)?;
                 none()
             }
+            IOMMUFD_CMD_HWPT_INVALIDATE => {
+                let mut c: IommuHwptInvalidate = copy_struct_from_user(cmd, min)?;
+                let (done, res) = if c.__reserved != 0 {
+                    (
+                        0,
+                        Err(eopnotsupp("__reserved must be 0").because(Condition::UnsupportedFlags)),
+                    )
+                } else if c.entry_num != 0 && c.data_uptr == 0 {
+                    (0, Err(einval("data_uptr is NULL with entries")))
+                } else {
+                    let (uptr, len) = (c.data_uptr, u64::from(c.entry_len));
+                    self.hwpt_invalidate(
+                        c.hwpt_id,
+                        c.data_type,
+                        c.entry_len,
+                        c.entry_num,
+                        &mut |i, buf| self.read_driver_record(uptr + u64::from(i) * len, len, buf),
+                    )
+                };
+                // Linux reports how many records were applied, on success and on error.
+                c.entry_num = done;
+                copy_struct_to_user(cmd, &c);
+                res.map(|()| IoctlOutput::default())
+            }
             IOMMUFD_CMD_FAULT_QUEUE_ALLOC => {
                 let c: IommuFaultAlloc = copy_struct_from_user(cmd, min)?;
                 let (id, endpoint) = self.fault_queue_alloc(c.flags)?;
@@ -295,7 +357,7 @@ impl Ictx {
                 })
             }
             IOMMUFD_CMD_GET_HW_INFO => {
-                let c: IommuHwInfo = copy_struct_from_user(cmd, min)?;
+                let mut c: IommuHwInfo = copy_struct_from_user(cmd, min)?;
                 if c.flags & !IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 {
                     return Err(eopnotsupp_v("unknown hw info flags", c.flags.into())
                         .because(Condition::UnsupportedFlags));
@@ -305,48 +367,70 @@ impl Ictx {
                         | u64::from(c.__reserved[1]) << 8
                         | u64::from(c.__reserved[2]) << 16,
                 )?;
-                self.lookup_device(c.dev_id)?;
-                Err(eopnotsupp("hardware info is not modelled yet"))
+                let in_type = if c.flags & IOMMU_HW_INFO_FLAG_INPUT_TYPE != 0 {
+                    c.data_type
+                } else {
+                    IOMMU_HW_INFO_TYPE_DEFAULT
+                };
+                let info = self.hw_info(c.dev_id, in_type)?;
+                // The driver's data up to the user's length, then zeros to the end of it.
+                let copy = (c.data_len as usize).min(info.data.len());
+                if c.data_len != 0 {
+                    let mut out = alloc::vec![0u8; c.data_len as usize];
+                    out[..copy].copy_from_slice(&info.data[..copy]);
+                    self.mem.write(c.data_uptr, &out)?;
+                }
+                c.data_len = info.data.len() as u32;
+                c.data_type = info.data_type;
+                c.out_capabilities = info.capabilities;
+                c.out_max_pasid_log2 = info.max_pasid_log2;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_VIOMMU_ALLOC => {
-                let c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
-                if c.flags != 0 || c.r#type == 0 {
-                    return Err(eopnotsupp_v(
-                        "vIOMMU flags must be 0 and type not DEFAULT",
-                        c.r#type.into(),
-                    )
-                    .because(Condition::UnsupportedFlags));
+                let mut c: IommuViommuAlloc = copy_struct_from_user(cmd, min)?;
+                if c.flags != 0 {
+                    return Err(eopnotsupp_v("vIOMMU flags must be 0", c.flags.into())
+                        .because(Condition::UnsupportedFlags));
                 }
-                self.lookup_device(c.dev_id)?;
-                Err(eopnotsupp("vIOMMU objects are not modelled yet"))
+                let mut data = alloc::vec![0u8; c.data_len as usize];
+                if !data.is_empty() {
+                    self.mem.read(c.data_uptr, &mut data)?;
+                }
+                c.out_viommu_id = self.viommu_alloc(c.dev_id, c.hwpt_id, c.r#type, &data)?;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_VDEVICE_ALLOC => {
-                let c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
+                let mut c: IommuVdeviceAlloc = copy_struct_from_user(cmd, min)?;
                 // Linux's `virt_id > ULONG_MAX` check cannot fire on a 64-bit kernel.
-                // No object is a vIOMMU yet.
-                Err(enoent_v("no such vIOMMU", c.viommu_id.into()).because(
-                    match self.object_type(c.viommu_id) {
-                        Ok(_) => Condition::WrongObjectType,
-                        Err(_) => Condition::NoSuchObject,
-                    },
-                ))
+                c.out_vdevice_id = self.vdevice_alloc(c.viommu_id, c.dev_id, c.virt_id)?;
+                copy_struct_to_user(cmd, &c);
+                none()
             }
             IOMMUFD_CMD_TEST => self.uapi_test_cmd(cmd, min),
             _ => Err(eopnotsupp_v("iommufd command not modelled yet", nr.into())),
         }
     }
 
-    /// `ENOENT` unless `id` is a bound device.
-    fn lookup_device(&self, id: u32) -> Result<()> {
-        match self.object_type(id) {
-            Ok(ObjectType::Device) => Ok(()),
-            Ok(_) => {
-                Err(enoent_v("not a device object", id.into()).because(Condition::WrongObjectType))
+    /// Reads a driver record of `len` user bytes at `uptr` into `buf` as Linux's
+    /// `copy_struct_from_user`: a longer record must be zero beyond `buf` (`E2BIG`), a shorter
+    /// one is zero-extended; `EFAULT` for memory that is not there.
+    fn read_driver_record(&self, uptr: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+        let n = (len as usize).min(buf.len());
+        buf.fill(0);
+        self.mem.read(uptr, &mut buf[..n])?;
+        let mut at = n as u64;
+        let mut chunk = [0u8; 64];
+        while at < len {
+            let k = chunk.len().min((len - at) as usize);
+            self.mem.read(uptr + at, &mut chunk[..k])?;
+            if chunk[..k].iter().any(|&b| b != 0) {
+                return Err(e2big_v("non-zero bytes beyond the driver record", at));
             }
-            Err(_) => {
-                Err(enoent_v("no such device object", id.into()).because(Condition::NoSuchObject))
-            }
+            at += k as u64;
         }
+        Ok(())
     }
 
     /// `ENOENT` unless `id` is an IOAS.
@@ -442,9 +526,9 @@ impl Ictx {
         Ok(IoctlOutput::default())
     }
 
-    /// The selftest's `IOMMU_TEST_CMD`: the operations that need no mock device
-    /// (`ADD_RESERVED`, `MD_CHECK_REFS`, `SET_TEMP_MEMORY_LIMIT`); the rest are `EOPNOTSUPP`,
-    /// as Linux's switch answers an unknown op.
+    /// The selftest's `IOMMU_TEST_CMD`: `ADD_RESERVED`, `MD_CHECK_REFS`,
+    /// `SET_TEMP_MEMORY_LIMIT` and the mock device's operations (see [`Ictx::mock_domain`]);
+    /// the rest are `EOPNOTSUPP`, as Linux's switch answers an unknown op.
     fn uapi_test_cmd(&self, cmd: &mut [u8], min: usize) -> Result<IoctlOutput> {
         let c: IommuTestCmd = copy_struct_from_user(cmd, min)?;
         match c.op {
@@ -476,6 +560,66 @@ impl Ictx {
                         return Err(eio_v("page pin count differs", page));
                     }
                 }
+                Ok(IoctlOutput::default())
+            }
+            test_op::MOCK_DOMAIN | test_op::MOCK_DOMAIN_FLAGS => {
+                let flags = if c.op == test_op::MOCK_DOMAIN_FLAGS {
+                    (c.payload[1] >> 32) as u32
+                } else {
+                    0
+                };
+                let ids = self.mock_domain(c.id, flags)?;
+                // `mock_domain`: out_stdev_id, out_hwpt_id, out_idev_id from byte 16.
+                put_u32(cmd, 16, ids.stdev_id);
+                put_u32(cmd, 20, ids.hwpt_id);
+                put_u32(cmd, 24, ids.idev_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::MOCK_DOMAIN_REPLACE => {
+                let hwpt_id = self.mock_domain_replace(c.id, c.payload[0] as u32)?;
+                put_u32(cmd, 16, hwpt_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::MD_CHECK_MAP => {
+                let (iova, length, uptr) = (c.payload[0], c.payload[1], c.payload[2]);
+                self.md_check_map(c.id, iova, length, uptr)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::MD_CHECK_IOTLB => {
+                let (iotlb_id, value) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.md_check_iotlb(c.id, iotlb_id, value)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::TRIGGER_IOPF => {
+                // `trigger_iopf`: dev_id, pasid, grpid, perm, then the 64-bit addr.
+                let (dev_id, pasid) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                let (grpid, perm) = (c.payload[1] as u32, (c.payload[1] >> 32) as u32);
+                self.trigger_iopf(dev_id, pasid, grpid, perm, c.payload[2])?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_ATTACH | test_op::PASID_REPLACE => {
+                // `pasid_attach`/`pasid_replace`: pasid, then pt_id (updated to the HWPT).
+                let (pasid, pt_id) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                let hwpt_id = if c.op == test_op::PASID_ATTACH {
+                    self.mock_pasid_attach(c.id, pasid, pt_id)?
+                } else {
+                    self.mock_pasid_replace(c.id, pasid, pt_id)?
+                };
+                put_u32(cmd, 20, hwpt_id);
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_DETACH => {
+                self.mock_pasid_detach(c.id, c.payload[0] as u32)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::PASID_CHECK_HWPT => {
+                let (pasid, hwpt_id) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.mock_pasid_check_hwpt(c.id, pasid, hwpt_id)?;
+                Ok(IoctlOutput::default())
+            }
+            test_op::DEV_CHECK_CACHE => {
+                let (cache_id, value) = (c.payload[0] as u32, (c.payload[0] >> 32) as u32);
+                self.dev_check_cache(c.id, cache_id, value)?;
                 Ok(IoctlOutput::default())
             }
             test_op::SET_TEMP_MEMORY_LIMIT => {

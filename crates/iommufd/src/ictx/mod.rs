@@ -16,13 +16,15 @@ mod fault_queue;
 mod hw_pagetable;
 mod ioas;
 mod ioctl;
+mod selftest;
+mod viommu;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::Relaxed};
 
-use iommu_core::error::{ebusy_v, einval_v, enoent_v, enospc, eopnotsupp_v, Condition};
+use iommu_core::error::{ebusy_v, einval_v, enoent_v, enospc, Condition};
 use iommu_core::sync::Mutex;
 use iommu_core::{device_release_dma_owner, DeviceId, DmaOwner, Error, GroupId, Result};
 
@@ -34,6 +36,13 @@ use ioas::IoasObj;
 
 pub use ioas::{IovaRange, IOAS_APERTURE_END};
 pub use ioctl::{IoctlOutput, NewFd};
+pub use selftest::{
+    HwInfo, MockDomainIds, IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, IOMMU_HW_INFO_SELFTEST_REGVAL,
+    IOMMU_TEST_DEV_CACHE_DEFAULT, IOMMU_TEST_INVALIDATE_FLAG_ALL, IOMMU_TEST_IOTLB_DEFAULT,
+    MOCK_DEV_CACHE_NUM, MOCK_FLAGS_DEVICE_NO_DIRTY, MOCK_FLAGS_DEVICE_PASID,
+    MOCK_NESTED_DOMAIN_IOTLB_NUM, MOCK_PAGE_SIZE, MOCK_PASID_WIDTH,
+};
+pub use viommu::IOMMU_VIOMMU_TYPE_SELFTEST;
 
 /// The kind of object an ID names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +57,12 @@ pub enum ObjectType {
     HwptNested,
     /// `IOMMUFD_OBJ_FAULT`.
     Fault,
+    /// `IOMMUFD_OBJ_SELFTEST`: a selftest mock device (see [`Ictx::mock_domain`]).
+    Selftest,
+    /// `IOMMUFD_OBJ_VIOMMU`.
+    Viommu,
+    /// `IOMMUFD_OBJ_VDEVICE`.
+    Vdevice,
 }
 
 enum Object {
@@ -55,6 +70,9 @@ enum Object {
     Device(IdevObj),
     Hwpt(Arc<Hwpt>),
     Fault(Arc<Fault>),
+    Selftest(selftest::MockDevObj),
+    Viommu(Arc<viommu::Viommu>),
+    Vdevice(viommu::Vdevice),
 }
 
 #[derive(Default)]
@@ -64,6 +82,8 @@ struct Table {
     ids: IdSpace,
     /// Bound devices by core identity, so a second bind is refused without a table scan.
     bound: BTreeMap<DeviceId, u32>,
+    /// The mock IOMMU behind this context's selftest devices, made with the first one.
+    mock: Option<Arc<dyn iommu_core::IommuDriver>>,
 }
 
 /// The largest object ID: Linux allocates IDs from an XArray limited to 31 bits
@@ -244,16 +264,11 @@ impl Table {
         })
     }
 
-    /// The HWPT a device is to be attached to: `ENOENT` for an unknown ID, `EOPNOTSUPP` for an
-    /// IOAS (auto-created domains are not modelled), `EINVAL` for other objects.
+    /// The HWPT a device is to be attached to: `ENOENT` for an unknown ID, `EINVAL` for objects
+    /// other than HWPTs (an IOAS is resolved by [`Table::attach_target_for`]).
     fn attach_target(&self, pt_id: u32) -> Result<Arc<Hwpt>> {
         match self.objects.get(&pt_id) {
             Some(Object::Hwpt(h)) => Ok(h.clone()),
-            Some(Object::Ioas(_)) => Err(eopnotsupp_v(
-                "attach by IOAS (auto domain) is not supported; allocate a HWPT",
-                pt_id.into(),
-            )
-            .because(Condition::WrongObjectType)),
             Some(_) => Err(lookup_error(true, einval_v, "pt_id is not a HWPT", pt_id)),
             None => Err(lookup_error(false, enoent_v, "no such object", pt_id)),
         }
@@ -271,6 +286,10 @@ impl Table {
             // The table holds one reference; attachments and nested children hold the others.
             Some(Object::Hwpt(h)) if Arc::strong_count(h) > 1 => {
                 busy("HWPT is attached or has nested children", id.into())
+            }
+            // Nested HWPTs and vDEVICEs on it hold the others.
+            Some(Object::Viommu(v)) if Arc::strong_count(v) > 1 => {
+                busy("vIOMMU has nested HWPTs or vDEVICEs", id.into())
             }
             Some(Object::Fault(f)) if Arc::strong_count(f) > 1 => {
                 busy("fault object has its fd open or HWPTs", id.into())
@@ -323,6 +342,9 @@ impl Ictx {
                 HwptKind::Nested { .. } => ObjectType::HwptNested,
             }),
             Some(Object::Fault(_)) => Ok(ObjectType::Fault),
+            Some(Object::Selftest(_)) => Ok(ObjectType::Selftest),
+            Some(Object::Viommu(_)) => Ok(ObjectType::Viommu),
+            Some(Object::Vdevice(_)) => Ok(ObjectType::Vdevice),
             None => Err(lookup_error(false, enoent_v, "no such object", id)),
         }
     }
@@ -336,18 +358,18 @@ impl Ictx {
     pub fn destroy(&self, id: u32) -> Result<()> {
         let mut t = self.table.lock();
         t.destroy_blocker(id)?;
-        match t.remove_object(id) {
-            Some(Object::Hwpt(h)) => {
-                if let HwptKind::Paging { ioas_id, .. } = h.kind {
-                    if let Ok(ioas) = t.ioas_mut(ioas_id) {
-                        ioas.remove_hwpt(id, &h.domain);
-                    }
-                }
-            }
-            Some(Object::Fault(f)) => {
-                f.shutdown();
-            }
-            _ => {}
+        if matches!(t.objects.get(&id), Some(Object::Hwpt(_))) {
+            t.remove_hwpt_object(id);
+            return Ok(());
+        }
+        if let Some(Object::Selftest(m)) = t.objects.get(&id) {
+            let m = m.clone();
+            let r = selftest::destroy_mock_dev(&mut t, id, &m);
+            t.reap_auto_hwpts();
+            return r;
+        }
+        if let Some(Object::Fault(f)) = t.remove_object(id) {
+            f.shutdown();
         }
         Ok(())
     }
