@@ -475,6 +475,11 @@ fn build(obs: &Observer) -> Result<World, String> {
 /// A fresh process bound to `sva`.
 fn new_tenant(obs: &Observer, sva: &Endpoint, phys: &Arc<PhysMem>) -> Result<Tenant, String> {
     let mm = Mm::new(phys).map_err(|e| format!("mm: {e}"))?;
+    bind(obs, sva, mm)
+}
+
+/// Binds `mm` to `sva` (first time, or again after an unbind) and restarts its PASID.
+fn bind(obs: &Observer, sva: &Endpoint, mm: Arc<Mm>) -> Result<Tenant, String> {
     let bond = sva_bind_device(sva.device(), &mm.as_address_space())
         .map_err(|e| format!("sva bind: {e}"))?;
     let pasid = bond.pasid();
@@ -764,7 +769,7 @@ fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, cfg: &Config
                     new_tenant(&sh.obs, sva, &phys)
                 } else {
                     let _ = tenant.mm.munmap(va, len);
-                    rebind(&sh.obs, sva, tenant.mm.clone())
+                    bind(&sh.obs, sva, tenant.mm.clone())
                 };
                 match next {
                     Ok(n) => *tenant = n,
@@ -790,20 +795,6 @@ fn drive_sva(sh: &Shared, sva: &Endpoint, mut tenants: Vec<Tenant>, cfg: &Config
             });
         }
     }
-}
-
-/// Binds `mm` to `sva` again after an unbind.
-fn rebind(obs: &Observer, sva: &Endpoint, mm: Arc<Mm>) -> Result<Tenant, String> {
-    let bond = sva_bind_device(sva.device(), &mm.as_address_space())
-        .map_err(|e| format!("sva rebind: {e}"))?;
-    let pasid = bond.pasid();
-    sva.start_pasid(pasid);
-    obs.observe(Event::Bound { dev: 0, pasid });
-    Ok(Tenant {
-        mm,
-        bond: Some(bond),
-        pasid,
-    })
 }
 
 /// The iommufd driver: each cycle writes one IOVA slot from the device (the owner's handler

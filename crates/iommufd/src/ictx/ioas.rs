@@ -499,16 +499,30 @@ impl Ictx {
         len: u64,
         prot: u32,
     ) -> Result<u64> {
+        self.map_range(ioas_id, iova, pa, len, prot, false)
+    }
+
+    /// Checks the arguments and records one mapping of `[addr, addr + len)` (physical, or a
+    /// user VA when `user`) in IOAS `ioas_id`.
+    fn map_range(
+        &self,
+        ioas_id: u32,
+        iova: Option<u64>,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        user: bool,
+    ) -> Result<u64> {
         let mut t = self.table.lock();
         let ioas = t.ioas_mut(ioas_id)?;
-        check_map_args(pa, len, prot)?;
+        check_map_args(addr, len, prot)?;
         ioas.insert(
             iova,
             IoasMap {
                 len,
-                pa,
+                pa: addr,
                 prot,
-                user: false,
+                user,
                 pin: None,
                 _file: None,
             },
@@ -526,20 +540,7 @@ impl Ictx {
         len: u64,
         prot: u32,
     ) -> Result<u64> {
-        let mut t = self.table.lock();
-        let ioas = t.ioas_mut(ioas_id)?;
-        check_map_args(uva, len, prot)?;
-        ioas.insert(
-            iova,
-            IoasMap {
-                len,
-                pa: uva,
-                prot,
-                user: true,
-                pin: None,
-                _file: None,
-            },
-        )
+        self.map_range(ioas_id, iova, uva, len, prot, true)
     }
 
     /// `IOMMU_IOAS_MAP_FILE`: maps `[start, start + len)` of the caller's file `fd` (a memfd)
