@@ -1,0 +1,155 @@
+//! What a soak reports: the books, the responses, the disruptions, memory per tenth.
+
+use super::*;
+
+/// What a soak did and found.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Page request groups sent, both devices.
+    pub groups: u64,
+    /// Of those, by the SVA device and by the iommufd-owned device.
+    pub groups_sva: u64,
+    /// Groups sent by the iommufd-owned device.
+    pub groups_iommufd: u64,
+    /// Groups answered (by a handler, by auto-response or by the IOMMU on overflow).
+    pub answered: u64,
+    /// Groups the IOMMU answered itself because its queue was full.
+    pub overflow_answered: u64,
+    /// Groups abandoned by a device reset (never answered, by design).
+    pub abandoned: u64,
+    /// Groups neither answered nor abandoned when the soak ended.
+    pub lost: u64,
+    /// Responses to a group that was already answered (or never sent).
+    pub doubled: u64,
+    /// Deliveries after a detach returned, and DMA through a PASID after its unbind returned.
+    pub late: u64,
+    /// Disruptions done, by kind.
+    pub disruptions: BTreeMap<&'static str, u64>,
+    /// DMA jobs that completed, and that failed because of a disruption of their cycle.
+    pub dma_ok: u64,
+    /// DMA jobs failed in a disrupted cycle (expected).
+    pub dma_failed_expected: u64,
+    /// Problems that are not invariant violations: a DMA failing in an undisturbed cycle, a
+    /// call that should have worked and did not. Must be empty.
+    pub problems: Vec<String>,
+    /// Resident set size, bytes, at the start.
+    pub rss_start: u64,
+    /// After warm-up (the first tenth of the groups), the highest RSS sampled (every 20 ms) in
+    /// each following tenth (0: no sample fell into it): a leak shows as a rising sequence, a
+    /// burst as one high window.
+    pub rss_windows: Vec<u64>,
+    /// RSS at the end, after teardown.
+    pub rss_end: u64,
+    /// With [`Config::heap_live`], the highest live heap bytes in each window, as
+    /// `rss_windows` (empty without it).
+    pub heap_windows: Vec<u64>,
+    /// Wall-clock time.
+    pub elapsed: Duration,
+    /// Events the invariant checker saw.
+    pub events: u64,
+}
+
+impl Report {
+    /// Whether the soak passed: nothing lost, doubled or late, no problem, the books balance,
+    /// and RSS after warm-up stayed within 10 % of its warm-up value.
+    pub fn passed(&self) -> bool {
+        self.lost == 0
+            && self.doubled == 0
+            && self.late == 0
+            && self.problems.is_empty()
+            && self.groups == self.answered + self.abandoned
+            && self.rss_flat()
+    }
+
+    /// Memory did not grow after warm-up: the last window's highest RSS is within 10 % of
+    /// the first window's (fewer than two windows: nothing to compare, flat).
+    pub fn rss_flat(&self) -> bool {
+        // A window no sample fell into (a short soak) reads 0: skipped.
+        let mut sampled = self.rss_windows.iter().filter(|&&b| b > 0);
+        match (sampled.next(), sampled.next_back()) {
+            (Some(&first), Some(&last)) => last.saturating_mul(10) <= first.saturating_mul(11),
+            _ => true,
+        }
+    }
+
+    /// The readable summary.
+    pub fn text(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let mut s = format!(
+            "soak: {} groups in {:.1} s ({:.0} groups/s): {} SVA, {} iommufd\n",
+            self.groups,
+            secs,
+            self.groups as f64 / secs,
+            self.groups_sva,
+            self.groups_iommufd
+        );
+        s += &format!(
+            "  accounted      {} sent = {} answered ({} by the IOMMU on overflow) + {} abandoned by reset{}\n",
+            self.groups,
+            self.answered,
+            self.overflow_answered,
+            self.abandoned,
+            if self.groups == self.answered + self.abandoned { "" } else { "  MISMATCH" }
+        );
+        s += &format!(
+            "  responses      {} lost, {} doubled, {} late\n",
+            self.lost, self.doubled, self.late
+        );
+        let d: Vec<String> = self
+            .disruptions
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        s += &format!("  disruptions    {}\n", d.join(", "));
+        s += &format!(
+            "  dma jobs       {} ok, {} failed in disrupted cycles\n",
+            self.dma_ok, self.dma_failed_expected
+        );
+        let windows: Vec<String> = self
+            .rss_windows
+            .iter()
+            .map(|&b| format!("{:.1}", mib(b)))
+            .collect();
+        s += &format!(
+            "  rss            {:.1} MiB at start; highest per tenth after warm-up: {} MiB ({}); {:.1} MiB at end\n",
+            mib(self.rss_start),
+            windows.join(" "),
+            if self.rss_flat() {
+                "last within 10 % of first"
+            } else {
+                "GREW more than 10 %"
+            },
+            mib(self.rss_end),
+        );
+        if !self.heap_windows.is_empty() {
+            let heap: Vec<String> = self
+                .heap_windows
+                .iter()
+                .map(|&b| format!("{:.2}", mib(b)))
+                .collect();
+            s += &format!(
+                "  heap           highest live per tenth after warm-up: {} MiB\n",
+                heap.join(" ")
+            );
+        }
+        s += &format!("  checker        {} events\n", self.events);
+        for p in self.problems.iter().take(20) {
+            s += &format!("  problem: {p}\n");
+        }
+        s += if self.passed() {
+            "  result         passed\n"
+        } else {
+            "  result         FAILED\n"
+        };
+        s
+    }
+}
+
+/// Resident set size of this process, bytes (0 where `/proc` is unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE)
+}
