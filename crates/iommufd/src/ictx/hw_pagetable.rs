@@ -89,6 +89,27 @@ fn paging_kind(ioas_id: u32, flags: u32, data_type: u32) -> Result<HwptKind> {
     })
 }
 
+/// `EINVAL` unless `parent` (HWPT `pt_id`) is a paging HWPT allocated with `NEST_PARENT`: what a
+/// nested HWPT and a vIOMMU are built on.
+pub(super) fn require_nest_parent(parent: &Hwpt, pt_id: u32) -> Result<()> {
+    if matches!(
+        parent.kind,
+        HwptKind::Paging {
+            nest_parent: true,
+            ..
+        }
+    ) {
+        Ok(())
+    } else {
+        Err(lookup_error(
+            true,
+            einval_v,
+            "HWPT is not a NEST_PARENT paging HWPT",
+            pt_id,
+        ))
+    }
+}
+
 /// A nested HWPT on `parent` (HWPT `pt_id`): only `FAULT_ID_VALID | ALLOC_PASID`, and only on
 /// a nest parent.
 fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
@@ -99,20 +120,7 @@ fn nested_kind(parent: &Arc<Hwpt>, pt_id: u32, flags: u32) -> Result<HwptKind> {
         )
         .because(Condition::UnsupportedFlags));
     }
-    if !matches!(
-        parent.kind,
-        HwptKind::Paging {
-            nest_parent: true,
-            ..
-        }
-    ) {
-        return Err(lookup_error(
-            true,
-            einval_v,
-            "parent is not a NEST_PARENT paging HWPT",
-            pt_id,
-        ));
-    }
+    require_nest_parent(parent, pt_id)?;
     Ok(HwptKind::Nested {
         _parent: parent.clone(),
         viommu: None,

@@ -9,7 +9,7 @@ use iommu_core::error::{eexist_v, einval_v, enoent_v, eopnotsupp, eopnotsupp_v, 
 use iommu_core::Result;
 
 use super::hw_pagetable::{Hwpt, HwptKind};
-use super::{lookup_error, Ictx, Object, Table};
+use super::{Ictx, Object, Table};
 
 /// `IOMMU_VIOMMU_TYPE_SELFTEST`: the only vIOMMU type this model's drivers offer (the selftest
 /// mock's).
@@ -107,20 +107,7 @@ impl Ictx {
             Object::Hwpt(h) if matches!(h.kind, HwptKind::Paging { .. }) => Some(h.clone()),
             _ => None,
         })?;
-        if !matches!(
-            parent.kind,
-            HwptKind::Paging {
-                nest_parent: true,
-                ..
-            }
-        ) {
-            return Err(lookup_error(
-                true,
-                einval_v,
-                "HWPT is not a nest parent",
-                hwpt_id,
-            ));
-        }
+        super::hw_pagetable::require_nest_parent(&parent, hwpt_id)?;
         if !data.is_empty() {
             return Err(eopnotsupp("vIOMMU driver data is not modelled"));
         }
