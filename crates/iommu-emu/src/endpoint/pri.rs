@@ -261,8 +261,6 @@ impl Endpoint {
             } else {
                 c.stray.fetch_add(1, Relaxed);
             }
-        }
-        if auto {
             trace_response(&sh.dev, o.grpid, PageResponseCode::Success, applied, true);
         }
     }
