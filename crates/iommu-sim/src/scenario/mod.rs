@@ -9,12 +9,15 @@
 //! What a file may size is bounded ([`limits`]), and [`read_text`] reads at most
 //! [`limits::MAX_FILE_BYTES`] of a regular file.
 
+mod events;
 mod fields;
+mod jobs;
 pub mod limits;
 mod parse;
 mod raw;
 mod rules;
 mod spec;
+mod topology;
 
 use std::fmt;
 use std::io::Read;
