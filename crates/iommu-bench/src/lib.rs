@@ -20,6 +20,7 @@
 //! * [`floor`]: the cross-thread handoff that bounds any cross-thread fault path.
 //! * [`vmm`]: rust-vmm device DMA through vm-memory's `IommuMemory` over the emulated IOMMU.
 
+pub mod e2e;
 pub mod fault_fd;
 pub mod fault_path;
 pub mod floor;

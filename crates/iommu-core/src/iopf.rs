@@ -17,7 +17,9 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use smallvec::SmallVec;
 
 use crate::device::Device;
 use crate::domain::DomainKind;
@@ -190,8 +192,8 @@ pub struct IopfGroup {
 
 struct GroupInner {
     dev: Arc<Device>,
-    /// Arrival order, the last request last.
-    faults: Vec<PageRequest>,
+    /// Arrival order, the last request last; small groups inline (no allocation per group).
+    faults: SmallVec<[PageRequest; 2]>,
     attachment: Attachment,
     param: Arc<FaultParam>,
 }
@@ -352,7 +354,7 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
         param.partial.lock().push(req);
         return Ok(());
     }
-    let mut faults = Vec::new();
+    let mut faults = SmallVec::new();
     param.partial.lock().retain(|p| {
         // The PRG index is per function: PASIDs are not compared (SPEC §4.2 step 4).
         let mine = p.grpid == req.grpid;

@@ -27,14 +27,89 @@ use crate::iopf::IopfGroup;
 /// A queued group and the handler work to run on it.
 type Work = (IopfGroup, fn(IopfGroup));
 
+/// The work waiting to run, and who waits for it.
+struct Pending {
+    work: VecDeque<Work>,
+    /// Still accepts work (cleared by shutdown).
+    open: bool,
+    /// Workers asleep on `Shared::more`.
+    sleeping: usize,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    more: Condvar,
+}
+
+std::thread_local! {
+    /// The queue (its `Shared` address) the current thread promised to help with, see
+    /// [`IopfQueue::help`]; 0 when none.
+    static HELPING: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+impl Shared {
+    fn id(&self) -> usize {
+        self as *const Shared as usize
+    }
+
+    /// Takes the oldest queued work item.
+    fn pop(&self) -> Option<Work> {
+        self.pending.lock().work.pop_front()
+    }
+
+    /// Wakes one sleeping worker if work is waiting.
+    fn wake_for_leftovers(&self) {
+        let p = self.pending.lock();
+        if !p.work.is_empty() && p.sleeping > 0 {
+            self.more.notify_one();
+        }
+    }
+}
+
 /// A pool of worker threads running page-fault handlers, named `iopf_queue/<name>`, or a
 /// manual queue whose work runs when its owner says so.
+///
+/// # Waking (run-to-completion)
+/// A worker asleep costs a futex wake-up to start (several µs of system CPU on this machine
+/// class), which is more than the work of a group. So a thread that is about to wait for the
+/// result of this queue's work anyway (a device waiting for its page response) may *help*
+/// ([`IopfQueue::help`]): while it helps, work it queues itself does not wake a worker, and it
+/// runs queued work on its own thread instead of sleeping. When it stops helping, a worker is
+/// woken for whatever it left queued, so no work waits for a helper that went away.
 pub struct IopfQueue {
     name: String,
-    tx: Mutex<Option<crossbeam_channel::Sender<Work>>>,
+    shared: Arc<Shared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-    /// `Some` for a manual queue: the work in arrival order, and whether it still accepts work.
-    manual: Option<Mutex<(VecDeque<Work>, bool)>>,
+    /// No worker threads: work runs only when the owner says so.
+    manual: bool,
+}
+
+/// A thread's promise to run [`IopfQueue`] work it queued itself (see [`IopfQueue::help`]).
+/// Dropping it wakes a worker for work left queued.
+pub struct IopfHelper<'a> {
+    queue: &'a IopfQueue,
+    previous: usize,
+}
+
+impl IopfHelper<'_> {
+    /// Runs the oldest queued work item (of any device) on this thread; `false` if none was
+    /// queued.
+    pub fn run_one(&self) -> bool {
+        match self.queue.shared.pop() {
+            Some(work) => {
+                run_work(work);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for IopfHelper<'_> {
+    fn drop(&mut self) {
+        HELPING.with(|h| h.set(self.previous));
+        self.queue.shared.wake_for_leftovers();
+    }
 }
 
 /// Runs one work item and counts it done for its device's flush.
@@ -77,66 +152,71 @@ impl DeviceWork {
 }
 
 impl IopfQueue {
+    fn with_shared(name: &str, manual: bool) -> IopfQueue {
+        IopfQueue {
+            name: name.into(),
+            shared: Arc::new(Shared {
+                pending: Mutex::new(Pending {
+                    work: VecDeque::new(),
+                    open: true,
+                    sleeping: 0,
+                }),
+                more: Condvar::new(),
+            }),
+            workers: Mutex::new(Vec::new()),
+            manual,
+        }
+    }
+
     /// A queue with `workers` threads (at least one).
     pub fn new(name: &str, workers: usize) -> Result<Arc<IopfQueue>> {
         if workers == 0 {
             return Err(einval("an IOPF queue needs at least one worker"));
         }
-        let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+        let queue = Self::with_shared(name, false);
         // Workers report their trace events where their creator does.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        let handles = (0..workers)
-            .map(|i| {
-                let rx = rx.clone();
-                let dispatch = dispatch.clone();
-                std::thread::Builder::new()
-                    .name(format!("iopf_queue/{name}.{i}"))
-                    .spawn(move || {
-                        tracing::dispatcher::with_default(&dispatch, || {
-                            rx.into_iter().for_each(run_work)
-                        })
-                    })
-                    .map_err(|_| crate::error::enomem("cannot spawn an IOPF worker"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(IopfQueue {
-            name: name.into(),
-            tx: Mutex::new(Some(tx)),
-            workers: Mutex::new(handles),
-            manual: None,
-        }))
+        for i in 0..workers {
+            let shared = queue.shared.clone();
+            let dispatch = dispatch.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("iopf_queue/{name}.{i}"))
+                .spawn(move || tracing::dispatcher::with_default(&dispatch, || worker(&shared)));
+            match spawned {
+                Ok(h) => queue.workers.lock().push(h),
+                Err(_) => {
+                    queue.shutdown();
+                    return Err(crate::error::enomem("cannot spawn an IOPF worker"));
+                }
+            }
+        }
+        Ok(Arc::new(queue))
     }
 
     /// A queue without threads: work runs only in [`IopfQueue::run_one`], in a flush of its
     /// device, or at [`IopfQueue::shutdown`], always on the calling thread.
     pub fn new_manual(name: &str) -> Arc<IopfQueue> {
-        Arc::new(IopfQueue {
-            name: name.into(),
-            tx: Mutex::new(None),
-            workers: Mutex::new(Vec::new()),
-            manual: Some(Mutex::new((VecDeque::new(), true))),
-        })
+        Arc::new(Self::with_shared(name, true))
     }
 
     /// Whether this is a manual queue.
     pub fn is_manual(&self) -> bool {
-        self.manual.is_some()
+        self.manual
     }
 
-    /// Work items queued and not yet started (always 0 on a threaded queue, whose workers take
-    /// work at once).
+    /// Work items queued and not yet started.
     pub fn pending(&self) -> usize {
-        self.manual.as_ref().map_or(0, |m| m.lock().0.len())
+        self.shared.pending.lock().work.len()
     }
 
-    /// Runs the oldest queued work item on the calling thread; `false` if there was none (or
-    /// the queue has threads, which run their own work).
+    /// Manual queue: runs the oldest queued work item on the calling thread; `false` if there
+    /// was none (or the queue has threads, which run their own work: see
+    /// [`IopfQueue::help`]).
     pub fn run_one(&self) -> bool {
-        let Some(m) = &self.manual else {
+        if !self.manual {
             return false;
-        };
-        let next = m.lock().0.pop_front();
-        match next {
+        }
+        match self.shared.pop() {
             Some(work) => {
                 run_work(work);
                 true
@@ -145,53 +225,61 @@ impl IopfQueue {
         }
     }
 
+    /// The calling thread promises to run the work it queues on this (threaded) queue until
+    /// the returned helper is dropped, so that work wakes no worker (see "Waking"). `None` for
+    /// a manual queue, whose work runs only when its owner says so.
+    ///
+    /// The helper must only be held by a thread that runs [`IopfHelper::run_one`] before it
+    /// blocks; dropping it hands leftovers to the workers.
+    pub fn help(&self) -> Option<IopfHelper<'_>> {
+        if self.manual {
+            return None;
+        }
+        let previous = HELPING.with(|h| h.replace(self.shared.id()));
+        Some(IopfHelper {
+            queue: self,
+            previous,
+        })
+    }
+
     /// The queue's name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Queues `run(group)` on the workers, counted against the group's device for flushing;
-    /// gives the group back when the queue is shut down.
+    /// Queues `run(group)`, counted against the group's device for flushing; gives the group
+    /// back when the queue is shut down. Wakes a sleeping worker unless the calling thread
+    /// helps this queue.
     pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
-        if let Some(m) = &self.manual {
-            let mut q = m.lock();
-            if !q.1 {
-                return Err(group);
-            }
-            group.param().work.start();
-            q.0.push_back((group, run));
-            return Ok(());
-        }
-        // An unbounded send never blocks: it may happen under the lock, saving a clone of the
-        // sender per fault.
-        let tx = self.tx.lock();
-        let Some(tx) = tx.as_ref() else {
+        let mut p = self.shared.pending.lock();
+        if !p.open {
             return Err(group);
-        };
+        }
         group.param().work.start();
-        tx.send((group, run)).map_err(|back| {
-            let group = back.into_inner().0;
-            group.param().work.finish();
-            group
-        })
+        p.work.push_back((group, run));
+        let helped = HELPING.with(|h| h.get()) == self.shared.id();
+        if !self.manual && !helped && p.sleeping > 0 {
+            self.shared.more.notify_one();
+        }
+        Ok(())
     }
 
     /// Whether [`IopfQueue::shutdown`] ran: the queue takes no more work.
     pub fn is_shut_down(&self) -> bool {
-        match &self.manual {
-            Some(m) => !m.lock().1,
-            None => self.tx.lock().is_none(),
-        }
+        !self.shared.pending.lock().open
     }
 
-    /// Stops accepting work, lets the workers finish what is queued, and joins them (Linux
-    /// `iopf_queue_free`). Idempotent; also done on drop.
+    /// Stops accepting work, lets the workers finish what is queued (a manual queue runs it
+    /// here), and joins them (Linux `iopf_queue_free`). Idempotent; also done on drop.
     pub fn shutdown(&self) {
-        if let Some(m) = &self.manual {
-            m.lock().1 = false;
+        {
+            let mut p = self.shared.pending.lock();
+            p.open = false;
+            self.shared.more.notify_all();
+        }
+        if self.manual {
             while self.run_one() {}
         }
-        self.tx.lock().take();
         let current = std::thread::current().id();
         for h in self.workers.lock().drain(..) {
             // A handler dropping the last reference to its own queue must not join itself.
@@ -199,6 +287,26 @@ impl IopfQueue {
                 let _ = h.join();
             }
         }
+    }
+}
+
+/// A worker's loop: run queued work, sleep when there is none, leave once shut down and
+/// drained.
+fn worker(shared: &Shared) {
+    let mut p = shared.pending.lock();
+    loop {
+        if let Some(work) = p.work.pop_front() {
+            drop(p);
+            run_work(work);
+            p = shared.pending.lock();
+            continue;
+        }
+        if !p.open {
+            return;
+        }
+        p.sleeping += 1;
+        shared.more.wait(&mut p);
+        p.sleeping -= 1;
     }
 }
 
@@ -241,8 +349,18 @@ pub fn iopf_queue_flush_dev(dev: &Device) -> Result<()> {
 /// Waits until every work item queued under `param` has run; a manual queue has nobody else to
 /// run it, so it runs here, oldest first.
 pub(crate) fn flush_param(param: &FaultParam) {
-    if let Some(q) = param.queue.as_ref().filter(|q| q.is_manual()) {
-        while param.work.pending() != 0 && q.run_one() {}
+    if let Some(q) = &param.queue {
+        if q.is_manual() {
+            while param.work.pending() != 0 && q.run_one() {}
+        } else {
+            // Work queued by a helper that has not run it yet still has a worker to run it.
+            q.shared.wake_for_leftovers();
+        }
     }
     param.work.wait_idle();
+}
+
+/// The IOPF queue `dev`'s handler work runs on, while fault reporting is enabled with one.
+pub fn iopf_queue_of(dev: &Device) -> Option<Arc<IopfQueue>> {
+    dev.fault_param().and_then(|p| p.queue.clone())
 }

@@ -89,7 +89,9 @@ pub use iopf::{
     FaultStats, FaultStatsSnapshot, IopfGroup,
 };
 #[cfg(feature = "std")]
-pub use iopf_queue::{iopf_queue_add_device, iopf_queue_flush_dev, IopfQueue};
+pub use iopf_queue::{
+    iopf_queue_add_device, iopf_queue_flush_dev, iopf_queue_of, IopfHelper, IopfQueue,
+};
 pub use mm::{AddressSpace, MmIommuData};
 pub use ownership::{
     device_claim_dma_owner, device_release_dma_owner, device_unuse_default_domain,

@@ -88,6 +88,14 @@ impl FrameAllocator {
         Some((index, recycled))
     }
 
+    /// Whether frame `index` is handed out.
+    pub fn is_allocated(&self, index: usize) -> bool {
+        let st = self.state.lock();
+        st.live
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
     /// Returns frame `index`. A refused free changes nothing.
     pub fn free(&self, index: usize) -> Result<(), FreeError> {
         if index >= self.capacity {

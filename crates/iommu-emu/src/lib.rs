@@ -68,4 +68,4 @@ pub use iommu::{
 /// Page-table types that appear in this crate's API (frames, physical addresses, permissions).
 pub use iommu_pt::{Perms, Pfn, PhysAddr};
 pub use mm::{Mm, MmStats, Prot, SecondaryTlb};
-pub use phys::PhysMem;
+pub use phys::{PhysMem, Zeroing};

@@ -58,6 +58,17 @@ pub const PAGE_SHIFT: u32 = 12;
 /// What a recycled frame is overwritten with.
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
+/// When a recycled frame is cleared (it may hold another process's data or a freed table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Zeroing {
+    /// When it is handed out again: the fault that takes it pays for the clearing.
+    #[default]
+    OnAlloc,
+    /// When it is freed (munmap, table teardown): the fault path takes a frame that is already
+    /// zero, as with Linux's `init_on_free` or a pre-zeroed pool.
+    OnFree,
+}
+
 /// Simulated RAM: a fixed number of 4 KiB frames shared by page tables, processes and DMA.
 ///
 /// All methods take `&self` and may be called from any thread. Data accesses are bounds
@@ -76,6 +87,7 @@ pub struct PhysMem {
     /// Bytes of frames (`capacity × 4 KiB`; the mapping may be one page larger when empty).
     bytes: u64,
     frames: FrameAllocator,
+    zeroing: Zeroing,
 }
 
 impl PhysMem {
@@ -92,6 +104,11 @@ impl PhysMem {
     /// `EINVAL` when `frames` is above [`PhysMem::MAX_FRAMES`]; `ENOMEM` when the host cannot
     /// reserve the address range.
     pub fn new(frames: usize) -> Result<PhysMem> {
+        Self::with_zeroing(frames, Zeroing::OnAlloc)
+    }
+
+    /// Memory as [`PhysMem::new`], clearing recycled frames when `zeroing` says.
+    pub fn with_zeroing(frames: usize, zeroing: Zeroing) -> Result<PhysMem> {
         if frames > Self::MAX_FRAMES {
             return Err(einval_v(
                 "frames above PhysMem::MAX_FRAMES (1 << 28, 1 TiB)",
@@ -125,6 +142,7 @@ impl PhysMem {
             base,
             bytes,
             frames: FrameAllocator::new(frames),
+            zeroing,
         })
     }
 
@@ -173,8 +191,8 @@ impl PhysMem {
             .ok_or(enomem("physical memory exhausted"))?;
         let pfn = Pfn(ArenaTableMem::DEFAULT_BASE.0 + index as u64);
         // A frame never handed out is still the mapping's zero fill; a recycled one is cleared
-        // (it may hold another process's data or a freed table).
-        if recycled {
+        // now, or was when it was freed.
+        if recycled && self.zeroing == Zeroing::OnAlloc {
             self.write(pfn.addr(), &ZERO_PAGE)?;
         }
         Ok(pfn)
@@ -188,6 +206,10 @@ impl PhysMem {
     pub fn free_frame(&self, pfn: Pfn) -> Result<()> {
         let index = usize::try_from(pfn.0.wrapping_sub(ArenaTableMem::DEFAULT_BASE.0))
             .unwrap_or(usize::MAX);
+        if self.zeroing == Zeroing::OnFree && self.frames.is_allocated(index) {
+            // Still ours until freed below: nobody else writes it.
+            self.write(pfn.addr(), &ZERO_PAGE)?;
+        }
         self.frames.free(index).map_err(|e| {
             let why = match e {
                 FreeError::OutOfRange => "frame is not in this memory",
@@ -241,7 +263,10 @@ impl PhysMem {
             .region
             .get_slice(at, len)
             .map_err(|_| efault_v("physical fill failed", pa.0))?;
-        let pattern = [byte; PAGE_SIZE as usize];
+        // Zero from the static zero page; another byte from a small pattern, not a page of it
+        // built per call.
+        let small = [byte; 256];
+        let pattern: &[u8] = if byte == 0 { &ZERO_PAGE } else { &small };
         let mut done = 0;
         while done < len {
             let n = (len - done).min(pattern.len());

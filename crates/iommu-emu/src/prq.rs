@@ -21,6 +21,14 @@
 //! [`iommu_core::iopf_discard_partial`] for every device of the IOMMU (their partial groups may
 //! have lost their last request) and clears the flag.
 //!
+//! # Waking
+//! Waking the sleeping queue thread costs a futex wake-up (several µs of system CPU on this
+//! machine class), more than reporting a request. So a thread that writes a group and then
+//! waits for its response anyway (a device's DMA engine) says so (`helper`) and reports the
+//! ring itself ([`Prq::help`]) instead of waking the queue thread; requests are reported in ring
+//! order by one reporter at a time (whoever holds the `reporter` token), and the queue thread
+//! sleeps until a non-helper writes or a reporter leaves requests behind. Nobody polls.
+//!
 //! # Drain (SPEC H2)
 //! Every request has a sequence number. [`Prq::drain`] waits until the queue thread has
 //! *finished reporting* every request enqueued before the call; `remove_dev_pasid` uses it so no
@@ -36,7 +44,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
 
 use iommu_core::{iopf_discard_partial, report_device_fault, Device, PageRequest};
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -58,8 +65,11 @@ struct State {
     taken: u64,
     /// Requests whose reporting has finished.
     consumed: u64,
-    /// Threads reporting a batch right now (a nested drain must not wait for them).
-    reporters: Vec<ThreadId>,
+    /// The one thread reporting a batch right now (requests are reported in ring order, so
+    /// one reporter at a time; a nested drain must not wait for itself).
+    reporter: Option<ThreadId>,
+    /// The batch buffer between batches (kept for its capacity: no allocation per batch).
+    spare: VecDeque<Entry>,
     sleeping: bool,
     shutdown: bool,
 }
@@ -92,12 +102,9 @@ pub(crate) struct Prq {
     work: Condvar,
     drained: Condvar,
     devices: Mutex<Vec<Weak<Device>>>,
-    /// Bumped on every write (and on overflow), so the idle queue thread can poll lock-free.
-    written: AtomicU64,
     pub counters: PrqCounters,
 }
 
-const YIELD_WAIT: Duration = Duration::from_micros(200);
 /// Most requests the queue thread takes out of the ring at once.
 const BATCH: usize = 256;
 
@@ -113,14 +120,14 @@ impl Prq {
                 enqueued: 0,
                 taken: 0,
                 consumed: 0,
-                reporters: Vec::new(),
+                reporter: None,
+                spare: VecDeque::with_capacity(BATCH),
                 sleeping: false,
                 shutdown: false,
             }),
             work: Condvar::new(),
             drained: Condvar::new(),
             devices: Mutex::new(Vec::new()),
-            written: AtomicU64::new(0),
             counters: PrqCounters::default(),
         })
     }
@@ -157,17 +164,24 @@ impl Prq {
     /// Emits the `group_sent` trace event under the queue lock when the group was written or
     /// answered by the hardware, so it precedes any response to the group; it carries `epoch`,
     /// the sender's reset epoch when it allocated the group (trace only).
+    ///
+    /// `helper`: the calling thread will report the ring itself ([`Prq::help`]) before it
+    /// waits, so the sleeping queue thread is not woken for it (see "Waking").
     pub fn push_group(
         &self,
         rid: u32,
         dev: &Arc<Device>,
-        reqs: &[PageRequest],
+        reqs: impl ExactSizeIterator<Item = PageRequest>,
         epoch: u64,
+        helper: bool,
     ) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
         let mut wrote = false;
+        let pages = reqs.len();
+        let mut last = None;
         for req in reqs {
+            last = Some(req);
             if !st.overflow && st.ring.len() >= self.depth {
                 st.overflow = true;
                 self.counters.overflows.fetch_add(1, Relaxed);
@@ -181,9 +195,9 @@ impl Prq {
                 }
                 continue;
             }
-            let desc = PageRequestDesc::encode(rid as u16, req);
+            let desc = PageRequestDesc::encode(rid as u16, &req);
             // The descriptor carries every field of a request the endpoint can make.
-            debug_assert_eq!(desc.decode(), *req);
+            debug_assert_eq!(desc.decode(), req);
             st.ring.push_back(Entry {
                 dev: dev.clone(),
                 desc,
@@ -192,7 +206,7 @@ impl Prq {
             wrote = true;
             self.counters.requests.fetch_add(1, Relaxed);
         }
-        if let Some(last) = reqs.last() {
+        if let Some(last) = last {
             let pasid = if last.pasid_valid() {
                 i64::from(last.pasid)
             } else {
@@ -204,14 +218,11 @@ impl Prq {
                 dev = dev.id().0,
                 pasid,
                 grpid = u64::from(last.grpid),
-                pages = reqs.len() as u64,
+                pages = pages as u64,
                 epoch,
             );
         }
-        if wrote || st.overflow {
-            self.written.fetch_add(1, Relaxed);
-        }
-        if (wrote || st.overflow) && st.sleeping {
+        if (wrote || st.overflow) && st.sleeping && !helper && st.reporter.is_none() {
             self.work.notify_one();
         }
         outcome
@@ -227,19 +238,22 @@ impl Prq {
         let me = std::thread::current().id();
         let mut st = self.state.lock();
         let target = st.enqueued;
-        let nested = st.reporters.contains(&me);
+        let nested = st.reporter == Some(me);
         if nested && !self.manual {
             return;
         }
-        let mut batch = Vec::new();
         while st.consumed < target && !st.shutdown {
-            if self.manual && st.taken < target {
+            if self.manual && st.taken < target && st.reporter.is_none() {
                 let max = (target - st.taken) as usize;
-                st = self.report_batch(st, max, &mut batch).0;
+                st = self.report_batch(st, max).0;
             } else if nested {
                 // What is left is being reported by this very thread, further up the stack.
                 return;
             } else {
+                // Requests a helper left for the queue thread: it must be awake to report them.
+                if st.sleeping && st.reporter.is_none() {
+                    self.work.notify_one();
+                }
                 self.drained.wait(&mut st);
             }
         }
@@ -256,11 +270,31 @@ impl Prq {
     /// Manual mode: reports up to `max` queued requests on the calling thread, exactly as the
     /// queue thread would (overflow handling included). Returns how many it reported.
     pub fn step(&self, max: usize) -> usize {
+        self.report_up_to(max)
+    }
+
+    /// With a queue thread: reports everything in the ring on the calling thread, unless
+    /// another thread is reporting (it reports what was queued before it finishes). A thread
+    /// about to wait for a response calls it instead of waking the queue thread (see
+    /// "Waking"). Returns how many requests it reported; 0 in manual mode, whose requests are
+    /// reported only by [`Prq::step`].
+    pub fn help(&self) -> usize {
+        if self.manual {
+            return 0;
+        }
+        self.report_up_to(usize::MAX)
+    }
+
+    /// Reports up to `max` requests on the calling thread while no other thread reports.
+    fn report_up_to(&self, max: usize) -> usize {
         let mut reported = 0;
-        let mut batch = Vec::new();
         let mut st = self.state.lock();
-        while reported < max && !st.shutdown && (!st.ring.is_empty() || st.overflow) {
-            let (g, n) = self.report_batch(st, (max - reported).min(BATCH), &mut batch);
+        while reported < max
+            && !st.shutdown
+            && st.reporter.is_none()
+            && (!st.ring.is_empty() || st.overflow)
+        {
+            let (g, n) = self.report_batch(st, (max - reported).min(BATCH));
             st = g;
             reported += n;
         }
@@ -272,18 +306,20 @@ impl Prq {
     /// partial groups and clears the flag, and counts the requests consumed. Shared by the
     /// queue thread, [`Prq::step`] and the manual [`Prq::drain`]. Returns the lock again and
     /// how many requests it reported.
+    ///
+    /// The caller checked that no other thread reports (`reporter` is `None`).
     fn report_batch<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         max: usize,
-        batch: &mut Vec<Entry>,
     ) -> (MutexGuard<'a, State>, usize) {
+        debug_assert!(st.reporter.is_none());
         let n = st.ring.len().min(max);
+        let mut batch = std::mem::take(&mut st.spare);
         batch.extend(st.ring.drain(..n));
         st.taken += n as u64;
         let overflow = st.overflow && st.ring.is_empty();
-        let me = std::thread::current().id();
-        st.reporters.push(me);
+        st.reporter = Some(std::thread::current().id());
         drop(st);
         for e in batch.drain(..) {
             // An error means the core already answered the request (SPEC §4.2 "bad").
@@ -308,8 +344,13 @@ impl Prq {
             st.overflow = false;
         }
         st.consumed += n as u64;
-        if let Some(i) = st.reporters.iter().position(|t| *t == me) {
-            st.reporters.swap_remove(i);
+        st.reporter = None;
+        st.spare = batch;
+        // A request pushed by a non-helper while this thread reported found a reporter and
+        // woke nobody: this thread reports it before it stops (its callers loop while the
+        // ring holds requests), or the queue thread does.
+        if !st.ring.is_empty() && st.sleeping {
+            self.work.notify_one();
         }
         self.drained.notify_all();
         (st, n)
@@ -317,24 +358,11 @@ impl Prq {
 
     /// The queue thread's body.
     pub fn run(self: Arc<Self>) {
-        let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
         let mut st = self.state.lock();
         loop {
-            let idle_since = Instant::now();
-            while st.ring.is_empty() && !st.overflow && !st.shutdown {
-                // Yield-poll the lock-free counter before sleeping: a blocked thread's
-                // wake-up costs ~25 µs here (ANCHORS); spinning starves the other threads
-                // on two shared cores (measured).
-                if idle_since.elapsed() < YIELD_WAIT {
-                    // Read under the lock: any later write bumps it.
-                    let seen = self.written.load(Relaxed);
-                    drop(st);
-                    while self.written.load(Relaxed) == seen && idle_since.elapsed() < YIELD_WAIT {
-                        std::thread::yield_now();
-                    }
-                    st = self.state.lock();
-                    continue;
-                }
+            // Sleep until there is something to report and nobody else reports it; no polling
+            // (see "Waking").
+            while (st.ring.is_empty() && !st.overflow || st.reporter.is_some()) && !st.shutdown {
                 st.sleeping = true;
                 self.work.wait(&mut st);
                 st.sleeping = false;
@@ -342,7 +370,7 @@ impl Prq {
             if st.shutdown {
                 return;
             }
-            st = self.report_batch(st, BATCH, &mut batch).0;
+            st = self.report_batch(st, BATCH).0;
         }
     }
 }
@@ -351,6 +379,7 @@ impl Prq {
 mod tests {
     use super::*;
     use iommu_core::IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE as LAST;
+    use std::time::{Duration, Instant};
 
     fn group(grpid: u32, n: usize) -> Vec<PageRequest> {
         (0..n)
@@ -367,16 +396,19 @@ mod tests {
     fn overflow_auto_answers_last_drops_partials_and_stays_set_until_cleared() {
         let prq = Prq::new(3, false);
         let dev = Device::new_unmanaged("d", 0).unwrap();
-        assert_eq!(prq.push_group(0, &dev, &group(1, 2), 0), Pushed::Queued);
+        assert_eq!(
+            prq.push_group(0, &dev, group(1, 2).into_iter(), 0, false),
+            Pushed::Queued
+        );
         // One slot left: the partial fits, the LAST overflows and is answered by hardware.
         assert_eq!(
-            prq.push_group(0, &dev, &group(2, 2), 0),
+            prq.push_group(0, &dev, group(2, 2).into_iter(), 0, false),
             Pushed::AutoSuccess
         );
         assert!(prq.overflowed());
         // While the flag is set nothing is written, even a group that would fit.
         assert_eq!(
-            prq.push_group(0, &dev, &group(3, 1), 0),
+            prq.push_group(0, &dev, group(3, 1).into_iter(), 0, false),
             Pushed::AutoSuccess
         );
         let c = &prq.counters;
@@ -398,7 +430,10 @@ mod tests {
         }
         assert!(!prq.overflowed());
         assert_eq!(c.discards.load(Relaxed), 1);
-        assert_eq!(prq.push_group(0, &dev, &group(4, 1), 0), Pushed::Queued);
+        assert_eq!(
+            prq.push_group(0, &dev, group(4, 1).into_iter(), 0, false),
+            Pushed::Queued
+        );
         prq.shutdown();
         t.join().unwrap();
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use iommu_core::PageResponseCode;
 use iommu_pt::{Access, PhysAddr};
+use smallvec::SmallVec;
 
 use super::pri::{Deadline, Group, Outstanding};
 use super::{DmaError, Endpoint, MAX_AUTO_ROUNDS, MAX_ROUNDS_WITHOUT_PROGRESS};
@@ -17,6 +18,9 @@ use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag};
 /// Pages processed per DMA window before the engine lets writers (invalidations) in.
 const PASS_PAGES: usize = 512;
 
+/// Page lists of a job: a few pages inline, so a job whose groups are small allocates nothing.
+type Pages = SmallVec<[u64; 8]>;
+
 /// The DMA engine: the state of one job, stepped by the blocking calls (which build it
 /// `block`ing: it waits for credits and responses itself, with the response timeout) and by
 /// [`Endpoint::poll_dma`] (which returns `Pending` where the blocking machine would wait).
@@ -27,12 +31,15 @@ pub(super) struct Machine {
     last: u64,
     write: bool,
     block: bool,
+    /// The stepping thread reports the page request queue itself before it waits (blocking
+    /// calls and [`super::DmaEngine`]), so sending a group wakes nobody.
+    pub helper: bool,
     /// Next page never tried.
     cursor: u64,
     /// Pages to try again (answered, or left out of a pass).
-    retry: Vec<u64>,
+    retry: Pages,
     /// Pages that faulted in the last pass: the next group.
-    faulted: Vec<u64>,
+    faulted: Pages,
     group_cap: usize,
     stale_rounds: u32,
     /// Groups in a row answered by the IOMMU itself (queue overflow).
@@ -72,10 +79,10 @@ impl Machine {
             last: (end - 1) >> PAGE_SHIFT,
             write,
             block,
+            helper: block,
             cursor: iova >> PAGE_SHIFT,
-            retry: Vec::new(),
-            // Grows on the first fault: a resident DMA allocates nothing.
-            faulted: Vec::new(),
+            retry: Pages::new(),
+            faulted: Pages::new(),
             group_cap,
             stale_rounds: 0,
             auto_rounds: 0,
@@ -152,18 +159,22 @@ impl Machine {
         let mut progressed = false;
         let win = sh.iommu.dma_window();
         let mut budget = PASS_PAGES;
-        let mut todo = std::mem::take(&mut self.retry).into_iter();
-        loop {
+        // Retried pages first, in order; those this pass does not reach stay in `retry`.
+        let mut retried = 0;
+        let result = loop {
             if budget == 0 || self.faulted.len() >= self.group_cap {
-                break;
+                break Ok(progressed);
             }
-            let vpn = match todo.next() {
-                Some(v) => v,
+            let vpn = match self.retry.get(retried) {
+                Some(&v) => {
+                    retried += 1;
+                    v
+                }
                 None if self.cursor <= self.last => {
                     self.cursor += 1;
                     self.cursor - 1
                 }
-                None => break,
+                None => break Ok(progressed),
             };
             budget -= 1;
             match ep.translate_page(&win, self.pasid, vpn, access) {
@@ -171,7 +182,9 @@ impl Machine {
                     let page = vpn << PAGE_SHIFT;
                     let lo = page.max(iova);
                     let hi = (page + PAGE_SIZE).min(end);
-                    op(pa + (lo - page), (lo - iova) as usize, (hi - lo) as usize)?;
+                    if let Err(e) = op(pa + (lo - page), (lo - iova) as usize, (hi - lo) as usize) {
+                        break Err(e);
+                    }
                     progressed = true;
                 }
                 Err(f) if f.recoverable && sh.cfg.ats => self.faulted.push(vpn),
@@ -181,12 +194,12 @@ impl Machine {
                         recoverable: false,
                         ..f
                     };
-                    return Err(ep.unrecoverable(self.pasid, self.write, f));
+                    break Err(ep.unrecoverable(self.pasid, self.write, f));
                 }
             }
-        }
-        self.retry.extend(todo);
-        Ok(progressed)
+        };
+        self.retry.drain(..retried);
+        result
     }
 
     /// Sends as many pages of `faulted` as the free credits allow (at least one) as one page
@@ -209,7 +222,8 @@ impl Machine {
             return Ok(false);
         };
         self.credit_wait = false;
-        match ep.send_group(self.pasid, &self.faulted[..o.pages as usize], self.write, o)? {
+        let pages = &self.faulted[..o.pages as usize];
+        match ep.send_group(self.pasid, pages, self.write, o, self.helper)? {
             Pushed::Queued => {
                 self.outstanding = Some(o);
                 Ok(false)
@@ -235,7 +249,11 @@ impl Machine {
                     if since.elapsed() > ep.sh.cfg.response_timeout {
                         return Err(DmaError::PriStalled);
                     }
-                    std::thread::yield_now();
+                    // The queue is full: empty it here if nobody else is, else let its
+                    // reporter run (overflow is the exceptional path; this is its only yield).
+                    if ep.sh.iommu.prq.help() == 0 {
+                        std::thread::yield_now();
+                    }
                 } else if self.auto_rounds > MAX_AUTO_ROUNDS {
                     return Err(DmaError::PriStalled);
                 }
@@ -281,9 +299,8 @@ impl Endpoint {
         byte: u8,
     ) -> Result<(), DmaError> {
         let phys = self.sh.iommu.phys();
-        let pattern = [byte; PAGE_SIZE as usize];
         self.run(pasid, iova, len, true, |pa, _, n| {
-            dma_write_chunk(phys, pa, &pattern[..n])
+            dma_fill_chunk(phys, pa, n, byte)
         })
     }
 
@@ -415,7 +432,21 @@ pub(super) fn dma_read_chunk(phys: &PhysMem, pa: u64, buf: &mut [u8]) -> Result<
         })
 }
 
-/// One chunk of a DMA write (or fill); errors as [`dma_read_chunk`].
+/// One chunk of a DMA fill: `len` bytes of `byte` at `pa`; errors as [`dma_read_chunk`].
+#[inline]
+pub(super) fn dma_fill_chunk(
+    phys: &PhysMem,
+    pa: u64,
+    len: usize,
+    byte: u8,
+) -> Result<(), DmaError> {
+    phys.fill(PhysAddr(pa), len, byte)
+        .map_err(|_| DmaError::BadAddress {
+            pa: pa & !(PAGE_SIZE - 1),
+        })
+}
+
+/// One chunk of a DMA write; errors as [`dma_read_chunk`].
 #[inline]
 pub(super) fn dma_write_chunk(phys: &PhysMem, pa: u64, data: &[u8]) -> Result<(), DmaError> {
     phys.write(PhysAddr(pa), data)

@@ -4,9 +4,9 @@
 use std::fmt;
 
 use super::dma::Machine;
-use super::dma::{dma_read_chunk, dma_write_chunk};
+use super::dma::{dma_fill_chunk, dma_read_chunk, dma_write_chunk};
 use super::{DmaError, Endpoint};
-use crate::phys::PAGE_SIZE;
+use std::sync::Arc;
 
 #[cfg(doc)]
 use super::{EndpointStats, MAX_AUTO_ROUNDS};
@@ -132,7 +132,52 @@ impl fmt::Debug for DmaJob {
     }
 }
 
+/// A thread that drives many polled [`DmaJob`]s of one function at once, as a device's DMA
+/// engine keeps many requests outstanding, and does the fault-path work itself while they wait
+/// ([`Endpoint::help`]) instead of handing it to sleeping threads: page requests it sends wake
+/// no queue thread, because it promises to report them before it blocks.
+///
+/// Typical loop: poll every job; when all are [`DmaJob::is_waiting`], call
+/// [`DmaEngine::help`]; when that finds nothing to do, [`DmaEngine::wait`] for a response.
+pub struct DmaEngine<'a> {
+    ep: &'a Endpoint,
+}
+
+impl DmaEngine<'_> {
+    /// One step of `job` (a job of this engine's function), as [`Endpoint::poll_dma`].
+    pub fn poll(&mut self, job: &mut DmaJob) -> DmaPoll {
+        debug_assert!(Arc::ptr_eq(&job.ep.sh, &self.ep.sh));
+        Endpoint::poll_job(job, true)
+    }
+
+    /// The work between this function's page requests and their responses, here
+    /// ([`Endpoint::help`]). Returns whether it did anything.
+    pub fn help(&self) -> bool {
+        self.ep.help()
+    }
+
+    /// Blocks until a page response (or a reset) reaches the function after `seen`
+    /// ([`DmaEngine::responses`]) or `timeout` passes; returns the current count. Call it only
+    /// after [`DmaEngine::help`] found nothing to do.
+    pub fn wait(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        self.ep.wait_responses_after(seen, timeout)
+    }
+
+    /// Page responses (and resets) the function has seen so far, for [`DmaEngine::wait`].
+    pub fn responses(&self) -> u64 {
+        self.ep
+            .sh
+            .responses
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 impl Endpoint {
+    /// A DMA engine driving this function's polled jobs on the calling thread.
+    pub fn engine(&self) -> DmaEngine<'_> {
+        DmaEngine { ep: self }
+    }
+
     /// Starts a step-driven DMA job of `len` bytes at `iova` (with `pasid`, or on the RID):
     /// nothing happens until [`Endpoint::poll_dma`]. For [`DmaKind::Write`], `len` must equal
     /// the data's length. Validation errors (a wrapping range, a length mismatch, a read buffer
@@ -189,6 +234,12 @@ impl Endpoint {
     /// [`DmaError::ResponseTimeout`], and its IOMMU-answered (overflow) rounds are bounded by
     /// [`MAX_AUTO_ROUNDS`] instead of the response timeout.
     pub fn poll_dma(&self, job: &mut DmaJob) -> DmaPoll {
+        Self::poll_job(job, false)
+    }
+
+    /// One step of `job`; `helper`: the caller reports the page request queue itself before it
+    /// blocks ([`DmaEngine`]).
+    fn poll_job(job: &mut DmaJob, helper: bool) -> DmaPoll {
         let DmaJob {
             ep, op, buf, state, ..
         } = job;
@@ -196,6 +247,7 @@ impl Endpoint {
             JobState::Done(r) => return DmaPoll::Ready(*r),
             JobState::Finish(r) => *r,
             JobState::Run(m) => {
+                m.helper = helper;
                 let phys = ep.sh.iommu.phys();
                 let stepped = match *op {
                     JobOp::Read => m.step(ep, &mut |pa, done, n| {
@@ -204,10 +256,7 @@ impl Endpoint {
                     JobOp::Write => m.step(ep, &mut |pa, done, n| {
                         dma_write_chunk(phys, pa, &buf[done..done + n])
                     }),
-                    JobOp::Fill(b) => {
-                        let pattern = [b; PAGE_SIZE as usize];
-                        m.step(ep, &mut |pa, _, n| dma_write_chunk(phys, pa, &pattern[..n]))
-                    }
+                    JobOp::Fill(b) => m.step(ep, &mut |pa, _, n| dma_fill_chunk(phys, pa, n, b)),
                 };
                 match stepped {
                     Ok(false) => return DmaPoll::Pending,

@@ -110,7 +110,7 @@ use crate::tlb::Tlb;
 
 pub use config::EndpointConfig;
 pub use error::DmaError;
-pub use job::{DmaJob, DmaKind, DmaPoll};
+pub use job::{DmaEngine, DmaJob, DmaKind, DmaPoll};
 use pri::{trace_abandoned, PriState};
 use stats::Counters;
 pub use stats::EndpointStats;
@@ -306,6 +306,8 @@ impl Endpoint {
             }
         }
         sh.counters.abandoned.fetch_add(abandoned, Relaxed);
+        // Spinning waiters look at this counter: the reset is news to them too.
+        sh.responses.fetch_add(1, Release);
         st.credits = sh.cfg.pri_credits;
         st.stopped.clear();
         sh.any_stopped.store(false, Release);
@@ -333,6 +335,24 @@ impl Endpoint {
                 .invalidate_device_tlb(&self.sh.atc, |e| e.tag.pkey != rid);
         }
         Ok(())
+    }
+
+    /// Runs the fault-path work that stands between this function's page requests and their
+    /// responses, on the calling thread: reports what waits in its IOMMU's page request queue
+    /// (unless another thread is reporting it) and runs the handler work queued on its IOPF
+    /// queue (of any device). Returns whether it did anything. What a thread that drives polled
+    /// jobs ([`DmaEngine`]) does instead of sleeping; a manual queue ([`EmuIommu::prq_step`],
+    /// `IopfQueue::new_manual`) is left to its owner.
+    pub fn help(&self) -> bool {
+        let queue = iommu_core::iopf_queue_of(&self.sh.dev);
+        let helper = queue.as_deref().and_then(iommu_core::IopfQueue::help);
+        let mut did = self.sh.iommu.prq.help() > 0;
+        if let Some(h) = &helper {
+            while h.run_one() {
+                did = true;
+            }
+        }
+        did
     }
 
     /// Whether DMA with a PASID is enabled.

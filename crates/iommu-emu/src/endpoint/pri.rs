@@ -3,7 +3,7 @@
 //! the whole state machine, and every trace event is emitted under it.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use iommu_core::{
@@ -16,8 +16,11 @@ use crate::iommu::{FaultReason, TranslationFault};
 use crate::phys::PAGE_SHIFT;
 use crate::prq::Pushed;
 
-/// How long a DMA waiting for a page response yields before it parks.
-const YIELD_WAIT: Duration = Duration::from_micros(200);
+/// How long a DMA waiting for a page response that no work on its own thread can bring spins
+/// before it parks: about the time another thread takes to answer a group, so an answer from a
+/// running thread is caught without a futex, and a parked thread's wake-up is paid only when
+/// the answer is far away (user space, a sleeping worker).
+const SPIN_WAIT: Duration = Duration::from_micros(20);
 
 /// When a blocking wait gives up. `Never` is a timeout too long to be an instant
 /// (`Duration::MAX` is the natural "no timeout"): the wait then has no deadline.
@@ -72,36 +75,63 @@ pub(super) struct PriState {
 }
 
 /// The page requests of one group: one per page, sharing the PRG index `grpid`, the last
-/// flagged LAST_PAGE (PCIe Page Request messages).
-fn page_requests(pasid: Option<u32>, pages: &[u64], write: bool, grpid: u32) -> Vec<PageRequest> {
-    let n = pages.len();
-    let perm = if write {
-        IOMMU_FAULT_PERM_WRITE
-    } else {
-        IOMMU_FAULT_PERM_READ
-    };
-    let flags = if pasid.is_some() {
-        IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
-    } else {
-        0
-    };
-    pages
-        .iter()
-        .enumerate()
-        .map(|(i, vpn)| PageRequest {
-            flags: flags
-                | if i + 1 == n {
-                    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
-                } else {
-                    0
-                },
+/// flagged LAST_PAGE (PCIe Page Request messages). Made one at a time as the queue takes them:
+/// no buffer per group.
+#[derive(Clone)]
+pub(super) struct PageRequests<'a> {
+    pages: core::slice::Iter<'a, u64>,
+    flags: u32,
+    pasid: u32,
+    perm: u32,
+    grpid: u32,
+}
+
+impl<'a> PageRequests<'a> {
+    pub(super) fn new(pasid: Option<u32>, pages: &'a [u64], write: bool, grpid: u32) -> Self {
+        PageRequests {
+            pages: pages.iter(),
+            flags: if pasid.is_some() {
+                IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
+            } else {
+                0
+            },
             pasid: pasid.unwrap_or(0),
+            perm: if write {
+                IOMMU_FAULT_PERM_WRITE
+            } else {
+                IOMMU_FAULT_PERM_READ
+            },
             grpid,
-            perm,
+        }
+    }
+}
+
+impl Iterator for PageRequests<'_> {
+    type Item = PageRequest;
+
+    #[inline]
+    fn next(&mut self) -> Option<PageRequest> {
+        let vpn = *self.pages.next()?;
+        let last = if self.pages.len() == 0 {
+            IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
+        } else {
+            0
+        };
+        Some(PageRequest {
+            flags: self.flags | last,
+            pasid: self.pasid,
+            grpid: self.grpid,
+            perm: self.perm,
             addr: vpn << PAGE_SHIFT,
         })
-        .collect()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.pages.size_hint()
+    }
 }
+
+impl ExactSizeIterator for PageRequests<'_> {}
 
 /// How a group was answered.
 pub(super) enum Group {
@@ -203,7 +233,8 @@ impl Endpoint {
     /// Writes the group `o` (the pages of `pages`, allocated by [`Endpoint::alloc_group`]) into
     /// the IOMMU's page request queue. On `AutoSuccess` the group is already answered and
     /// released. The context may have gone between the fault and the request (detach): then
-    /// nothing is written and the DMA fails as an unrecoverable `NoContext` fault.
+    /// nothing is written and the DMA fails as an unrecoverable `NoContext` fault. `helper`:
+    /// the calling thread reports the queue itself before it waits (see `prq.rs`, "Waking").
     #[inline]
     pub(super) fn send_group(
         &self,
@@ -211,13 +242,14 @@ impl Endpoint {
         pages: &[u64],
         write: bool,
         o: Outstanding,
+        helper: bool,
     ) -> Result<Pushed, DmaError> {
         let sh = &*self.sh;
         let n = pages.len();
-        let reqs = page_requests(pasid, pages, write, o.grpid);
+        let reqs = PageRequests::new(pasid, pages, write, o.grpid);
         let pushed = {
             let win = sh.iommu.dma_window();
-            win.page_request(sh.sid, &sh.dev, pasid, &reqs, o.epoch)
+            win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
         };
         if pushed.is_some() {
             sh.counters.groups_sent.fetch_add(1, Relaxed);
@@ -275,26 +307,42 @@ impl Endpoint {
         Some(code)
     }
 
-    /// Waits (yield, then park, until `deadline`) for the response to `o`.
+    /// Waits for the response to `o`: first does the work that leads to it on this thread
+    /// (reports the page request queue, runs queued IOPF handler work: [`Endpoint::help`]),
+    /// then spins briefly, then parks until `deadline` (see "Waiting" in the module
+    /// documentation).
     pub(super) fn wait_response(
         &self,
         o: Outstanding,
         deadline: Deadline,
     ) -> Result<Group, DmaError> {
         let sh = &*self.sh;
-        // Yield-poll before parking (see "Waiting" in the module documentation).
         let mut seen = u64::MAX;
-        let start = Instant::now();
-        while start.elapsed() < YIELD_WAIT {
-            let now = sh.responses.load(Relaxed);
+        let mut spin_since: Option<Instant> = None;
+        let queue = iommu_core::iopf_queue_of(&sh.dev);
+        let helper = queue.as_deref().and_then(iommu_core::IopfQueue::help);
+        loop {
+            let now = sh.responses.load(Acquire);
             if now != seen {
                 seen = now;
                 if let Some(r) = self.try_take(o) {
                     return r;
                 }
             }
-            std::thread::yield_now();
+            if sh.iommu.prq.help() > 0 || helper.as_ref().is_some_and(|h| h.run_one()) {
+                spin_since = None;
+                continue;
+            }
+            let since = *spin_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SPIN_WAIT {
+                break;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
         }
+        // Leftover handler work goes to a worker before this thread sleeps.
+        drop(helper);
         let mut st = sh.pri.lock();
         loop {
             if st.epoch != o.epoch {
@@ -308,6 +356,28 @@ impl Endpoint {
                 sh.counters.abandoned.fetch_add(1, Relaxed);
                 trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::TIMEOUT, o.epoch);
                 return Err(DmaError::ResponseTimeout { grpid: o.grpid });
+            }
+        }
+    }
+
+    /// Blocks until the response counter moves past `seen` or `timeout` passes (spinning
+    /// briefly first); returns the counter.
+    pub(super) fn wait_responses_after(&self, seen: u64, timeout: Duration) -> u64 {
+        let sh = &*self.sh;
+        let start = Instant::now();
+        loop {
+            let now = sh.responses.load(Acquire);
+            if now != seen || start.elapsed() >= SPIN_WAIT.min(timeout) {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let deadline = Deadline::after(timeout);
+        let mut st = sh.pri.lock();
+        loop {
+            let now = sh.responses.load(Acquire);
+            if now != seen || deadline.wait(&sh.pri_cv, &mut st) {
+                return sh.responses.load(Acquire);
             }
         }
     }
@@ -386,7 +456,7 @@ impl EpShared {
                         c.failure.fetch_add(1, Relaxed)
                     }
                 };
-                self.responses.fetch_add(1, Relaxed);
+                self.responses.fetch_add(1, Release);
                 self.pri_cv.notify_all();
                 true
             }

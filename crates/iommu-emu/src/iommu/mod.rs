@@ -94,7 +94,7 @@ pub struct EmuIommu {
     hw: RwLock<HwState>,
     iotlb: Tlb,
     dids: Mutex<Vec<u16>>,
-    prq: Arc<Prq>,
+    pub(crate) prq: Arc<Prq>,
     prq_thread: Mutex<Option<JoinHandle<()>>>,
     /// Each requester's source ID and where its page responses go (see `response.rs`).
     requesters: RwLock<HashMap<DeviceId, Requester>>,

@@ -162,13 +162,14 @@ impl DmaWindow<'_> {
         sid: u32,
         dev: &Arc<Device>,
         pasid: Option<u32>,
-        reqs: &[PageRequest],
+        reqs: impl ExactSizeIterator<Item = PageRequest>,
         epoch: u64,
+        helper: bool,
     ) -> Option<Pushed> {
         if !self.fault_capable(sid, pasid) {
             return None;
         }
-        Some(self.iommu.prq.push_group(sid, dev, reqs, epoch))
+        Some(self.iommu.prq.push_group(sid, dev, reqs, epoch, helper))
     }
 
     /// The IOMMU this window belongs to.

@@ -27,8 +27,8 @@ impl MmInner {
         if let Some(m) = self.pt.query(page) {
             return Ok((m.pa.pfn(), false));
         }
-        let (pfn, fresh) = match self.pages.get(&vpn) {
-            Some(p) => (*p, false),
+        let (pfn, fresh) = match self.pages.get(vpn) {
+            Some(p) => (p, false),
             None => (phys.alloc_frame()?, true),
         };
         // A fresh frame gets the page's swapped-out contents before anything can map it.

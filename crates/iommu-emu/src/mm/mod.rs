@@ -33,6 +33,7 @@
 
 mod fault;
 mod notifier;
+mod page_map;
 mod prot;
 mod swap;
 #[cfg(test)]
@@ -51,6 +52,7 @@ use parking_lot::Mutex;
 use crate::phys::{PhysMem, PAGE_SHIFT, PAGE_SIZE};
 
 pub use notifier::SecondaryTlb;
+use page_map::PageMap;
 pub use prot::Prot;
 use vma::{page_down, user_range, Vma};
 
@@ -75,7 +77,7 @@ struct MmInner {
     /// VMAs by start address; non-overlapping.
     vmas: BTreeMap<u64, Vma>,
     /// vpn → frame of every resident page.
-    pages: BTreeMap<u64, Pfn>,
+    pages: PageMap,
     /// vpn → contents of every swapped-out page (never also in `pages`).
     swapped: BTreeMap<u64, Box<[u8]>>,
     pt: PageTable<FirstStage4, Arc<PhysMem>>,
@@ -112,7 +114,7 @@ impl Mm {
             root,
             inner: Mutex::new(MmInner {
                 vmas: BTreeMap::new(),
-                pages: BTreeMap::new(),
+                pages: PageMap::default(),
                 swapped: BTreeMap::new(),
                 pt,
                 exited: false,
@@ -207,18 +209,14 @@ impl Mm {
         let mut inner = self.inner.lock();
         inner.carve(addr, end);
         inner.drop_swapped(addr, end);
-        let vpns: Vec<u64> = inner
-            .pages
-            .range(addr >> PAGE_SHIFT..end >> PAGE_SHIFT)
-            .map(|(v, _)| *v)
-            .collect();
-        if vpns.is_empty() {
+        let resident = inner.pages.range(addr >> PAGE_SHIFT, end >> PAGE_SHIFT);
+        if resident.is_empty() {
             return Ok(());
         }
         let tables = inner.clear_ptes(addr, end);
         self.invalidate_secondary(addr, end);
-        for vpn in vpns {
-            if let Some(pfn) = inner.pages.remove(&vpn) {
+        for (vpn, _) in resident {
+            if let Some(pfn) = inner.pages.remove(vpn) {
                 self.phys.release_frame(pfn);
             }
         }
@@ -247,11 +245,7 @@ impl Mm {
         for (s, e, _) in inner.carve(addr, end) {
             inner.vmas.insert(s, Vma { end: e, prot });
         }
-        let any_resident = inner
-            .pages
-            .range(addr >> PAGE_SHIFT..end >> PAGE_SHIFT)
-            .next()
-            .is_some();
+        let any_resident = inner.pages.any_in(addr >> PAGE_SHIFT, end >> PAGE_SHIFT);
         if any_resident {
             let tables = inner.clear_ptes(addr, end);
             self.invalidate_secondary(addr, end);
@@ -278,7 +272,7 @@ impl Mm {
         }
         let tables = inner.clear_ptes(0, USER_TOP);
         self.invalidate_secondary(0, USER_TOP);
-        for (_, pfn) in std::mem::take(&mut inner.pages) {
+        for pfn in inner.pages.take_all() {
             self.phys.release_frame(pfn);
         }
         inner.pt.free_tables(tables);
@@ -346,7 +340,7 @@ impl Drop for Mm {
     fn drop(&mut self) {
         // No SVA domain can exist any more (each holds the mm), so no IOMMU caches it.
         let inner = self.inner.get_mut();
-        for (_, pfn) in std::mem::take(&mut inner.pages) {
+        for pfn in inner.pages.take_all() {
             self.phys.release_frame(pfn);
         }
         // The page table frees its own table pages when dropped.

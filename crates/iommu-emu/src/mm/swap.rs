@@ -25,11 +25,7 @@ impl Mm {
     pub fn swap_out(&self, addr: u64, len: u64) -> Result<usize> {
         let end = user_range(addr, len)?;
         let mut inner = self.inner.lock();
-        let victims: Vec<(u64, Pfn)> = inner
-            .pages
-            .range(addr >> PAGE_SHIFT..end >> PAGE_SHIFT)
-            .map(|(v, p)| (*v, *p))
-            .collect();
+        let victims = inner.pages.range(addr >> PAGE_SHIFT, end >> PAGE_SHIFT);
         if inner.exited || victims.is_empty() {
             return Ok(0);
         }
@@ -42,7 +38,7 @@ impl Mm {
             if self.phys.read(pfn.addr(), &mut saved).is_ok() {
                 inner.swapped.insert(vpn, saved);
             }
-            inner.pages.remove(&vpn);
+            inner.pages.remove(vpn);
             self.phys.release_frame(pfn);
         }
         inner.pt.free_tables(tables);

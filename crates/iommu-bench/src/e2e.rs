@@ -1,0 +1,166 @@
+//! End-to-end fault groups with many in flight: one thread drives `in_flight` polled DMA jobs
+//! of one SVA-bound function as its DMA engine ([`iommu_emu::DmaEngine`]), each job writing
+//! into one untouched page (one single-page page request group per job), and does the
+//! fault-path work itself while its jobs wait: page request queue → `report_device_fault` →
+//! SVA handler on the IOPF queue → `handle_mm_fault` → page response → retry. The queue thread
+//! and the IOPF worker exist and are woken only when nobody runs the work where it is.
+//!
+//! Two kinds of page ([`Pages`]): *prepared* — frames are zeroed when freed, off the fault
+//! path, and the job writes 64 bytes, so the figure is the routing of a group; *fresh* — the
+//! fault zeroes its frame and the job writes the whole 4 KiB page, so the figure includes the
+//! memory work a demand-zero fault must do.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue, SvaBond};
+use iommu_emu::{
+    DmaJob, DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig, Mm, PhysMem,
+    Prot, Zeroing,
+};
+
+/// What each faulting page costs besides routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// Frames zeroed when freed (off the path); each job writes 64 bytes.
+    Prepared,
+    /// Frames zeroed by the fault; each job writes the whole page.
+    Fresh,
+}
+
+impl Pages {
+    /// Bytes each job writes.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Pages::Prepared => 64,
+            Pages::Fresh => 4096,
+        }
+    }
+}
+
+/// A function bound by SVA to a process, and a chunk of untouched memory per run.
+pub struct E2e {
+    // Field order is drop order: unbind before the endpoint, the queue and memory go.
+    bond: SvaBond,
+    mm: Arc<Mm>,
+    ep: Endpoint,
+    queue: Arc<IopfQueue>,
+    _iommu: Arc<EmuIommu>,
+    phys: Arc<PhysMem>,
+    pages: Pages,
+    chunk: u64,
+}
+
+impl E2e {
+    /// Builds the stack; each chunk of `chunk` pages is mapped before and unmapped after it
+    /// is faulted in, untimed.
+    pub fn new(pages: Pages, chunk: u64) -> Self {
+        let zeroing = match pages {
+            Pages::Prepared => Zeroing::OnFree,
+            Pages::Fresh => Zeroing::OnAlloc,
+        };
+        let phys = Arc::new(
+            PhysMem::with_zeroing(chunk as usize + 512, zeroing).expect("physical memory"),
+        );
+        // Host first-touch faults are not the emulator's cost.
+        phys.prefault();
+        let iommu = EmuIommu::new("e2e", &phys, EmuIommuConfig::default()).expect("iommu");
+        let queue = IopfQueue::new("e2e", 1).expect("queue");
+        let group = Group::new(iommu.driver(), "g");
+        let cfg = EndpointConfig {
+            pri_credits: 512,
+            ..EndpointConfig::default()
+        };
+        let ep = iommu
+            .add_endpoint(&group, "dev0", 1 << 20, cfg)
+            .expect("endpoint");
+        iopf_queue_add_device(&queue, ep.device()).expect("iopf");
+        let mm = Mm::new(&phys).expect("mm");
+        let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
+        Self {
+            bond,
+            mm,
+            ep,
+            queue,
+            _iommu: iommu,
+            phys,
+            pages,
+            chunk,
+        }
+    }
+
+    /// The IOPF queue the SVA work is queued on.
+    pub fn queue(&self) -> &Arc<IopfQueue> {
+        &self.queue
+    }
+
+    /// The physical memory.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+
+    /// Runs `groups` single-page fault groups with up to `in_flight` jobs outstanding and
+    /// returns the time spent in them. With `latency`, each job's time from start to
+    /// completion (ns) is passed to it.
+    pub fn run(
+        &self,
+        groups: u64,
+        in_flight: usize,
+        mut latency: Option<&mut dyn FnMut(u64)>,
+    ) -> Duration {
+        let in_flight = in_flight.clamp(1, 512);
+        let pasid = Some(self.bond.pasid());
+        let bytes = self.pages.bytes();
+        let mut total = Duration::ZERO;
+        let mut left = groups;
+        let mut slots: Vec<Option<(DmaJob, Instant)>> = (0..in_flight).map(|_| None).collect();
+        while left > 0 {
+            let jobs = left.min(self.chunk);
+            let len = jobs * 4096;
+            let va = self.mm.mmap(len, Prot::READ_WRITE).expect("mmap");
+            let start = Instant::now();
+            let mut engine = self.ep.engine();
+            let mut next = 0u64;
+            let mut done = 0u64;
+            while done < jobs {
+                let mut progressed = false;
+                for slot in slots.iter_mut() {
+                    if slot.is_none() && next < jobs {
+                        let job =
+                            self.ep
+                                .start_dma(pasid, va + next * 4096, bytes, DmaKind::Fill(0x5a));
+                        let t = if latency.is_some() {
+                            Instant::now()
+                        } else {
+                            start
+                        };
+                        *slot = Some((job, t));
+                        next += 1;
+                    }
+                    let Some((job, t)) = slot else { continue };
+                    match engine.poll(job) {
+                        DmaPoll::Ready(r) => {
+                            r.expect("dma");
+                            if let Some(l) = latency.as_mut() {
+                                l(t.elapsed().as_nanos() as u64);
+                            }
+                            *slot = None;
+                            done += 1;
+                            progressed = true;
+                        }
+                        DmaPoll::Pending if !job.is_waiting() => progressed = true,
+                        DmaPoll::Pending => {}
+                    }
+                }
+                if !progressed && !engine.help() {
+                    let seen = engine.responses();
+                    engine.wait(seen, Duration::from_millis(1));
+                }
+            }
+            total += start.elapsed();
+            self.mm.munmap(va, len).expect("munmap");
+            left -= jobs;
+        }
+        total
+    }
+}
