@@ -9,7 +9,8 @@
 //! * [`Ictx::fault_queue_alloc`] returns a fault object ID and its endpoint, a [`FaultFd`]:
 //!   `read` yields whole page request groups as byte-exact [`uapi::IommuHwptPgfault`] records
 //!   with a cookie per group, `write` takes [`uapi::IommuHwptPageResponse`] records, and a real
-//!   eventfd ([`std::os::fd::AsFd`]) is readable exactly while groups wait, for epoll.
+//!   eventfd ([`std::os::fd::AsFd`]) is readable while groups wait, for epoll (cleared only
+//!   when a reader may sleep: a read that finds nothing, so a busy reader makes no syscall).
 //! * [`Ictx::ioctl`] is the uAPI itself: a request number and the caller's struct in its
 //!   [`user_memory::UserMemory`], Linux 7.3's size rules (`EINVAL` below the minimum, `E2BIG`
 //!   for unknown non-zero bytes, `ENOTTY` for an unknown command) and each command's errnos;

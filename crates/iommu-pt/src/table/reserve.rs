@@ -1,7 +1,7 @@
 //! Table pages allocated before a mutation writes anything, so that running out of memory
 //! leaves the table unchanged.
 
-use alloc::vec::Vec;
+use smallvec::SmallVec;
 
 use crate::addr::Pfn;
 use crate::error::PtError;
@@ -10,14 +10,15 @@ use crate::mem::TableMem;
 /// Page-table pages reserved before a mutation starts, so the mutation itself cannot fail.
 pub(super) struct Reserved<'m, M: TableMem> {
     mem: &'m M,
-    pub(super) tables: Vec<Pfn>,
+    /// Inline for the few tables one page needs: a fault's map allocates nothing on the heap.
+    pub(super) tables: SmallVec<[Pfn; 4]>,
 }
 
 impl<'m, M: TableMem> Reserved<'m, M> {
     pub(super) fn new(mem: &'m M, count: usize) -> Result<Self, PtError> {
         let mut reserved = Reserved {
             mem,
-            tables: Vec::new(),
+            tables: SmallVec::new(),
         };
         if count > 0 {
             reserved.tables.reserve_exact(count);

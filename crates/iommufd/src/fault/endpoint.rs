@@ -25,7 +25,8 @@ pub struct PollMask {
 ///
 /// Holds the object alive (destroying the fault object fails with `EBUSY` while the endpoint
 /// exists). `read` never blocks; use [`FaultFd::wait_readable`] or epoll on
-/// [`AsFd::as_fd`], which is readable exactly while groups are waiting. Dropping the endpoint
+/// [`AsFd::as_fd`], which is readable while groups are waiting and stops being readable once
+/// a read finds nothing (see "Readiness" in the module docs). Dropping the endpoint
 /// answers Invalid every group it still holds, queued or read-but-unanswered, and every group
 /// that arrives later (nobody could ever answer them; Linux instead leaves them pending until
 /// detach — see the crate docs).
@@ -110,7 +111,8 @@ impl FaultFd {
 }
 
 impl AsFd for FaultFd {
-    /// The eventfd to register with epoll/poll: readable while groups are waiting.
+    /// The eventfd to register with epoll/poll: readable while groups are waiting (and after a
+    /// draining read, until a read finds nothing).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fault
             .eventfd

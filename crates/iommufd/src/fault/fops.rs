@@ -122,7 +122,12 @@ impl Fault {
             used += n;
             batch.extend(d.list.pop_front());
         }
-        self.clear_if_empty(&mut d);
+        // Only a read that finds nothing tells us the reader may sleep next: then the fd stops
+        // being readable. A read that drains the queue leaves it readable, so a reader that
+        // keeps reading costs no eventfd syscall (see "Readiness" in `fault/mod.rs`).
+        if batch.is_empty() {
+            self.clear_if_empty(&mut d);
+        }
     }
 
     /// Gives each group of `batch` a cookie and writes its records into `buf`, every record

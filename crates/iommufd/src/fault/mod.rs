@@ -12,6 +12,17 @@
 //! [`IommuHwptPageResponse`](crate::uapi::IommuHwptPageResponse) records (Success/Invalid only,
 //! H19).
 //!
+//! # Readiness
+//! The endpoint's fd is the object's eventfd, so `poll`/`epoll` work on it unaided. It is
+//! readable whenever a group waits, but it is made unreadable only when a reader may sleep —
+//! a read that found nothing to read, [`FaultFd::wait_readable`], or a detach that emptied the
+//! queue — not by every read that drains it. That is what Linux's wait queue gives (a wake-up
+//! costs something only when someone sleeps): a consumer that keeps reading while groups keep
+//! coming makes no eventfd syscall at all, where clearing on every drain cost a write and a
+//! read per group with one in flight (~75 % of a record's cost). The price is a stale
+//! readiness after a drain, which level-triggered consumers (read until a read returns
+//! nothing, then wait) never see. [`FaultFd::poll`] stays exact (SPEC §5.7).
+//!
 //! The pieces: this file holds the object, its `deliver` FIFO and the producer; [`cookies`]
 //! the read-but-unanswered groups; [`fops`] the fd's read/write byte interface; [`endpoint`]
 //! the fd itself; [`auto_response`] answering on user space's behalf.
@@ -61,8 +72,9 @@ struct Queued {
 /// What the short lock protects (Linux `fault->lock` + `fault->deliver`).
 struct Deliver {
     list: VecDeque<Queued>,
-    /// The eventfd counter is non-zero. Set on the empty → non-empty transition (one write),
-    /// cleared whenever the list becomes empty again, so `signalled == !list.is_empty()`.
+    /// The eventfd counter is non-zero (the fd is readable). Set when a group arrives and it
+    /// is clear (one write); cleared when the list is empty and a reader may sleep: a read that
+    /// found nothing, a wait, or a detach that emptied it. So `!list.is_empty() → signalled`.
     signalled: bool,
     /// The endpoint is closed: nobody can read any more, so new groups are answered at once.
     closed: bool,
@@ -215,6 +227,8 @@ impl Fault {
             .eventfd
             .as_ref()
             .ok_or(eopnotsupp("fault object has no eventfd"))?;
+        // The caller may sleep: a readiness left from a read that drained the queue goes.
+        self.clear_if_empty(&mut self.lock.lock());
         let ts = timeout.map(|t| Timespec {
             tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
             tv_nsec: t.subsec_nanos().into(),
