@@ -38,6 +38,10 @@ enum JobOp {
     Fill(u8),
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the engine state lives inline: boxing it would allocate per job on the fault path"
+)]
 enum JobState {
     Run(Machine),
     /// Finished (or failed validation); not yet reported by a poll nor counted.
