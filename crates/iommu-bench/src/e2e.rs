@@ -60,7 +60,7 @@ impl E2e {
             Pages::Fresh => Zeroing::OnAlloc,
         };
         let phys = Arc::new(
-            PhysMem::with_zeroing(chunk as usize + 512, zeroing).expect("physical memory"),
+            PhysMem::with_zeroing(2 * chunk as usize + 512, zeroing).expect("physical memory"),
         );
         // Host first-touch faults are not the emulator's cost.
         phys.prefault();

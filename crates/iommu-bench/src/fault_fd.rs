@@ -1,8 +1,10 @@
-//! The user-space fault round trip through the iommufd fault fd, in process on the mock IOMMU:
-//! `report_device_fault` → iommufd handler → `read` of 40-byte records → `write` of 8-byte
-//! responses → page response to the driver, in batches of one-fault groups. The eventfd is
-//! live: each batch is one empty → non-empty transition and one drain, as a real consumer sees
-//! it. Records are read and written only as their uAPI types.
+//! The user-space fault round trip through the iommufd fault fd, in process on the emulated
+//! IOMMU: `report_device_fault` → iommufd handler → `read` of 40-byte records → `write` of
+//! 8-byte responses → page response to the driver (the endpoint takes it), in batches of
+//! one-fault groups. The eventfd is live, as a real consumer sees it: readiness is set when a
+//! group finds the fd unreadable and cleared only when a read finds nothing (a consumer that
+//! keeps reading makes no eventfd syscall). Records are read and written only as their uAPI
+//! types.
 //!
 //! The floor, [`CoreFloor`]: the same reports answered Success by a handler that responds at
 //! once (core + mock driver only, no iommufd), so the iommufd share can be read off.
@@ -39,19 +41,24 @@ pub struct FdRoundTrip {
     ictx: Ictx,
     fd: FaultFd,
     dev: Arc<Device>,
-    _mock: Arc<MockDriver>,
+    _ep: iommu_emu::Endpoint,
+    _iommu: Arc<iommu_emu::EmuIommu>,
     records: Vec<IommuHwptPgfault>,
     responses: Vec<IommuHwptPageResponse>,
     grpid: u32,
 }
 
 impl FdRoundTrip {
-    /// A fresh mock IOMMU (it logs every page response, so use one per measurement) and
-    /// buffers for `batch` records.
+    /// A device behind a fresh emulated IOMMU and buffers for `batch` records.
     pub fn new(batch: usize) -> Self {
-        let mock = MockDriver::new("bench");
-        let group = Group::new(mock.clone() as Arc<dyn IommuDriver>, "g");
-        let dev = group.add_device("d", 1 << 20).expect("probe");
+        let phys = Arc::new(iommu_emu::PhysMem::new(64).expect("memory"));
+        let iommu = iommu_emu::EmuIommu::new("fd", &phys, iommu_emu::EmuIommuConfig::default())
+            .expect("iommu");
+        let group = Group::new(iommu.driver(), "g");
+        let ep = iommu
+            .add_endpoint(&group, "d", 1 << 20, iommu_emu::EndpointConfig::default())
+            .expect("endpoint");
+        let dev = ep.device().clone();
         let ictx = Ictx::new();
         let dev_id = ictx.bind_device(dev.clone()).expect("bind");
         let ioas = ictx.ioas_alloc().expect("ioas");
@@ -65,7 +72,8 @@ impl FdRoundTrip {
             ictx,
             fd,
             dev,
-            _mock: mock,
+            _ep: ep,
+            _iommu: iommu,
             records: vec![IommuHwptPgfault::default(); batch],
             responses: vec![IommuHwptPageResponse::default(); batch],
             grpid: 0,

@@ -18,7 +18,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use smallvec::SmallVec;
 
 use crate::device::Device;
@@ -36,6 +39,10 @@ use crate::sync::Mutex;
 /// group answered after [`iopf_disable`] still finds what it needs.
 pub struct FaultParam {
     partial: Mutex<Vec<PageRequest>>,
+    /// `partial.len()`, written under its lock: a last request with no partial pending (a
+    /// single-page group) skips the lock. Requests of one group are reported in order by one
+    /// driver thread at a time, so a partial reported before its last request is seen.
+    partials: AtomicUsize,
     stats: FaultStats,
     /// Where handlers that may sleep run their work (SVA); `None`: inline on the reporter.
     #[cfg(feature = "std")]
@@ -166,6 +173,7 @@ impl FaultParam {
     ) -> Self {
         Self {
             partial: Mutex::new(Vec::new()),
+            partials: AtomicUsize::new(0),
             stats: FaultStats::default(),
             #[cfg(feature = "std")]
             queue,
@@ -175,7 +183,10 @@ impl FaultParam {
     }
 
     fn discard_partial(&self) -> usize {
-        let n = core::mem::take(&mut *self.partial.lock()).len();
+        let mut partial = self.partial.lock();
+        let n = core::mem::take(&mut *partial).len();
+        self.partials.store(0, Release);
+        drop(partial);
         self.stats.partials_discarded.fetch_add(n as u64, Relaxed);
         n
     }
@@ -305,11 +316,11 @@ impl fmt::Debug for IopfGroup {
 }
 
 /// Finds the fault-capable attachment a request is routed to (SPEC §4.3).
-fn find_fault_handler(
-    array: &crate::pasid_table::PasidTable<Slot>,
+fn find_fault_handler<'a>(
+    array: &'a crate::pasid_table::PasidTable<Slot>,
     req: &PageRequest,
     user_pasid_table: impl FnOnce() -> bool,
-) -> Option<Slot> {
+) -> Option<&'a Slot> {
     let slot = if req.pasid_valid() {
         match array.get(req.pasid) {
             Some(s) => Some(s),
@@ -322,7 +333,7 @@ fn find_fault_handler(
     } else {
         array.get(IOMMU_NO_PASID)
     };
-    slot.filter(|s| s.domain().is_fault_capable()).cloned()
+    slot.filter(|s| s.domain().is_fault_capable())
 }
 
 /// Reports one page request of `dev` (Linux `iommu_report_device_fault`); called by drivers
@@ -351,31 +362,37 @@ pub fn report_device_fault(dev: &Arc<Device>, req: PageRequest) -> Result<()> {
     };
     param.stats.reported.fetch_add(1, Relaxed);
     if !req.is_last() {
-        param.partial.lock().push(req);
+        let mut partial = param.partial.lock();
+        partial.push(req);
+        param.partials.store(partial.len(), Release);
         return Ok(());
     }
     let mut faults = SmallVec::new();
-    param.partial.lock().retain(|p| {
-        // The PRG index is per function: PASIDs are not compared (SPEC §4.2 step 4).
-        let mine = p.grpid == req.grpid;
-        if mine {
-            faults.push(*p);
-        }
-        !mine
-    });
+    if param.partials.load(Acquire) != 0 {
+        let mut partial = param.partial.lock();
+        partial.retain(|p| {
+            // The PRG index is per function: PASIDs are not compared (SPEC §4.2 step 4).
+            let mine = p.grpid == req.grpid;
+            if mine {
+                faults.push(*p);
+            }
+            !mine
+        });
+        param.partials.store(partial.len(), Release);
+    }
     faults.push(req);
     param.stats.groups.fetch_add(1, Relaxed);
+    crate::trace::delivered(dev.id().0, &req, crate::group::slot_addr(slot));
+    // Borrowed from the array, whose read lock is held until the handler has the group.
     let handler = slot
         .domain()
         .iopf_handler()
-        .expect("routing keeps only fault-capable domains")
-        .clone();
-    crate::trace::delivered(dev.id().0, &req, crate::group::slot_addr(&slot));
+        .expect("routing keeps only fault-capable domains");
     let group = IopfGroup {
         inner: Some(GroupInner {
             dev: dev.clone(),
             faults,
-            attachment: Attachment(slot),
+            attachment: Attachment(slot.clone()),
             param,
         }),
     };

@@ -17,6 +17,8 @@ use alloc::vec::Vec;
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use parking_lot::{Condvar, Mutex};
 
 use crate::device::Device;
@@ -39,12 +41,24 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     more: Condvar,
+    /// `Pending::open`, readable without the lock (a helper's submit).
+    open: AtomicBool,
 }
 
 std::thread_local! {
     /// The queue (its `Shared` address) the current thread promised to help with, see
     /// [`IopfQueue::help`]; 0 when none.
     static HELPING: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    /// Work the current thread queued on the queue it helps: it runs it itself, so the work
+    /// stays on this thread, with no lock (a workqueue's per-CPU list, in Linux terms).
+    static LOCAL: core::cell::RefCell<VecDeque<Work>> = const {
+        core::cell::RefCell::new(VecDeque::new())
+    };
+}
+
+/// Takes the oldest work item the current thread queued for the queue it helps.
+fn pop_local() -> Option<Work> {
+    LOCAL.with(|l| l.borrow_mut().pop_front())
 }
 
 impl Shared {
@@ -89,13 +103,15 @@ pub struct IopfQueue {
 pub struct IopfHelper<'a> {
     queue: &'a IopfQueue,
     previous: usize,
+    /// Tied to the thread whose thread-local state it set: not `Send`.
+    _thread: core::marker::PhantomData<*const ()>,
 }
 
 impl IopfHelper<'_> {
-    /// Runs the oldest queued work item (of any device) on this thread; `false` if none was
-    /// queued.
+    /// Runs the oldest work item this thread queued itself, else the oldest queued work item
+    /// (of any device), on this thread; `false` if none was queued.
     pub fn run_one(&self) -> bool {
-        match self.queue.shared.pop() {
+        match pop_local().or_else(|| self.queue.shared.pop()) {
             Some(work) => {
                 run_work(work);
                 true
@@ -108,7 +124,20 @@ impl IopfHelper<'_> {
 impl Drop for IopfHelper<'_> {
     fn drop(&mut self) {
         HELPING.with(|h| h.set(self.previous));
-        self.queue.shared.wake_for_leftovers();
+        // Work this thread queued and did not run goes to the workers (or runs here if they
+        // have left: a shut-down queue still runs what it accepted).
+        let shared = &self.queue.shared;
+        loop {
+            let Some(work) = pop_local() else { break };
+            let mut p = shared.pending.lock();
+            if p.open {
+                p.work.push_back(work);
+            } else {
+                drop(p);
+                run_work(work);
+            }
+        }
+        shared.wake_for_leftovers();
     }
 }
 
@@ -120,33 +149,39 @@ fn run_work((group, run): Work) {
 }
 
 /// Per-device count of queued or running work, for flushing.
+///
+/// The count is an atomic; the lock is taken only when it drops to zero (to wake flushers)
+/// and by a flusher, so queueing and finishing work cost one atomic each. No lost wake-up: a
+/// flusher reads the count under the lock and sleeps releasing it atomically; a finisher that
+/// brings the count to zero takes the lock before it notifies, so it notifies either before
+/// the flusher read the count (which then reads zero) or after the flusher sleeps.
 #[derive(Default)]
 pub(crate) struct DeviceWork {
-    pending: Mutex<u64>,
+    pending: AtomicU64,
+    lock: Mutex<()>,
     idle: Condvar,
 }
 
 impl DeviceWork {
     fn start(&self) {
-        *self.pending.lock() += 1;
+        self.pending.fetch_add(1, Ordering::AcqRel);
     }
 
     fn finish(&self) {
-        let mut p = self.pending.lock();
-        *p -= 1;
-        if *p == 0 {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _g = self.lock.lock();
             self.idle.notify_all();
         }
     }
 
     fn pending(&self) -> u64 {
-        *self.pending.lock()
+        self.pending.load(Ordering::Acquire)
     }
 
     fn wait_idle(&self) {
-        let mut p = self.pending.lock();
-        while *p != 0 {
-            self.idle.wait(&mut p);
+        let mut g = self.lock.lock();
+        while self.pending.load(Ordering::Acquire) != 0 {
+            self.idle.wait(&mut g);
         }
     }
 }
@@ -162,6 +197,7 @@ impl IopfQueue {
                     sleeping: 0,
                 }),
                 more: Condvar::new(),
+                open: AtomicBool::new(true),
             }),
             workers: Mutex::new(Vec::new()),
             manual,
@@ -231,14 +267,16 @@ impl IopfQueue {
     ///
     /// The helper must only be held by a thread that runs [`IopfHelper::run_one`] before it
     /// blocks; dropping it hands leftovers to the workers.
+    /// `None` too when the thread already helps a queue (helpers do not nest).
     pub fn help(&self) -> Option<IopfHelper<'_>> {
-        if self.manual {
+        if self.manual || HELPING.with(|h| h.get()) != 0 {
             return None;
         }
         let previous = HELPING.with(|h| h.replace(self.shared.id()));
         Some(IopfHelper {
             queue: self,
             previous,
+            _thread: core::marker::PhantomData,
         })
     }
 
@@ -251,14 +289,22 @@ impl IopfQueue {
     /// back when the queue is shut down. Wakes a sleeping worker unless the calling thread
     /// helps this queue.
     pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
+        let helped = !self.manual && HELPING.with(|h| h.get()) == self.shared.id();
+        if helped {
+            if !self.shared.open.load(Ordering::Acquire) {
+                return Err(group);
+            }
+            group.param().work.start();
+            LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
+            return Ok(());
+        }
         let mut p = self.shared.pending.lock();
         if !p.open {
             return Err(group);
         }
         group.param().work.start();
         p.work.push_back((group, run));
-        let helped = HELPING.with(|h| h.get()) == self.shared.id();
-        if !self.manual && !helped && p.sleeping > 0 {
+        if !self.manual && p.sleeping > 0 {
             self.shared.more.notify_one();
         }
         Ok(())
@@ -275,6 +321,7 @@ impl IopfQueue {
         {
             let mut p = self.shared.pending.lock();
             p.open = false;
+            self.shared.open.store(false, Ordering::Release);
             self.shared.more.notify_all();
         }
         if self.manual {
@@ -353,6 +400,13 @@ pub(crate) fn flush_param(param: &FaultParam) {
         if q.is_manual() {
             while param.work.pending() != 0 && q.run_one() {}
         } else {
+            // A helper flushing (an SVA handler unbinding) runs its own queued work first: no
+            // one else can.
+            if HELPING.with(|h| h.get()) == q.shared.id() {
+                while let Some(work) = pop_local() {
+                    run_work(work);
+                }
+            }
             // Work queued by a helper that has not run it yet still has a worker to run it.
             q.shared.wake_for_leftovers();
         }

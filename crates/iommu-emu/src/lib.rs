@@ -51,6 +51,7 @@
 pub mod demo;
 pub mod endpoint;
 mod frames;
+mod hash;
 pub mod iommu;
 pub mod mm;
 pub mod phys;

@@ -40,6 +40,13 @@ enum Command {
         /// Fewer iterations (a smoke run; figures are noisier).
         #[arg(long)]
         quick: bool,
+        /// Also measure the fault-path figures with every other CPU kept busy, each beside
+        /// its quiet value.
+        #[arg(long)]
+        load: bool,
+        /// Write the fault-path figures as JSON to this file (stable names: BENCHMARKS.md).
+        #[arg(long, value_name = "FILE")]
+        json: Option<std::path::PathBuf>,
     },
     /// Validate scenario files (TOML; format in docs/scenarios.md) without running them.
     Check {
@@ -237,9 +244,18 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| Cli::parse_from(["iommu-sim", "run"]).command.expect("run"));
     let cfg = match command {
         Command::Check { files } => return check(&files),
-        Command::Bench { quick } => {
-            print!("{}", iommu_sim::bench::run(quick));
-            return ExitCode::SUCCESS;
+        Command::Bench { quick, load, json } => {
+            let opts = iommu_sim::bench::Options { quick, load, json };
+            return match iommu_sim::bench::run(&opts) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("iommu-sim bench: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Run { file, args } => return run_file(file.as_deref(), args),
         Command::Soak {

@@ -9,7 +9,7 @@ use iommu_core::DeviceId;
 use iommu_pt::Pfn;
 
 use super::domain::DomainInner;
-use super::hash::FastHash;
+use crate::hash::FastHash;
 use crate::spec::pasid::{PasidEntry, Pgtt};
 use crate::tlb::Tlb;
 

@@ -50,7 +50,6 @@ mod context;
 mod domain;
 mod driver;
 mod fault;
-mod hash;
 mod invalidate;
 mod nested;
 mod response;
@@ -97,7 +96,7 @@ pub struct EmuIommu {
     pub(crate) prq: Arc<Prq>,
     prq_thread: Mutex<Option<JoinHandle<()>>>,
     /// Each requester's source ID and where its page responses go (see `response.rs`).
-    requesters: RwLock<HashMap<DeviceId, Requester>>,
+    requesters: RwLock<HashMap<DeviceId, Requester, crate::hash::FastHash>>,
     fault_log: Mutex<VecDeque<FaultRecord>>,
     counters: Counters,
 }
@@ -157,7 +156,7 @@ impl EmuIommu {
             dids: Mutex::new((1..=u16::MAX).collect()),
             prq: prq.clone(),
             prq_thread: Mutex::new(None),
-            requesters: RwLock::new(HashMap::new()),
+            requesters: RwLock::new(HashMap::default()),
             fault_log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
         });

@@ -24,11 +24,15 @@ impl MmInner {
         }
         let page = page_down(addr);
         let vpn = page >> PAGE_SHIFT;
-        if let Some(m) = self.pt.query(page) {
-            return Ok((m.pa.pfn(), false));
-        }
+        // Only a resident page can be mapped (entries are made here alone), so a page the map
+        // does not hold needs no walk to know it is not present.
         let (pfn, fresh) = match self.pages.get(vpn) {
-            Some(p) => (p, false),
+            Some(p) => {
+                if let Some(m) = self.pt.query(page) {
+                    return Ok((m.pa.pfn(), false));
+                }
+                (p, false)
+            }
             None => (phys.alloc_frame()?, true),
         };
         // A fresh frame gets the page's swapped-out contents before anything can map it.

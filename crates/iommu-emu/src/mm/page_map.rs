@@ -34,7 +34,7 @@ impl Leaf {
 
 #[derive(Default)]
 pub(super) struct PageMap {
-    leaves: HashMap<u64, Box<Leaf>>,
+    leaves: HashMap<u64, Box<Leaf>, crate::hash::FastHash>,
     spare: Vec<Box<Leaf>>,
     len: usize,
 }

@@ -1,19 +1,22 @@
 //! `iommu-sim bench`: each figure beside its floor, measured in the same run, as a ratio.
 //!
-//! The workloads are `iommu-bench`'s, the same ones `cargo bench -p iommu-bench` runs under
-//! criterion; this module only times them. Every measurement is a timed loop after a warm-up,
-//! repeated [`RUNS`] times; the median run is reported. Floors are the cheapest thing that does
-//! the same job: a bare cross-thread handoff for anything that crosses threads, an uncontended
-//! `HashMap` lookup for the handle lookup, a bare walk for an IOTLB miss, the `x86_64` crate's
-//! mapper for `iommu-pt`.
+//! The fault path first ([`fault`]): its floors (a minimal routing pipeline with no iommu-rs
+//! code, zeroing plus writing a 4 KiB frame, a cross-thread round trip; minimum of runs),
+//! end-to-end single-page groups with 1 to 256 in flight with pages prepared off the path and
+//! with fresh zeroed pages, the latency of one fault (p50/p99/p99.9), and the iommufd fault fd;
+//! with `--load` all of them again with every other CPU busy, and with `--json FILE` under
+//! stable names. Then the building blocks: the workloads are `iommu-bench`'s, the same ones
+//! `cargo bench -p iommu-bench` runs under criterion; every measurement is a timed loop after a
+//! warm-up, repeated [`RUNS`] times, the median reported. Their floors are the cheapest thing
+//! that does the same job: an uncontended `HashMap` lookup for the handle lookup, a bare walk
+//! for an IOTLB miss, the `x86_64` crate's mapper for `iommu-pt`.
+
+pub mod fault;
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use iommu_bench::batched;
-use iommu_bench::fault_fd::FdRoundTrip;
-use iommu_bench::fault_path::{Handler, SvaFaultPath};
-use iommu_bench::floor::Handoff;
 use iommu_bench::lookup::{pick, Lookup};
 use iommu_bench::pt::{self, prepare, spanning_range_round_trip, MapOps, PtSide};
 use iommu_bench::translate::{stride, Translate, BASE};
@@ -81,13 +84,6 @@ fn measure_batched<S>(
         |n: u64| batched(side, n, batch, timed, untimed).as_nanos() as f64 / n.max(1) as f64;
     run(iters / 10);
     median_of_runs(|| run(iters))
-}
-
-/// Round trip to another thread and back: spin briefly, then park (the floor of any
-/// cross-thread fault path). Returns ns per round trip.
-pub fn handoff_round_trip(iters: u64) -> f64 {
-    let mut h = Handoff::new();
-    measure(iters, |_| h.round_trip())
 }
 
 /// `attach_handle_get` over 1,024 live PASIDs, alone and under attach/detach churn, beside an
@@ -214,53 +210,85 @@ pub fn pt_vs_x86_64_figures(iters: u64) -> Vec<Figure> {
         .collect()
 }
 
-/// End-to-end SVA fault groups through the software IOMMU: a device writes one untouched page
-/// per group on `workers` IOPF workers (see [`iommu_bench::fault_path`]). Returns ns per group.
-pub fn fault_path_ns(groups: u64, workers: usize) -> f64 {
-    let w = SvaFaultPath::new(Handler::Queue(workers), 4096);
-    let run = |n: u64| w.run(n, 1).as_nanos() as f64 / n.max(1) as f64;
-    run(groups / 10);
-    median_of_runs(|| run(groups))
+/// What `iommu-sim bench` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Fewer iterations (a smoke run; figures are noisier).
+    pub quick: bool,
+    /// Measure the fault-path figures a second time with every other CPU kept busy.
+    pub load: bool,
+    /// Write the fault-path figures as JSON here.
+    pub json: Option<std::path::PathBuf>,
 }
 
-/// User-space delivery through the iommufd fault fd, in process: report `batch` single-fault
-/// groups, read them as records, write Success for each. Returns ns per record.
-pub fn fd_delivery_ns(records: u64, batch: usize) -> f64 {
-    let mut w = FdRoundTrip::new(batch);
-    let rounds = (records / batch as u64).max(1);
-    let ns = measure(rounds, |_| w.round());
-    w.finish();
-    ns / batch as f64
-}
-
-/// Runs every benchmark and renders the table.
-pub fn run(quick: bool) -> String {
-    let scale = if quick { 1 } else { 10 };
-    let handoff = handoff_round_trip(2_000 * scale);
-    let mut figures = vec![Figure {
-        name: "floor: cross-thread handoff round trip (spin, then park)".into(),
-        ns_per_op: handoff,
-        floor: None,
-    }];
-    let floor = Some(("cross-thread handoff round trip".to_string(), handoff));
-    for workers in [1, 2] {
-        figures.push(Figure {
-            name: format!("end-to-end single-page fault group, {workers} IOPF worker(s)"),
-            ns_per_op: fault_path_ns(2_000 * scale, workers),
-            floor: floor.clone(),
-        });
+/// Runs every benchmark and renders the table; writes the JSON file if asked.
+pub fn run(opts: &Options) -> Result<String, String> {
+    let scale = if opts.quick { 1 } else { 10 };
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let idle = fault::cpu_idle_percent();
+    let mut out = format!(
+        "machine: {cpus} CPUs; CPUs idle in the second before timing: {}\n\n",
+        idle.map_or("unknown".into(), |p| format!("{p:.1} %"))
+    );
+    let quiet = fault::measure(scale);
+    let loaded = if opts.load {
+        let _load = fault::Load::start()?;
+        Some(fault::measure(scale))
+    } else {
+        None
+    };
+    out += &render_fault(&quiet, loaded.as_ref());
+    if let Some(path) = &opts.json {
+        let mut v = loaded.as_ref().unwrap_or(&quiet).json();
+        v["load"] = serde_json::json!(opts.load);
+        if loaded.is_some() {
+            v["quiet"] = quiet.json();
+        }
+        v["machine"] = serde_json::json!({ "cpus": cpus, "idle_percent_before": idle });
+        let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    for batch in [1, 16, 256] {
-        figures.push(Figure {
-            name: format!("iommufd fault fd delivery, batches of {batch} (per record)"),
-            ns_per_op: fd_delivery_ns(20_000 * scale, batch),
-            floor: floor.clone(),
-        });
-    }
-    figures.extend(lookup_figures(200_000 * scale));
+    let mut figures = lookup_figures(200_000 * scale);
     figures.extend(translation_figures(200_000 * scale));
     figures.extend(pt_vs_x86_64_figures(100_000 * scale));
-    render(&figures)
+    out += "\n";
+    out += &render(&figures);
+    Ok(out)
+}
+
+/// The fault-path table: each figure as ns, per second and × its floor, and under load
+/// beside it when measured.
+fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures>) -> String {
+    let mut out = format!(
+        "{:<58} {:>10} {:>12} {:>8}",
+        "fault path", "ns/op", "ops/s", "× floor"
+    );
+    if loaded.is_some() {
+        out += &format!(" {:>12} {:>8}", "loaded ns", "× quiet");
+    }
+    out += "\n";
+    let loaded_lines = loaded.map(fault::FaultFigures::lines);
+    for (i, (name, ns, floor_name, floor)) in quiet.lines().into_iter().enumerate() {
+        let ratio = if floor > 0.0 {
+            format!("{:.2}", ns / floor)
+        } else {
+            "-".into()
+        };
+        out += &format!("{name:<58} {ns:>10.1} {:>12.0} {ratio:>8}", 1e9 / ns);
+        if let Some(l) = &loaded_lines {
+            let lns = l[i].1;
+            out += &format!(" {lns:>12.1} {:>8.2}", lns / ns);
+        }
+        out += "\n";
+        if floor > 0.0 && !floor_name.is_empty() && name.contains(", 1 in flight") {
+            out += &format!("{:<58} {floor:>10.1}\n", format!("  floor: {floor_name}"));
+        }
+    }
+    out += "× floor: ns/op ÷ the floor's ns/op measured in this run (prepared pages against the \
+            routing floor at the same groups in flight, fresh pages against the memory floor). \
+            Floors: minimum of runs; figures: median.\n";
+    out
 }
 
 /// The table: one line per figure, its floor under it.

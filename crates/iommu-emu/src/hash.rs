@@ -1,11 +1,12 @@
-//! A fast hasher for the small integer keys of the context tables.
+//! A fast hasher for the small integer keys of the emulator's tables (contexts, requesters,
+//! the page map).
 
 /// A multiplicative hasher for small integer keys (PASIDs, device IDs): these lookups are on
 /// the translation path, where SipHash would cost more than the rest of the lookup.
 #[derive(Default, Clone, Copy)]
-pub(super) struct FastHash;
+pub(crate) struct FastHash;
 #[derive(Default)]
-pub(super) struct FastHasher(u64);
+pub(crate) struct FastHasher(u64);
 impl std::hash::BuildHasher for FastHash {
     type Hasher = FastHasher;
     fn build_hasher(&self) -> FastHasher {

@@ -1,0 +1,332 @@
+//! The fault path's figures (issue 10): its floors, end-to-end groups with 1 to 256 in flight
+//! (pages prepared off the path, and fresh zeroed pages), the latency of one fault, and the
+//! iommufd fault fd — each measured in the same run as its floor, quiet or under load.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use iommu_bench::e2e::{E2e, Pages};
+use iommu_bench::fault_fd::FdRoundTrip;
+use iommu_bench::floor::{Handoff, MemoryFloor, RoutingFloor};
+
+/// Groups in flight of the end-to-end figures.
+pub const IN_FLIGHT: [usize; 5] = [1, 4, 16, 64, 256];
+/// Records per read/write of the fault fd figures.
+pub const FD_BATCHES: [usize; 3] = [1, 16, 256];
+/// Repetitions of each measurement: floors keep the minimum, figures the median.
+pub const REPS: usize = 5;
+/// Pages per chunk of the end-to-end runs (mapped before, unmapped after, untimed).
+const CHUNK: u64 = 4096;
+
+/// Latency percentiles of one fault, in ns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+/// Every figure of one pass, in ns per operation.
+#[derive(Debug, Clone, Default)]
+pub struct FaultFigures {
+    /// The routing floor, per group, at each of [`IN_FLIGHT`].
+    pub routing_floor: Vec<f64>,
+    /// Zeroing plus writing one 4 KiB frame.
+    pub memory_floor: f64,
+    /// A cross-thread round trip.
+    pub handoff_floor: f64,
+    /// End-to-end groups, pages prepared off the path, at each of [`IN_FLIGHT`].
+    pub routing: Vec<f64>,
+    /// End-to-end groups with fresh zeroed pages, at each of [`IN_FLIGHT`].
+    pub fresh: Vec<f64>,
+    /// One fault at a time.
+    pub latency: Latency,
+    /// Fault fd records (read and answered), at each of [`FD_BATCHES`].
+    pub fd: Vec<f64>,
+}
+
+fn min_of(mut run: impl FnMut() -> f64) -> f64 {
+    (0..REPS).map(|_| run()).fold(f64::INFINITY, f64::min)
+}
+
+fn median_of(mut run: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..REPS).map(|_| run()).collect();
+    v.sort_by(f64::total_cmp);
+    v[REPS / 2]
+}
+
+/// The routing floor with `in_flight` groups at a time: ns per group (minimum of runs).
+fn routing_floor_ns(groups: u64, in_flight: usize) -> f64 {
+    let mut f = RoutingFloor::new(CHUNK as usize);
+    let rounds = (groups / in_flight as u64).max(1);
+    let mut run = || {
+        let t = Instant::now();
+        let mut sum = 0;
+        for r in 0..rounds {
+            sum += f.groups((r as usize * in_flight) % CHUNK as usize, in_flight);
+        }
+        black_box(sum);
+        t.elapsed().as_nanos() as f64 / (rounds * in_flight as u64) as f64
+    };
+    run();
+    min_of(run)
+}
+
+/// The memory floor: ns per page (minimum of runs).
+fn memory_floor_ns(pages: u64) -> f64 {
+    let mut f = MemoryFloor::new(CHUNK as usize);
+    let mut run = || {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for i in 0..pages {
+            sum += u64::from(f.page(i as usize));
+        }
+        black_box(sum);
+        t.elapsed().as_nanos() as f64 / pages as f64
+    };
+    run();
+    min_of(run)
+}
+
+/// The handoff floor: ns per round trip (minimum of runs).
+fn handoff_floor_ns(iters: u64) -> f64 {
+    let mut h = Handoff::new();
+    let mut run = || {
+        let t = Instant::now();
+        for _ in 0..iters {
+            h.round_trip();
+        }
+        t.elapsed().as_nanos() as f64 / iters as f64
+    };
+    run();
+    min_of(run)
+}
+
+/// End-to-end groups: ns per group (median of runs).
+fn e2e_ns(pages: Pages, groups: u64, in_flight: usize) -> f64 {
+    let w = E2e::new(pages, CHUNK);
+    w.run(groups / 4, in_flight, None);
+    median_of(|| w.run(groups, in_flight, None).as_nanos() as f64 / groups as f64)
+}
+
+/// The latency of one fault, one at a time, pages prepared off the path.
+fn latency(groups: u64) -> Latency {
+    let w = E2e::new(Pages::Prepared, CHUNK);
+    w.run(groups / 4, 1, None);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    let mut record = |ns: u64| {
+        let _ = h.record(ns.max(1));
+    };
+    w.run(groups, 1, Some(&mut record));
+    Latency {
+        p50: h.value_at_quantile(0.5) as f64,
+        p99: h.value_at_quantile(0.99) as f64,
+        p999: h.value_at_quantile(0.999) as f64,
+    }
+}
+
+/// Fault fd records read and answered in batches of `batch`: ns per record (median of runs).
+fn fd_ns(records: u64, batch: usize) -> f64 {
+    let mut w = FdRoundTrip::new(batch);
+    let rounds = (records / batch as u64).max(1);
+    for _ in 0..rounds / 10 {
+        w.round();
+    }
+    let ns = median_of(|| {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            w.round();
+        }
+        t.elapsed().as_nanos() as f64 / (rounds * batch as u64) as f64
+    });
+    w.finish();
+    ns
+}
+
+/// Measures every figure; `scale` multiplies the iteration counts (1: `--quick`).
+pub fn measure(scale: u64) -> FaultFigures {
+    let groups = 20_000 * scale;
+    FaultFigures {
+        routing_floor: IN_FLIGHT
+            .iter()
+            .map(|&n| routing_floor_ns(groups * 4, n))
+            .collect(),
+        memory_floor: memory_floor_ns(groups),
+        handoff_floor: handoff_floor_ns(2_000 * scale),
+        routing: IN_FLIGHT
+            .iter()
+            .map(|&n| e2e_ns(Pages::Prepared, groups, n))
+            .collect(),
+        fresh: IN_FLIGHT
+            .iter()
+            .map(|&n| e2e_ns(Pages::Fresh, groups, n))
+            .collect(),
+        latency: latency(groups),
+        fd: FD_BATCHES.iter().map(|&b| fd_ns(groups * 2, b)).collect(),
+    }
+}
+
+/// Per-second rate of an operation costing `ns`.
+fn per_s(ns: f64) -> f64 {
+    1e9 / ns
+}
+
+fn keyed(keys: &[usize], ns: &[f64]) -> serde_json::Value {
+    keys.iter()
+        .zip(ns)
+        .map(|(k, &v)| (k.to_string(), serde_json::json!(per_s(v).round())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+impl FaultFigures {
+    /// The figures under their stable JSON names (see BENCHMARKS.md).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "e2e_routing_groups_per_s": keyed(&IN_FLIGHT, &self.routing),
+            "e2e_fresh_groups_per_s": keyed(&IN_FLIGHT, &self.fresh),
+            "latency_ns": {
+                "p50": self.latency.p50,
+                "p99": self.latency.p99,
+                "p999": self.latency.p999,
+            },
+            "fd_records_per_s": keyed(&FD_BATCHES, &self.fd),
+            "floors_ns": {
+                "routing": self.routing_floor[0],
+                "memory": self.memory_floor,
+                "handoff": self.handoff_floor,
+                "routing_in_flight": IN_FLIGHT
+                    .iter()
+                    .zip(&self.routing_floor)
+                    .map(|(k, &v)| (k.to_string(), serde_json::json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+            },
+        })
+    }
+
+    /// One line per figure: `(name, ns, floor name, floor ns)`.
+    pub fn lines(&self) -> Vec<(String, f64, String, f64)> {
+        let mut out = vec![
+            (
+                "floor: routing pipeline, 1 group (no iommu-rs code)".into(),
+                self.routing_floor[0],
+                String::new(),
+                0.0,
+            ),
+            (
+                "floor: zero + write one 4 KiB frame (memset+memcpy)".into(),
+                self.memory_floor,
+                String::new(),
+                0.0,
+            ),
+            (
+                "floor: cross-thread handoff round trip".into(),
+                self.handoff_floor,
+                String::new(),
+                0.0,
+            ),
+        ];
+        for (i, n) in IN_FLIGHT.iter().enumerate() {
+            out.push((
+                format!("e2e fault group, prepared pages, {n} in flight"),
+                self.routing[i],
+                format!("routing floor, {n} in flight"),
+                self.routing_floor[i],
+            ));
+        }
+        for (i, n) in IN_FLIGHT.iter().enumerate() {
+            out.push((
+                format!("e2e fault group, fresh zeroed pages, {n} in flight"),
+                self.fresh[i],
+                "memory floor".into(),
+                self.memory_floor,
+            ));
+        }
+        for (name, v) in [
+            ("p50", self.latency.p50),
+            ("p99", self.latency.p99),
+            ("p99.9", self.latency.p999),
+        ] {
+            out.push((
+                format!("latency of one fault, {name}"),
+                v,
+                "routing floor, 1 in flight".into(),
+                self.routing_floor[0],
+            ));
+        }
+        for (i, b) in FD_BATCHES.iter().enumerate() {
+            out.push((
+                format!("fault fd record (read + response), batches of {b}"),
+                self.fd[i],
+                "routing floor, 1 in flight".into(),
+                self.routing_floor[0],
+            ));
+        }
+        out
+    }
+}
+
+/// Keeps every other CPU busy while it lives (`--load`): one spinning thread per CPU but one,
+/// sharing no data with the benchmark.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts the load threads. `Err` if none could be spawned.
+    pub fn start() -> Result<Load, String> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..cpus.saturating_sub(1).max(1))
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("load{i}"))
+                    .spawn(move || {
+                        let mut x = 1u64;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            for _ in 0..1000 {
+                                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                            }
+                        }
+                    })
+                    .map_err(|e| format!("cannot start a load thread: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Load { stop, threads })
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Share of CPU time idle over one second, from two samples of `/proc/stat` (`None` where it
+/// cannot be read).
+pub fn cpu_idle_percent() -> Option<f64> {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+        let v: Vec<u64> = cpu
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some((idle, v.iter().sum()))
+    }
+    let (i0, t0) = sample()?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (i1, t1) = sample()?;
+    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    Some(100.0 * (i1 - i0) as f64 / total as f64)
+}
