@@ -137,10 +137,14 @@ impl RoutingFloor {
         }
         // Reporter → handler → response.
         while let Some((pasid, grpid, page)) = self.ring.pop_front() {
-            let ok = self.handlers.get(&pasid).is_some();
-            if ok {
-                self.table[page as usize] = page + 1;
-            }
+            // The handler of the PASID maps the page (its frames start at `base`).
+            let ok = match self.handlers.get(&pasid) {
+                Some(&base) => {
+                    self.table[page as usize] = base as u64 + page + 1;
+                    true
+                }
+                None => false,
+            };
             self.responses[grpid as usize] = Some(ok);
         }
         // Device: take each response, retry, write.

@@ -232,14 +232,14 @@ impl IopfHandler for SvaFaultHandler {
 }
 
 fn sva_handle_group(group: IopfGroup) {
-    let Some(mm) = group.attachment().domain().mm().cloned() else {
-        group.respond(PageResponseCode::Invalid);
-        return;
+    // Borrowed from the group's attachment, which holds the domain and so the mm.
+    let ok = match group.attachment().domain().mm() {
+        Some(mm) => group
+            .faults()
+            .iter()
+            .all(|f| f.pasid_valid() && mm.handle_mm_fault(f.addr, f.perm).is_ok()),
+        None => false,
     };
-    let ok = group
-        .faults()
-        .iter()
-        .all(|f| f.pasid_valid() && mm.handle_mm_fault(f.addr, f.perm).is_ok());
     group.respond(if ok {
         PageResponseCode::Success
     } else {
