@@ -15,11 +15,12 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use std::collections::VecDeque;
-use std::thread::JoinHandle;
 
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::cell::{Cell, RefCell};
+use core::sync::atomic::Ordering;
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::thread::{self, JoinHandle};
+use crate::sync::{AtomicBool, AtomicU64, Condvar, Mutex};
 
 use crate::device::Device;
 use crate::error::{einval, enodev, Condition, Result};
@@ -45,15 +46,18 @@ struct Shared {
     open: AtomicBool,
 }
 
+// The queue (its `Shared` address) the current thread promised to help with, see
+// [`IopfQueue::help`], 0 when none; and the work it queued there, which it runs itself: the
+// work stays on this thread, with no lock (a workqueue's per-CPU list, in Linux terms).
+#[cfg(not(loom))]
 std::thread_local! {
-    /// The queue (its `Shared` address) the current thread promised to help with, see
-    /// [`IopfQueue::help`]; 0 when none.
-    static HELPING: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
-    /// Work the current thread queued on the queue it helps: it runs it itself, so the work
-    /// stays on this thread, with no lock (a workqueue's per-CPU list, in Linux terms).
-    static LOCAL: core::cell::RefCell<VecDeque<Work>> = const {
-        core::cell::RefCell::new(VecDeque::new())
-    };
+    static HELPING: Cell<usize> = const { Cell::new(0) };
+    static LOCAL: RefCell<VecDeque<Work>> = const { RefCell::new(VecDeque::new()) };
+}
+#[cfg(loom)]
+loom::thread_local! {
+    static HELPING: Cell<usize> = Cell::new(0);
+    static LOCAL: RefCell<VecDeque<Work>> = RefCell::new(VecDeque::new());
 }
 
 /// Takes the oldest work item the current thread queued for the queue it helps.
@@ -181,7 +185,7 @@ impl DeviceWork {
     fn wait_idle(&self) {
         let mut g = self.lock.lock();
         while self.pending.load(Ordering::Acquire) != 0 {
-            self.idle.wait(&mut g);
+            g = self.idle.wait(g);
         }
     }
 }
@@ -215,7 +219,7 @@ impl IopfQueue {
         for i in 0..workers {
             let shared = queue.shared.clone();
             let dispatch = dispatch.clone();
-            let spawned = std::thread::Builder::new()
+            let spawned = thread::Builder::new()
                 .name(format!("iopf_queue/{name}.{i}"))
                 .spawn(move || tracing::dispatcher::with_default(&dispatch, || worker(&shared)));
             match spawned {
@@ -327,7 +331,7 @@ impl IopfQueue {
         if self.manual {
             while self.run_one() {}
         }
-        let current = std::thread::current().id();
+        let current = thread::current().id();
         for h in self.workers.lock().drain(..) {
             // A handler dropping the last reference to its own queue must not join itself.
             if h.thread().id() != current {
@@ -352,7 +356,7 @@ fn worker(shared: &Shared) {
             return;
         }
         p.sleeping += 1;
-        shared.more.wait(&mut p);
+        p = shared.more.wait(p);
         p.sleeping -= 1;
     }
 }

@@ -1,4 +1,5 @@
-//! Model checks of the attach/lookup protocol under every interleaving loom can produce.
+//! Model checks of the attach/lookup protocol, and of the IOPF queue's run-to-completion
+//! protocol (helpers, lazy wakes, flush), under every interleaving loom can produce.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p iommu-core --release loom`.
 //!
@@ -272,5 +273,122 @@ fn loom_bind_racing_unbind_of_the_same_bond() {
         assert_eq!(mm.iommu_mm().domain_count(), 0);
         assert_eq!(mm.iommu_mm().pasid(), Some(pasid));
         assert!(iommu.contract_violations().is_empty());
+    });
+}
+
+/// The IOPF queue's run-to-completion protocol (`iopf_queue.rs`, "Waking"): a handler that
+/// queues its group on the device's IOPF queue, for the models below.
+struct QueueIt;
+
+impl crate::IopfHandler for QueueIt {
+    fn name(&self) -> &str {
+        "queue-it"
+    }
+    fn handle_iopf(&self, group: crate::IopfGroup) -> Result<(), crate::IopfGroup> {
+        let queue = group.param().queue.clone().expect("device on a queue");
+        queue.submit(group, |g| g.respond(crate::PageResponseCode::Success))
+    }
+}
+
+/// A device on a one-worker IOPF queue, with a fault-capable RID attachment queueing there.
+fn queued_device() -> (
+    Arc<MockDriver>,
+    Arc<Group>,
+    Arc<crate::Device>,
+    Arc<Domain>,
+    Arc<crate::IopfQueue>,
+) {
+    let iommu = MockDriver::new("loom");
+    let group = Group::new(iommu.clone(), "g");
+    let dev = group.add_device("d", 16).unwrap();
+    let handler: Arc<dyn crate::IopfHandler> = Arc::new(QueueIt);
+    let dom = Domain::alloc(
+        &dev,
+        crate::DomainRequest::Paging { dma_api: false },
+        Some(handler),
+    )
+    .unwrap();
+    crate::attach_group_handle(&dom, &group, ()).unwrap();
+    let queue = crate::IopfQueue::new("loom", 1).unwrap();
+    crate::iopf_queue_add_device(&queue, &dev).unwrap();
+    (iommu, group, dev, dom, queue)
+}
+
+fn last_request() -> crate::PageRequest {
+    crate::PageRequest {
+        flags: crate::IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+        grpid: 1,
+        addr: 0x1000,
+        ..Default::default()
+    }
+}
+
+/// (h1) A helper that queues work and leaves without running it hands it to the worker: a
+/// flush after it returns waits for the work, which answers the group exactly once; nothing
+/// sleeps for ever (loom reports a deadlock otherwise).
+#[test]
+fn loom_helper_leftovers_reach_the_worker() {
+    loom::model(|| {
+        let (iommu, _group, dev, _dom, queue) = queued_device();
+        let reporter = {
+            let (dev, queue) = (dev.clone(), queue.clone());
+            thread::spawn(move || {
+                let helper = queue.help().expect("a threaded queue");
+                crate::report_device_fault(&dev, last_request()).unwrap();
+                drop(helper);
+            })
+        };
+        reporter.join().unwrap();
+        // Nothing here wakes the worker (a flush or a shutdown would): the helper's drop did.
+        while iommu.responses().is_empty() {
+            thread::yield_now();
+        }
+        crate::iopf_queue_flush_dev(&dev).unwrap();
+        queue.shutdown();
+        assert_eq!(iommu.responses().len(), 1);
+    });
+}
+
+/// (h2) A helper runs the work it queued itself while a flusher waits for the device's work:
+/// the flush returns (the count reaches zero and the flusher is woken, never lost), and the
+/// group is answered exactly once whether the helper or the worker ran it.
+#[test]
+fn loom_helper_runs_its_work_while_a_flush_waits() {
+    loom::model(|| {
+        let (iommu, _group, dev, _dom, queue) = queued_device();
+        let helper_thread = {
+            let (dev, queue) = (dev.clone(), queue.clone());
+            thread::spawn(move || {
+                let helper = queue.help().expect("a threaded queue");
+                crate::report_device_fault(&dev, last_request()).unwrap();
+                while helper.run_one() {}
+            })
+        };
+        crate::iopf_queue_flush_dev(&dev).unwrap();
+        helper_thread.join().unwrap();
+        crate::iopf_queue_flush_dev(&dev).unwrap();
+        assert_eq!(iommu.responses().len(), 1);
+        queue.shutdown();
+    });
+}
+
+/// (h3) Work queued by a thread that does not help wakes the sleeping worker: no lost wake-up
+/// between the worker deciding to sleep and the submit.
+#[test]
+fn loom_plain_submit_wakes_the_worker() {
+    loom::model(|| {
+        let (iommu, _group, dev, _dom, queue) = queued_device();
+        let reporter = {
+            let dev = dev.clone();
+            thread::spawn(move || crate::report_device_fault(&dev, last_request()).unwrap())
+        };
+        reporter.join().unwrap();
+        // Nothing here wakes the worker (a flush or a shutdown would): only the submit did.
+        while iommu.responses().is_empty() {
+            thread::yield_now();
+        }
+        crate::iopf_queue_flush_dev(&dev).unwrap();
+        assert_eq!(iommu.responses().len(), 1);
+        queue.shutdown();
     });
 }

@@ -14,7 +14,32 @@
 
 #[cfg(loom)]
 mod imp {
-    pub use loom::sync::atomic::AtomicU64;
+    pub use loom::sync::atomic::{AtomicBool, AtomicU64};
+    pub use loom::thread;
+
+    /// A condition variable (loom backend), with the guard-by-value API of `std`.
+    #[derive(Debug, Default)]
+    pub struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        /// A new condition variable.
+        pub fn new() -> Self {
+            Self(loom::sync::Condvar::new())
+        }
+        /// Releases the guard's lock, waits for a notification, locks again.
+        pub fn wait<'a, T>(&self, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(guard).unwrap_or_else(|e| e.into_inner())
+        }
+        /// Wakes one waiter.
+        pub fn notify_one(&self) {
+            self.0.notify_one();
+        }
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
+
     /// Mutual exclusion (loom backend).
     #[derive(Debug)]
     pub struct Mutex<T>(loom::sync::Mutex<T>);
@@ -60,8 +85,33 @@ mod imp {
 
 #[cfg(all(not(loom), feature = "std"))]
 mod imp {
-    pub use core::sync::atomic::AtomicU64;
+    pub use core::sync::atomic::{AtomicBool, AtomicU64};
     pub use parking_lot::{Mutex, MutexGuard, RwLock};
+    pub use std::thread;
+
+    /// A condition variable (`parking_lot` backend), with the guard-by-value API of `std`.
+    #[derive(Debug, Default)]
+    pub struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        /// A new condition variable.
+        pub const fn new() -> Self {
+            Self(parking_lot::Condvar::new())
+        }
+        /// Releases the guard's lock, waits for a notification, locks again.
+        pub fn wait<'a, T>(&self, mut guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+            self.0.wait(&mut guard);
+            guard
+        }
+        /// Wakes one waiter.
+        pub fn notify_one(&self) {
+            self.0.notify_one();
+        }
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
 }
 
 #[cfg(all(not(loom), not(feature = "std")))]

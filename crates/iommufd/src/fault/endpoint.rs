@@ -31,7 +31,7 @@ pub struct PollMask {
 /// that arrives later (nobody could ever answer them; Linux instead leaves them pending until
 /// detach — see the crate docs).
 pub struct FaultFd {
-    fault: Arc<Fault>,
+    pub(super) fault: Arc<Fault>,
 }
 
 impl FaultFd {

@@ -177,3 +177,53 @@ fn loom_replace_racing_old_queue_reader_answers_every_group_exactly_once() {
         assert!(got.values().all(|v| v.len() == 1), "none twice: {got:?}");
     });
 }
+
+/// The fd's readiness as a sleeping reader would see it: readable, or nothing queued.
+fn readable_or_empty(fd: &FaultFd) -> bool {
+    let d = fd.fault.lock.lock();
+    d.signalled || d.list.is_empty()
+}
+
+/// Lazy readiness ("Readiness" in `fault/mod.rs`): a reader that keeps reading leaves the fd
+/// readable, and only a reader about to sleep clears it. Racing two reports against a reader
+/// that reads, then prepares to sleep (as [`FaultFd::wait_readable`] does), no group ever waits
+/// behind an unreadable fd — the lost wake-up a lazy clear could cause — and every group is
+/// answered once.
+#[test]
+fn loom_lazy_readiness_never_hides_a_queued_group() {
+    loom::model(|| {
+        let (mock, dev, _ictx, _dev_id, fd) = setup();
+        let fd = Arc::new(fd);
+        let reporter = {
+            let dev = dev.clone();
+            thread::spawn(move || {
+                report_device_fault(&dev, req(1)).unwrap();
+                report_device_fault(&dev, req(2)).unwrap();
+            })
+        };
+        for _ in 0..2 {
+            read_and_answer(&fd);
+            assert!(
+                readable_or_empty(&fd),
+                "a queued group behind an unreadable fd"
+            );
+        }
+        // About to sleep: drop a readiness left from a draining read.
+        fd.fault.clear_if_empty(&mut fd.fault.lock.lock());
+        assert!(
+            readable_or_empty(&fd),
+            "a queued group behind an unreadable fd"
+        );
+        reporter.join().unwrap();
+        assert!(
+            readable_or_empty(&fd),
+            "lost wake-up: group queued, fd unreadable"
+        );
+        while fd.pending() > 0 {
+            read_and_answer(&fd);
+        }
+        let got = per_group(&mock);
+        assert_eq!(got.len(), 2, "every group answered: {got:?}");
+        assert!(got.values().all(|v| v.len() == 1), "none twice: {got:?}");
+    });
+}
