@@ -285,6 +285,16 @@ impl Prq {
         self.report_up_to(usize::MAX)
     }
 
+    /// Wakes the queue thread if requests wait in the ring and nobody reports them: what a
+    /// thread that promised to help ([`Prq::push_group`]'s `helper`) does when it stops
+    /// helping with requests possibly left behind.
+    pub fn kick(&self) {
+        let st = self.state.lock();
+        if (!st.ring.is_empty() || st.overflow) && st.sleeping && st.reporter.is_none() {
+            self.work.notify_one();
+        }
+    }
+
     /// Reports up to `max` requests on the calling thread while no other thread reports.
     fn report_up_to(&self, max: usize) -> usize {
         let mut reported = 0;

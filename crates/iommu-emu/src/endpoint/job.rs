@@ -161,9 +161,13 @@ impl DmaEngine<'_> {
     }
 
     /// Blocks until a page response (or a reset) reaches the function after `seen`
-    /// ([`DmaEngine::responses`]) or `timeout` passes; returns the current count. Call it only
-    /// after [`DmaEngine::help`] found nothing to do.
+    /// ([`DmaEngine::responses`]) or `timeout` passes; returns the current count. Does the
+    /// fault-path work first ([`DmaEngine::help`]) and returns at once if there was any, so
+    /// no request this engine sent waits for a thread nobody woke.
     pub fn wait(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        if self.help() {
+            return self.responses();
+        }
         self.ep.wait_responses_after(seen, timeout)
     }
 
@@ -173,6 +177,13 @@ impl DmaEngine<'_> {
             .sh
             .responses
             .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for DmaEngine<'_> {
+    /// Requests this engine sent and did not report go to the queue thread.
+    fn drop(&mut self) {
+        self.ep.sh.iommu.prq.kick();
     }
 }
 

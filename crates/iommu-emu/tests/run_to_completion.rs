@@ -1,0 +1,134 @@
+//! Stress of the run-to-completion execution model (issue 10): a blocking DMA thread (which
+//! reports the page request queue and runs IOPF work itself while it waits), a DMA engine with
+//! many jobs in flight (the same, between polls), and a thread polling jobs without helping
+//! (which relies on the queue thread and the IOPF worker being woken) share one IOMMU, one
+//! IOPF queue and one process. Every job completes, every group is answered exactly once, and
+//! nobody sleeps on work nobody will do: a watchdog fails the test instead of hanging it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue};
+use iommu_emu::{DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, EndpointConfig, Mm, PhysMem, Prot};
+
+const PAGES: u64 = 20_000;
+
+#[test]
+fn helpers_engines_and_plain_pollers_share_the_fault_path() {
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(Ordering::Acquire) {
+                if start.elapsed() > Duration::from_secs(120) {
+                    eprintln!("run_to_completion: no progress for 120 s (a lost wake-up?)");
+                    std::process::abort();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let phys = Arc::new(PhysMem::new(4 * PAGES as usize + 1024).unwrap());
+    let iommu = EmuIommu::new("rtc", &phys, EmuIommuConfig::default()).unwrap();
+    let queue = IopfQueue::new("rtc", 1).unwrap();
+    let mm = Mm::new(&phys).unwrap();
+    let cfg = EndpointConfig {
+        pri_credits: 64,
+        ..EndpointConfig::default()
+    };
+    let eps: Vec<_> = (0..3)
+        .map(|i| {
+            let group = Group::new(iommu.driver(), format!("g{i}"));
+            let ep = iommu
+                .add_endpoint(&group, &format!("dev{i}"), 1 << 20, cfg.clone())
+                .unwrap();
+            iopf_queue_add_device(&queue, ep.device()).unwrap();
+            ep
+        })
+        .collect();
+    let bonds: Vec<_> = eps
+        .iter()
+        .map(|ep| sva_bind_device(ep.device(), &mm.as_address_space()).unwrap())
+        .collect();
+    let pasid = Some(bonds[0].pasid());
+    let regions: Vec<u64> = (0..3)
+        .map(|_| mm.mmap(PAGES * 4096, Prot::READ_WRITE).unwrap())
+        .collect();
+
+    std::thread::scope(|s| {
+        // Blocking: one group at a time, the waiting thread does the work.
+        s.spawn(|| {
+            for i in 0..PAGES {
+                eps[0]
+                    .dma_fill(pasid, regions[0] + i * 4096, 64, 1)
+                    .unwrap();
+            }
+        });
+        // A DMA engine with 16 jobs in flight.
+        s.spawn(|| {
+            let ep = &eps[1];
+            let mut engine = ep.engine();
+            let mut jobs: Vec<_> = Vec::new();
+            let mut next = 0;
+            let mut finished = 0;
+            while finished < PAGES {
+                while jobs.len() < 16 && next < PAGES {
+                    let va = regions[1] + next * 4096;
+                    jobs.push(ep.start_dma(pasid, va, 64, DmaKind::Fill(2)));
+                    next += 1;
+                }
+                let mut moved = false;
+                jobs.retain_mut(|job| match engine.poll(job) {
+                    DmaPoll::Ready(r) => {
+                        r.unwrap();
+                        finished += 1;
+                        moved = true;
+                        false
+                    }
+                    DmaPoll::Pending => {
+                        moved |= !job.is_waiting();
+                        true
+                    }
+                });
+                if !moved {
+                    engine.wait(engine.responses(), Duration::from_millis(10));
+                }
+            }
+        });
+        // Plain polling: never helps, so the queue thread and the worker must be woken.
+        s.spawn(|| {
+            let ep = &eps[2];
+            for i in 0..PAGES {
+                let mut job = ep.start_dma(pasid, regions[2] + i * 4096, 64, DmaKind::Fill(3));
+                loop {
+                    match ep.poll_dma(&mut job) {
+                        DmaPoll::Ready(r) => break r.unwrap(),
+                        DmaPoll::Pending if job.is_waiting() => std::thread::yield_now(),
+                        DmaPoll::Pending => {}
+                    }
+                }
+            }
+        });
+    });
+    done.store(true, Ordering::Release);
+    watchdog.join().unwrap();
+
+    for (k, ep) in eps.iter().enumerate() {
+        let st = ep.stats();
+        assert_eq!(st.dma_failed, 0, "dev{k}");
+        assert_eq!(
+            st.groups_answered, st.groups_sent,
+            "dev{k}: every group answered once"
+        );
+        assert_eq!(
+            st.stray_responses, 0,
+            "dev{k}: no response without its group"
+        );
+        let mut b = [0u8; 64];
+        mm.read(regions[k] + (PAGES - 1) * 4096, &mut b).unwrap();
+        assert_eq!(b, [k as u8 + 1; 64], "dev{k}: the data landed");
+    }
+    assert_eq!(mm.stats().faults, 3 * PAGES);
+}
