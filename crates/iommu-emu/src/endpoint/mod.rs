@@ -44,12 +44,24 @@
 //! Without ATS every request is untranslated: a translation fault is unrecoverable (PCIe PRI
 //! needs ATS), is recorded in the IOMMU's fault log, and fails the DMA.
 //!
-//! # Waiting
-//! A DMA waiting for a response yields for up to 200 µs, then parks on a condition variable
-//! (a parked thread's wake-up costs ~25 µs on this machine class, ANCHORS). Pure spinning was
-//! measured and rejected: on two shared cores it starves the queue and IOPF threads.
-//! A polled job never waits: it returns `Pending` and its scheduler decides what runs next
-//! (typically `EmuIommu::prq_step` and the fault handler).
+//! # Waiting: run to completion where the work is
+//! A DMA waiting for a response does the work that leads to it on its own thread
+//! ([`Endpoint::help`]): it reports what waits in the IOMMU's page request queue (unless
+//! another thread is reporting it; one reporter at a time keeps requests in order) and runs
+//! the handler work queued on its IOPF queue — outside the reporter's context, as an IOPF
+//! worker would. Groups it sends wake no queue thread, and work it queues wakes no worker: it
+//! promised to do both itself. Only when there is nothing left to do does it spin briefly
+//! (`SPIN_WAIT`, 20 µs: an answer from another running thread) and then park until the
+//! response, a reset or the deadline. Nothing polls with `sched_yield` (it cost ~0.75 µs a
+//! call here and became a real context switch under load); the queue thread and IOPF workers
+//! sleep until someone who will not do the work itself hands them some. With one DMA at a
+//! time the whole fault path runs on the DMA's thread with no handoff at all.
+//!
+//! A [`DmaEngine`] does the same for many polled jobs on one thread (a device keeping many
+//! requests outstanding): poll them all, help when all wait, wait when there is no help to
+//! give. A plain polled job ([`Endpoint::poll_dma`]) never waits and promises nothing: its
+//! groups wake the queue thread, and its scheduler decides what runs next (typically
+//! `EmuIommu::prq_step` and the fault handler in deterministic mode).
 //!
 //! # Exactly-once accounting
 //! Each group the endpoint sends is answered once: by software (the core's page response) or
