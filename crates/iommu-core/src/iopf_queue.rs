@@ -131,17 +131,21 @@ impl Drop for IopfHelper<'_> {
         // Work this thread queued and did not run goes to the workers (or runs here if they
         // have left: a shut-down queue still runs what it accepted).
         let shared = &self.queue.shared;
-        loop {
-            let Some(work) = pop_local() else { break };
+        let mut left = false;
+        while let Some(work) = pop_local() {
             let mut p = shared.pending.lock();
             if p.open {
                 p.work.push_back(work);
+                left = true;
             } else {
                 drop(p);
                 run_work(work);
             }
         }
-        shared.wake_for_leftovers();
+        // Work others queued woke a worker when it was queued; only this thread's needs one.
+        if left {
+            shared.wake_for_leftovers();
+        }
     }
 }
 
@@ -154,39 +158,47 @@ fn run_work((group, run): Work) {
 
 /// Per-device count of queued or running work, for flushing.
 ///
-/// The count is an atomic; the lock is taken only when it drops to zero (to wake flushers)
-/// and by a flusher, so queueing and finishing work cost one atomic each. No lost wake-up: a
-/// flusher reads the count under the lock and sleeps releasing it atomically; a finisher that
-/// brings the count to zero takes the lock before it notifies, so it notifies either before
-/// the flusher read the count (which then reads zero) or after the flusher sleeps.
+/// One atomic word holds the count (low bits) and the number of flushers waiting (high bits):
+/// queueing and finishing work cost one atomic each, and the lock is taken only by a flusher
+/// and by a finisher that brings the count to zero while a flusher waits. No lost wake-up:
+/// both sides change the same word, so one of them comes first in its modification order — a
+/// flusher that came first is seen by the finisher, which takes the lock before it notifies
+/// (so after the flusher sleeps, or before it read the count under the lock); a finisher that
+/// came first left a zero count for the flusher to read.
 #[derive(Default)]
 pub(crate) struct DeviceWork {
-    pending: AtomicU64,
+    state: AtomicU64,
     lock: Mutex<()>,
     idle: Condvar,
 }
 
 impl DeviceWork {
+    const WAITER: u64 = 1 << 40;
+    const COUNT: u64 = Self::WAITER - 1;
+
     fn start(&self) {
-        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.state.fetch_add(1, Ordering::AcqRel);
     }
 
     fn finish(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let prev = self.state.fetch_sub(1, Ordering::AcqRel);
+        if prev & Self::COUNT == 1 && prev >= Self::WAITER {
             let _g = self.lock.lock();
             self.idle.notify_all();
         }
     }
 
     fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & Self::COUNT
     }
 
     fn wait_idle(&self) {
         let mut g = self.lock.lock();
-        while self.pending.load(Ordering::Acquire) != 0 {
+        self.state.fetch_add(Self::WAITER, Ordering::AcqRel);
+        while self.pending() != 0 {
             g = self.idle.wait(g);
         }
+        self.state.fetch_sub(Self::WAITER, Ordering::AcqRel);
     }
 }
 
@@ -420,5 +432,8 @@ pub(crate) fn flush_param(param: &FaultParam) {
 
 /// The IOPF queue `dev`'s handler work runs on, while fault reporting is enabled with one.
 pub fn iopf_queue_of(dev: &Device) -> Option<Arc<IopfQueue>> {
-    dev.fault_param().and_then(|p| p.queue.clone())
+    dev.fault_param
+        .read()
+        .as_ref()
+        .and_then(|p| p.queue.clone())
 }

@@ -259,6 +259,14 @@ impl PhysMem {
     /// Sets `len` bytes starting at `pa` to `byte`. `EFAULT` as [`PhysMem::write`].
     pub fn fill(&self, pa: PhysAddr, len: usize, byte: u8) -> Result<()> {
         let at = self.offset_of(pa.0, len)?;
+        if len <= 64 {
+            // A cache line or less (a descriptor, a flag): one copy from a line-sized pattern.
+            let line = [byte; 64];
+            return self
+                .region
+                .write_slice(&line[..len], at)
+                .map_err(|_| efault_v("physical fill failed", pa.0));
+        }
         let slice = self
             .region
             .get_slice(at, len)

@@ -148,10 +148,17 @@ pub struct DmaEngine<'a> {
 }
 
 impl DmaEngine<'_> {
-    /// One step of `job` (a job of this engine's function), as [`Endpoint::poll_dma`].
+    /// Steps `job` (a job of this engine's function) until it is done or waits for a page
+    /// response or for PRI credits ([`DmaJob::is_waiting`]): run to completion, where
+    /// [`Endpoint::poll_dma`] makes one step per call.
     pub fn poll(&mut self, job: &mut DmaJob) -> DmaPoll {
         debug_assert!(Arc::ptr_eq(&job.ep.sh, &self.ep.sh));
-        Endpoint::poll_job(job, true)
+        loop {
+            match Endpoint::poll_job(job, true) {
+                DmaPoll::Pending if !job.is_waiting() => continue,
+                r => return r,
+            }
+        }
     }
 
     /// The work between this function's page requests and their responses, here
