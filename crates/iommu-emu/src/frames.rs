@@ -84,7 +84,8 @@ impl FrameAllocator {
             None => return None,
         };
         st.live[index / 64] |= 1 << (index % 64);
-        self.in_use.fetch_add(1, Relaxed);
+        // Written under the state lock only: no locked RMW needed (see `counter.rs`).
+        self.in_use.store(self.in_use.load(Relaxed) + 1, Relaxed);
         Some((index, recycled))
     }
 
@@ -108,7 +109,7 @@ impl FrameAllocator {
         }
         st.live[index / 64] &= !bit;
         st.free.push(index);
-        self.in_use.fetch_sub(1, Relaxed);
+        self.in_use.store(self.in_use.load(Relaxed) - 1, Relaxed);
         Ok(())
     }
 }

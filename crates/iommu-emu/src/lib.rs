@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod counter;
 pub mod demo;
 pub mod endpoint;
 mod frames;

@@ -48,6 +48,7 @@ use std::thread::ThreadId;
 use iommu_core::{iopf_discard_partial, report_device_fault, Device, PageRequest};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::counter::add_locked;
 use crate::spec::prq::PageRequestDesc;
 
 /// One slot of the ring: the requester and the descriptor the hardware wrote for it.
@@ -184,14 +185,14 @@ impl Prq {
             last = Some(req);
             if !st.overflow && st.ring.len() >= self.depth {
                 st.overflow = true;
-                self.counters.overflows.fetch_add(1, Relaxed);
+                add_locked(&self.counters.overflows, 1);
             }
             if st.overflow {
                 if req.is_last() {
-                    self.counters.auto_responses.fetch_add(1, Relaxed);
+                    add_locked(&self.counters.auto_responses, 1);
                     outcome = Pushed::AutoSuccess;
                 } else {
-                    self.counters.dropped_partials.fetch_add(1, Relaxed);
+                    add_locked(&self.counters.dropped_partials, 1);
                 }
                 continue;
             }
@@ -204,7 +205,7 @@ impl Prq {
             });
             st.enqueued += 1;
             wrote = true;
-            self.counters.requests.fetch_add(1, Relaxed);
+            add_locked(&self.counters.requests, 1);
         }
         if let Some(last) = last {
             let pasid = if last.pasid_valid() {

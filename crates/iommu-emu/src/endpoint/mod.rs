@@ -317,7 +317,7 @@ impl Endpoint {
                 trace_abandoned(&sh.dev, i as u32, crate::trace::cause::RESET, epoch);
             }
         }
-        sh.counters.abandoned.fetch_add(abandoned, Relaxed);
+        crate::counter::add_locked(&sh.counters.abandoned, abandoned);
         // Spinning waiters look at this counter: the reset is news to them too.
         sh.responses.fetch_add(1, Release);
         st.credits = sh.cfg.pri_credits;

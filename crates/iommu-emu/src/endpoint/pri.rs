@@ -12,6 +12,7 @@ use iommu_core::{
 };
 
 use super::{DmaError, Endpoint, EpShared, PRG_INDICES};
+use crate::counter::add_locked;
 use crate::iommu::{FaultReason, TranslationFault};
 use crate::phys::PAGE_SHIFT;
 use crate::prq::Pushed;
@@ -288,10 +289,10 @@ impl Endpoint {
         if auto {
             let c = &sh.counters;
             if applied {
-                c.answered.fetch_add(1, Relaxed);
-                c.auto_success.fetch_add(1, Relaxed);
+                add_locked(&c.answered, 1);
+                add_locked(&c.auto_success, 1);
             } else {
-                c.stray.fetch_add(1, Relaxed);
+                add_locked(&c.stray, 1);
             }
             trace_response(&sh.dev, o.grpid, PageResponseCode::Success, applied, true);
         }
@@ -353,7 +354,7 @@ impl Endpoint {
             }
             if deadline.wait(&sh.pri_cv, &mut st) {
                 sh.free_slot(&mut st, o.grpid as usize, o.pages);
-                sh.counters.abandoned.fetch_add(1, Relaxed);
+                add_locked(&sh.counters.abandoned, 1);
                 trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::TIMEOUT, o.epoch);
                 return Err(DmaError::ResponseTimeout { grpid: o.grpid });
             }
@@ -416,7 +417,7 @@ impl Endpoint {
             sh.free_slot(&mut st, i, o.pages);
             return;
         }
-        sh.counters.abandoned.fetch_add(1, Relaxed);
+        add_locked(&sh.counters.abandoned, 1);
         trace_abandoned(&sh.dev, o.grpid, crate::trace::cause::DROPPED, o.epoch);
     }
 }
@@ -441,19 +442,19 @@ impl EpShared {
                 // The late answer to a dropped job's group: frees the slot, applies nothing.
                 let pages = slot.pages;
                 self.free_slot(&mut st, i, pages);
-                c.stray.fetch_add(1, Relaxed);
+                add_locked(&c.stray, 1);
                 false
             }
             Some(slot) if slot.outcome.is_none() && pasid_ok(slot) => {
                 slot.outcome = Some(resp.code);
-                c.answered.fetch_add(1, Relaxed);
+                add_locked(&c.answered, 1);
                 match resp.code {
-                    PageResponseCode::Success => c.success.fetch_add(1, Relaxed),
-                    PageResponseCode::Invalid => c.invalid.fetch_add(1, Relaxed),
+                    PageResponseCode::Success => add_locked(&c.success, 1),
+                    PageResponseCode::Invalid => add_locked(&c.invalid, 1),
                     PageResponseCode::Failure => {
                         // Response Failure disables the function's PRI (SPEC §4.8).
                         st.enabled = false;
-                        c.failure.fetch_add(1, Relaxed)
+                        add_locked(&c.failure, 1)
                     }
                 };
                 self.responses.fetch_add(1, Release);
@@ -461,7 +462,7 @@ impl EpShared {
                 true
             }
             _ => {
-                c.stray.fetch_add(1, Relaxed);
+                add_locked(&c.stray, 1);
                 false
             }
         };

@@ -1,8 +1,6 @@
 //! Demand paging: making a page present on a fault (device or CPU), and CPU accesses that
 //! walk the first-stage table and fault on a miss (Linux `mm/memory.c`, `handle_mm_fault`).
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use iommu_core::error::{efault, efault_v, enomem_v, eperm_v};
 use iommu_core::{Result, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE};
 use iommu_pt::{walk, Access, FirstStage4, Pfn, PhysAddr};
@@ -105,7 +103,7 @@ impl Mm {
                 Err(_) => {
                     let (pfn, fresh) = inner.fault_in(&self.phys, va, perm)?;
                     if fresh {
-                        self.faults.fetch_add(1, Relaxed);
+                        crate::counter::add_locked(&self.faults, 1);
                     }
                     pfn
                 }

@@ -324,9 +324,11 @@ impl AddressSpace for Mm {
         if addr >= USER_TOP {
             return Err(efault_v("address outside the user address space", addr));
         }
-        let (_, fresh) = self.inner.lock().fault_in(&self.phys, addr, perm)?;
+        let mut inner = self.inner.lock();
+        let (_, fresh) = inner.fault_in(&self.phys, addr, perm)?;
         if fresh {
-            self.faults.fetch_add(1, Relaxed);
+            // Every writer holds the mm's lock.
+            crate::counter::add_locked(&self.faults, 1);
         }
         Ok(())
     }
