@@ -199,9 +199,11 @@ impl Fault {
                 break;
             };
             group.respond(code);
-            self.user_responses.fetch_add(1, Relaxed);
             done += RESPONSE_RECORD_SIZE;
         }
+        // One counter update per write, not per record.
+        self.user_responses
+            .fetch_add((done / RESPONSE_RECORD_SIZE) as u64, Relaxed);
         drop(resp);
         match (done, err) {
             (0, Some(e)) => Err(e),
