@@ -32,10 +32,28 @@ fn bad_argument_is_refused_with_a_message() {
 
 #[test]
 fn quick_bench_prints_every_figure_with_its_ratio() {
-    let out = iommu_sim(["bench", "--quick"]);
+    let dir = scratch_dir("bench-json");
+    let json = dir.join("bench.json");
+    let out = iommu_sim([
+        OsStr::new("bench"),
+        OsStr::new("--quick"),
+        OsStr::new("--json"),
+        json.as_os_str(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("CPUs idle in the second before timing"),
+        "{text}"
+    );
     for want in [
+        "floor: routing pipeline",
+        "floor: zero + write one 4 KiB frame",
+        "e2e fault group, prepared pages, 1 in flight",
+        "e2e fault group, prepared pages, 256 in flight",
+        "e2e fault group, fresh zeroed pages, 64 in flight",
+        "latency of one fault, p99.9",
+        "fault fd record (read + response), batches of 256",
         "cross-thread handoff",
         "attach_handle_get (1,024 live PASIDs)",
         "under attach/detach churn",
@@ -54,6 +72,36 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         .filter(|l| l.starts_with("attach_handle_get"))
         .count();
     assert_eq!(ratios, 2);
+    // The JSON figures under their stable names, every one a positive number.
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let positive = |x: &serde_json::Value| x.as_f64().is_some_and(|f| f > 0.0);
+    for key in ["e2e_routing_groups_per_s", "e2e_fresh_groups_per_s"] {
+        for n in ["1", "4", "16", "64", "256"] {
+            assert!(positive(&v[key][n]), "{key}.{n} in {v}");
+        }
+    }
+    for p in ["p50", "p99", "p999"] {
+        assert!(positive(&v["latency_ns"][p]), "latency_ns.{p} in {v}");
+    }
+    for n in ["1", "16", "256"] {
+        assert!(positive(&v["fd_records_per_s"][n]), "fd_records_per_s.{n}");
+    }
+    for f in ["routing", "memory", "handoff"] {
+        assert!(positive(&v["floors_ns"][f]), "floors_ns.{f}");
+    }
+    assert_eq!(v["load"], serde_json::json!(false));
+}
+
+#[test]
+fn bench_refuses_a_json_path_it_cannot_write() {
+    let out = iommu_sim(["bench", "--quick", "--json", "/nonexistent-dir/b.json"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write /nonexistent-dir/b.json"),
+        "{err}"
+    );
 }
 
 #[test]

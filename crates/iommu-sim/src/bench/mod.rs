@@ -224,6 +224,14 @@ pub struct Options {
 /// Runs every benchmark and renders the table; writes the JSON file if asked.
 pub fn run(opts: &Options) -> Result<String, String> {
     let scale = if opts.quick { 1 } else { 10 };
+    // Refuse an unwritable path before minutes of measuring, not after.
+    let mut json_file = match &opts.json {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let idle = fault::cpu_idle_percent();
     let mut out = format!(
@@ -238,7 +246,8 @@ pub fn run(opts: &Options) -> Result<String, String> {
         None
     };
     out += &render_fault(&quiet, loaded.as_ref());
-    if let Some(path) = &opts.json {
+    if let (Some(file), Some(path)) = (json_file.as_mut(), &opts.json) {
+        use std::io::Write;
         let mut v = loaded.as_ref().unwrap_or(&quiet).json();
         v["load"] = serde_json::json!(opts.load);
         if loaded.is_some() {
@@ -246,8 +255,7 @@ pub fn run(opts: &Options) -> Result<String, String> {
         }
         v["machine"] = serde_json::json!({ "cpus": cpus, "idle_percent_before": idle });
         let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        writeln!(file, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let mut figures = lookup_figures(200_000 * scale);
     figures.extend(translation_figures(200_000 * scale));
