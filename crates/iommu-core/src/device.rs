@@ -10,7 +10,7 @@ use crate::error::{einval_v, enodev, Result};
 use crate::group::Group;
 use crate::iopf::FaultParam;
 use crate::pasid::PASID_LIMIT;
-use crate::sync::RwLock;
+use crate::sync::{AtomicBool, RwLock};
 
 /// A device's identity, unique for the life of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,8 +34,12 @@ pub struct Device {
     name: String,
     max_pasids: u32,
     iommu: Option<Arc<dyn IommuDriver>>,
-    /// Weak: the group owns its members, not the other way round. Cleared on removal.
-    group: RwLock<Weak<Group>>,
+    /// Weak: the group owns its members, not the other way round. Set at creation and never
+    /// changed, so reading it takes no lock (the fault path reads it per page request);
+    /// removal sets `removed` instead.
+    group: Weak<Group>,
+    /// The device left its group: [`Device::group`] is `ENODEV` from now on.
+    removed: AtomicBool,
     /// Fault state while fault reporting is enabled (Linux publishes it with RCU).
     pub(crate) fault_param: RwLock<Option<Arc<FaultParam>>>,
 }
@@ -52,7 +56,8 @@ impl Device {
             name,
             max_pasids,
             iommu: Some(iommu),
-            group: RwLock::new(group),
+            group,
+            removed: AtomicBool::new(false),
             fault_param: RwLock::new(None),
         }
     }
@@ -66,7 +71,8 @@ impl Device {
             name: name.into(),
             max_pasids,
             iommu: None,
-            group: RwLock::new(Weak::new()),
+            group: Weak::new(),
+            removed: AtomicBool::new(false),
             fault_param: RwLock::new(None),
         }))
     }
@@ -100,8 +106,10 @@ impl Device {
 
     /// The device's IOMMU group. `ENODEV` when it has none (not behind an IOMMU, or removed).
     pub fn group(&self) -> Result<Arc<Group>> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(enodev("device has no IOMMU group"));
+        }
         self.group
-            .read()
             .upgrade()
             .ok_or(enodev("device has no IOMMU group"))
     }
@@ -111,7 +119,7 @@ impl Device {
     }
 
     pub(crate) fn clear_group(&self) {
-        *self.group.write() = Weak::new();
+        self.removed.store(true, Ordering::Release);
     }
 }
 

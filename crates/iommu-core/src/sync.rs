@@ -116,7 +116,7 @@ mod imp {
 
 #[cfg(all(not(loom), not(feature = "std")))]
 mod imp {
-    pub use core::sync::atomic::AtomicU64;
+    pub use core::sync::atomic::{AtomicBool, AtomicU64};
     pub use spin::{Mutex, MutexGuard, RwLock};
 }
 

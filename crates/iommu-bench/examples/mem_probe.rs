@@ -1,0 +1,48 @@
+use iommu_emu::PhysMem;
+use iommu_pt::{ArenaTableMem, PhysAddr};
+fn main() {
+    let n = 4096u64;
+    let phys = PhysMem::new(n as usize).unwrap();
+    phys.prefault();
+    let base = ArenaTableMem::DEFAULT_BASE.addr().0;
+    let zero = [0u8; 4096];
+    let data = [0x5au8; 4096];
+    for order in ["asc", "desc"] {
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                let f = if order == "asc" { i } else { n - 1 - i };
+                let pa = PhysAddr(base + f * 4096);
+                phys.write(pa, &zero).unwrap();
+                phys.fill(pa, 4096, 0x5a).unwrap();
+            }
+            best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        println!("phys zero+fill {order}: {best:.1} ns/page");
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                let f = if order == "asc" { i } else { n - 1 - i };
+                let pa = PhysAddr(base + f * 4096);
+                phys.write(pa, &zero).unwrap();
+                phys.write(pa, &data).unwrap();
+            }
+            best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        println!("phys zero+write {order}: {best:.1} ns/page");
+    }
+    let mut f = iommu_bench::floor::MemoryFloor::new(n as usize);
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let mut s = 0u64;
+        for i in 0..n as usize {
+            s += f.page(i) as u64;
+        }
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    println!("floor: {best:.1} ns/page");
+}
