@@ -326,6 +326,32 @@ impl IopfQueue {
         Ok(())
     }
 
+    /// Queues `run(group)` on the queue of the group's device (see [`IopfQueue::submit`]);
+    /// the group back when the device has no queue or it is shut down. A thread helping that
+    /// queue keeps the work without touching the queue's reference count.
+    pub(crate) fn submit_to_device_queue(
+        group: IopfGroup,
+        run: fn(IopfGroup),
+    ) -> Result<(), IopfGroup> {
+        let helped = match group.param().queue.as_deref() {
+            None => return Err(group),
+            Some(q) => {
+                !q.manual
+                    && HELPING.with(|h| h.get()) == q.shared.id()
+                    && q.shared.open.load(Ordering::Acquire)
+            }
+        };
+        if helped {
+            group.param().work.start();
+            LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
+            return Ok(());
+        }
+        match group.param().queue.clone() {
+            Some(q) => q.submit(group, run),
+            None => Err(group),
+        }
+    }
+
     /// Whether [`IopfQueue::shutdown`] ran: the queue takes no more work.
     pub fn is_shut_down(&self) -> bool {
         !self.shared.pending.lock().open

@@ -217,15 +217,13 @@ impl IopfHandler for SvaFaultHandler {
     }
 
     fn handle_iopf(&self, group: IopfGroup) -> core::result::Result<(), IopfGroup> {
+        // No queue, or one already shut down, gives the group back: it is resolved here.
         #[cfg(feature = "std")]
-        let group = match group.param().queue.clone() {
-            // A queue already shut down gives the group back: it is resolved here instead.
-            Some(queue) => match queue.submit(group, sva_handle_group) {
+        let group =
+            match crate::iopf_queue::IopfQueue::submit_to_device_queue(group, sva_handle_group) {
                 Ok(()) => return Ok(()),
                 Err(back) => back,
-            },
-            None => group,
-        };
+            };
         sva_handle_group(group);
         Ok(())
     }

@@ -145,6 +145,9 @@ impl fmt::Debug for DmaJob {
 /// [`DmaEngine::help`]; when that finds nothing to do, [`DmaEngine::wait`] for a response.
 pub struct DmaEngine<'a> {
     ep: &'a Endpoint,
+    /// The function's IOPF queue when the engine was made (looked up once, not per help; a
+    /// queue that changes later is still served by its workers).
+    queue: Option<Arc<iommu_core::IopfQueue>>,
 }
 
 impl DmaEngine<'_> {
@@ -164,7 +167,7 @@ impl DmaEngine<'_> {
     /// The work between this function's page requests and their responses, here
     /// ([`Endpoint::help`]). Returns whether it did anything.
     pub fn help(&self) -> bool {
-        self.ep.help()
+        self.ep.help_with(self.queue.as_deref())
     }
 
     /// Blocks until a page response (or a reset) reaches the function after `seen`
@@ -197,7 +200,10 @@ impl Drop for DmaEngine<'_> {
 impl Endpoint {
     /// A DMA engine driving this function's polled jobs on the calling thread.
     pub fn engine(&self) -> DmaEngine<'_> {
-        DmaEngine { ep: self }
+        DmaEngine {
+            ep: self,
+            queue: iommu_core::iopf_queue_of(&self.sh.dev),
+        }
     }
 
     /// Starts a step-driven DMA job of `len` bytes at `iova` (with `pasid`, or on the RID):

@@ -356,8 +356,12 @@ impl Endpoint {
     /// jobs ([`DmaEngine`]) does instead of sleeping; a manual queue ([`EmuIommu::prq_step`],
     /// `IopfQueue::new_manual`) is left to its owner.
     pub fn help(&self) -> bool {
-        let queue = iommu_core::iopf_queue_of(&self.sh.dev);
-        let helper = queue.as_deref().and_then(iommu_core::IopfQueue::help);
+        self.help_with(iommu_core::iopf_queue_of(&self.sh.dev).as_deref())
+    }
+
+    /// [`Endpoint::help`] with the function's IOPF queue already looked up.
+    fn help_with(&self, queue: Option<&iommu_core::IopfQueue>) -> bool {
+        let helper = queue.and_then(iommu_core::IopfQueue::help);
         let mut did = self.sh.iommu.prq.help() > 0;
         if let Some(h) = &helper {
             while h.run_one() {
