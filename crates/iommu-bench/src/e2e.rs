@@ -113,7 +113,15 @@ impl E2e {
         let bytes = self.pages.bytes();
         let mut total = Duration::ZERO;
         let mut left = groups;
-        let mut slots: Vec<Option<(DmaJob, Instant)>> = (0..in_flight).map(|_| None).collect();
+        // One job per slot, made before timing and restarted in place for each transfer, as a
+        // DMA engine reuses its descriptors.
+        let mut slots: Vec<(DmaJob, Instant, bool)> = (0..in_flight)
+            .map(|_| {
+                let mut job = self.ep.start_dma(pasid, 0, 0, DmaKind::Fill(0));
+                let _ = self.ep.poll_dma(&mut job);
+                (job, Instant::now(), false)
+            })
+            .collect();
         while left > 0 {
             let jobs = left.min(self.chunk);
             let len = jobs * 4096;
@@ -124,27 +132,29 @@ impl E2e {
             let mut done = 0u64;
             while done < jobs {
                 let mut progressed = false;
-                for slot in slots.iter_mut() {
-                    if slot.is_none() && next < jobs {
-                        let job =
-                            self.ep
-                                .start_dma(pasid, va + next * 4096, bytes, DmaKind::Fill(0x5a));
-                        let t = if latency.is_some() {
+                for (job, t, busy) in slots.iter_mut() {
+                    if !*busy && next < jobs {
+                        let kind = DmaKind::Fill(0x5a);
+                        job.restart(pasid, va + next * 4096, bytes, kind)
+                            .expect("a finished job restarts");
+                        *t = if latency.is_some() {
                             Instant::now()
                         } else {
                             start
                         };
-                        *slot = Some((job, t));
+                        *busy = true;
                         next += 1;
                     }
-                    let Some((job, t)) = slot else { continue };
+                    if !*busy {
+                        continue;
+                    }
                     match engine.poll(job) {
                         DmaPoll::Ready(r) => {
                             r.expect("dma");
                             if let Some(l) = latency.as_mut() {
                                 l(t.elapsed().as_nanos() as u64);
                             }
-                            *slot = None;
+                            *busy = false;
                             done += 1;
                             progressed = true;
                         }

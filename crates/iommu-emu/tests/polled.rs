@@ -665,3 +665,38 @@ fn queue_thread_runs_under_the_creators_dispatcher() {
         *h.domain.lock().unwrap() = None;
     });
 }
+
+#[test]
+fn a_finished_job_restarts_in_place_and_a_running_one_refuses() {
+    init();
+    let fx = Fx::with(1024, manual());
+    let (ep, domain, _h, rx) = fx.pri_endpoint(PASID, EndpointConfig::default());
+    let mut job = ep.start_dma(Some(PASID), VA, 4096, DmaKind::Fill(1));
+    assert_eq!(ep.poll_dma(&mut job), DmaPoll::Pending);
+    // Running (faulted, group not sent yet): refused, the kind handed back, nothing changed.
+    assert_eq!(
+        job.restart(Some(PASID), VA + 4096, 4096, DmaKind::Fill(2)),
+        Err(DmaKind::Fill(2))
+    );
+    let (r, _) = drive(&fx, &ep, &domain, &rx, std::slice::from_mut(&mut job), 16);
+    assert_eq!(r, vec![Ok(())]);
+    // Done: the same job does the next transfer (a read of what the first one wrote).
+    job.restart(Some(PASID), VA, 4096, DmaKind::Read).unwrap();
+    assert_eq!(job.iova(), VA);
+    let (r, _) = drive(&fx, &ep, &domain, &rx, std::slice::from_mut(&mut job), 16);
+    assert_eq!(r, vec![Ok(())]);
+    assert!(job.data().iter().all(|&b| b == 1));
+    // Restarted with a bad range: the error surfaces on the next poll, as for a new job.
+    job.restart(Some(PASID), u64::MAX, 2, DmaKind::Fill(3))
+        .unwrap();
+    assert!(matches!(
+        ep.poll_dma(&mut job),
+        DmaPoll::Ready(Err(DmaError::InvalidRange { .. }))
+    ));
+    let st = ep.stats();
+    assert_eq!(
+        (st.dma_ok, st.dma_failed),
+        (2, 1),
+        "each transfer counted once"
+    );
+}

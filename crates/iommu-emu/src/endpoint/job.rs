@@ -111,6 +111,46 @@ impl DmaJob {
     }
 }
 
+impl DmaJob {
+    /// Sets the job up for a new transfer (validation errors surface on the first poll).
+    fn init(&mut self, pasid: Option<u32>, iova: u64, len: u64, kind: DmaKind) {
+        let (op, buf) = match kind {
+            DmaKind::Read => {
+                // A read reuses the buffer's allocation.
+                let mut buf = std::mem::take(&mut self.buf);
+                buf.clear();
+                (JobOp::Read, buf)
+            }
+            DmaKind::Write(data) => (JobOp::Write, data),
+            DmaKind::Fill(b) => (JobOp::Fill(b), Vec::new()),
+        };
+        (self.pasid, self.iova, self.len, self.op, self.buf) = (pasid, iova, len, op, buf);
+        self.state = match Endpoint::validate(self) {
+            Ok(Some(m)) => JobState::Run(m),
+            Ok(None) => JobState::Finish(Ok(())),
+            Err(e) => JobState::Finish(Err(e)),
+        };
+    }
+
+    /// Starts a new transfer in this job once a poll has returned [`DmaPoll::Ready`] for
+    /// it (as [`Endpoint::start_dma`] would, on the same function), like a DMA engine reusing
+    /// a descriptor: no new job, no reference to the function taken again. A job whose result
+    /// was not yet reported by a poll is left alone and `kind` is handed back.
+    pub fn restart(
+        &mut self,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        kind: DmaKind,
+    ) -> Result<(), DmaKind> {
+        if !matches!(self.state, JobState::Done(_)) {
+            return Err(kind);
+        }
+        self.init(pasid, iova, len, kind);
+        Ok(())
+    }
+}
+
 impl Drop for DmaJob {
     fn drop(&mut self) {
         if let JobState::Run(Machine {
@@ -211,25 +251,16 @@ impl Endpoint {
     /// the data's length. Validation errors (a wrapping range, a length mismatch, a read buffer
     /// that cannot be allocated: [`DmaError::InvalidRange`]) surface on the first poll.
     pub fn start_dma(&self, pasid: Option<u32>, iova: u64, len: u64, kind: DmaKind) -> DmaJob {
-        let (op, buf) = match kind {
-            DmaKind::Read => (JobOp::Read, Vec::new()),
-            DmaKind::Write(data) => (JobOp::Write, data),
-            DmaKind::Fill(b) => (JobOp::Fill(b), Vec::new()),
-        };
         let mut job = DmaJob {
             ep: self.clone(),
             pasid,
             iova,
             len,
-            op,
-            buf,
+            op: JobOp::Read,
+            buf: Vec::new(),
             state: JobState::Finish(Ok(())),
         };
-        job.state = match Self::validate(&mut job) {
-            Ok(Some(m)) => JobState::Run(m),
-            Ok(None) => JobState::Finish(Ok(())),
-            Err(e) => JobState::Finish(Err(e)),
-        };
+        job.init(pasid, iova, len, kind);
         job
     }
 
