@@ -94,6 +94,15 @@ pub(crate) enum Pushed {
     AutoSuccess,
 }
 
+/// The calling thread's ID, without `thread::current()`'s reference-count round trip (the
+/// reporter token is taken once per batch on the fault path).
+fn this_thread() -> ThreadId {
+    std::thread_local! {
+        static ME: ThreadId = std::thread::current().id();
+    }
+    ME.with(|id| *id)
+}
+
 /// A bounded page request queue.
 pub(crate) struct Prq {
     depth: usize,
@@ -236,7 +245,7 @@ impl Prq {
     /// the calling thread reports those requests itself (it only waits for batches other
     /// threads are reporting in [`Prq::step`], unless it is reporting one itself).
     pub fn drain(&self) {
-        let me = std::thread::current().id();
+        let me = this_thread();
         let mut st = self.state.lock();
         let target = st.enqueued;
         let nested = st.reporter == Some(me);
@@ -330,7 +339,7 @@ impl Prq {
         batch.extend(st.ring.drain(..n));
         st.taken += n as u64;
         let overflow = st.overflow && st.ring.is_empty();
-        st.reporter = Some(std::thread::current().id());
+        st.reporter = Some(this_thread());
         drop(st);
         for e in batch.drain(..) {
             // An error means the core already answered the request (SPEC §4.2 "bad").

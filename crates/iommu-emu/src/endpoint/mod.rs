@@ -148,7 +148,8 @@ struct EpShared {
     atc: Arc<Tlb>,
     pri: Mutex<PriState>,
     pri_cv: Condvar,
-    /// Bumped on every response, so a waiting DMA can poll before it parks.
+    /// Bumped (under the PRI lock) on every response and reset, so a waiting DMA can spin on
+    /// it before it parks.
     responses: AtomicU64,
     /// The PASID capability's Enable bit.
     pasid_enabled: AtomicBool,
@@ -319,7 +320,8 @@ impl Endpoint {
         }
         crate::counter::add_locked(&sh.counters.abandoned, abandoned);
         // Spinning waiters look at this counter: the reset is news to them too.
-        sh.responses.fetch_add(1, Release);
+        sh.responses
+            .store(sh.responses.load(Relaxed).wrapping_add(1), Release);
         st.credits = sh.cfg.pri_credits;
         st.stopped.clear();
         sh.any_stopped.store(false, Release);

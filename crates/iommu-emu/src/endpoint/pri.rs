@@ -457,7 +457,9 @@ impl EpShared {
                         add_locked(&c.failure, 1)
                     }
                 };
-                self.responses.fetch_add(1, Release);
+                // Written under the PRI lock only: a store, not a locked RMW.
+                self.responses
+                    .store(self.responses.load(Relaxed).wrapping_add(1), Release);
                 self.pri_cv.notify_all();
                 true
             }
