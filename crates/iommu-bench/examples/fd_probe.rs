@@ -1,3 +1,6 @@
+//! Times the iommufd fault fd round trip ([`iommu_bench::fault_fd`]) quickly, for profiling:
+//! best of 5. `cargo run --release -p iommu-bench --example fd_probe -- [BATCH]`.
+
 use iommu_bench::fault_fd::FdRoundTrip;
 fn main() {
     let batch: usize = std::env::args()

@@ -1,3 +1,8 @@
+//! Zeroing and writing frames through `PhysMem` in ascending and descending frame order,
+//! beside the memory floor ([`iommu_bench::floor::MemoryFloor`]): why fresh-page faults pay more
+//! than the floor (recycled frames come back in descending order).
+//! `cargo run --release -p iommu-bench --example mem_probe`.
+
 use iommu_emu::PhysMem;
 use iommu_pt::{ArenaTableMem, PhysAddr};
 fn main() {

@@ -4,9 +4,10 @@
 //! assumes) and exposes the operation to time, without timing it: the criterion benches in
 //! `benches/` (`cargo bench -p iommu-bench`) and `iommu-sim bench` (each figure beside its floor,
 //! in one run) wrap the same calls in their own timing loops, so the two can never drift apart.
-//! `iommu-sim bench` runs the `pt`, `lookup`, `translate`, `fault_path` (with a 4,096-page chunk
-//! where criterion uses 8,192), `fault_fd` and `floor` workloads; `memory` and `vmm` run under
-//! criterion only.
+//! `iommu-sim bench` runs the `e2e`, `floor` and `fault_fd` workloads (the fault path against
+//! its floors) and the `pt`, `lookup` and `translate` building blocks; `fault_path`, `memory`
+//! and `vmm` run under criterion only. The `examples/` (`e2e_probe`, `fd_probe`, `mem_probe`)
+//! time single workloads quickly while profiling.
 //!
 //! Workloads `expect` success: each is built so that every call succeeds, and a failure is a
 //! bug in the stack that the bench must not hide.
@@ -14,10 +15,13 @@
 //! * [`pt`]: `iommu-pt` and the `x86_64` crate's mapper behind one [`pt::PtSide`] trait.
 //! * [`lookup`]: `attach_handle_get` over 1,024 live PASIDs, with a `HashMap` floor and churn.
 //! * [`translate`]: the emulated IOMMU's IOTLB hit and miss, with their floors.
-//! * [`fault_path`]: end-to-end SVA fault groups through the software IOMMU.
+//! * [`e2e`]: end-to-end SVA fault groups with 1 to 256 in flight on one `DmaEngine`, pages
+//!   prepared off the path or fresh.
+//! * [`fault_path`]: end-to-end SVA fault groups through the blocking DMA calls.
 //! * [`fault_fd`]: the iommufd fault fd round trip, and the core-only floor.
 //! * [`memory`]: frame writes and DMA over resident pages.
-//! * [`floor`]: the cross-thread handoff that bounds any cross-thread fault path.
+//! * [`floor`]: the floors of the fault path: a minimal routing pipeline, a frame's memory
+//!   work, a cross-thread handoff.
 //! * [`vmm`]: rust-vmm device DMA through vm-memory's `IommuMemory` over the emulated IOMMU.
 
 pub mod e2e;
