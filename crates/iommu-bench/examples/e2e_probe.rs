@@ -31,10 +31,11 @@ fn main() {
             let mut best = f64::MAX;
             for _ in 0..3 {
                 // The slowest thread's timed share: the runs overlap.
+                let w = &w;
                 let d = std::thread::scope(|s| {
                     let per = (in_flight / threads).max(1);
                     let hs: Vec<_> = (0..threads)
-                        .map(|_| s.spawn(|| w.run(n / threads as u64, per, None)))
+                        .map(|_| s.spawn(move || w.run(n / threads as u64, per, None)))
                         .collect();
                     hs.into_iter()
                         .map(|h| h.join().expect("run"))
