@@ -176,9 +176,7 @@ impl Prq {
     /// the sender's reset epoch when it allocated the group (trace only).
     ///
     /// `helper`: the calling thread will report the ring itself ([`Prq::help`]) before it
-    /// waits, so the sleeping queue thread is not woken for it (see "Waking"). `sent(pages)`
-    /// runs under the queue lock once the group is written or answered, so a sender's counters
-    /// can be bumped there without a locked RMW of their own.
+    /// waits, so the sleeping queue thread is not woken for it (see "Waking").
     pub fn push_group(
         &self,
         rid: u32,
@@ -186,7 +184,6 @@ impl Prq {
         reqs: impl ExactSizeIterator<Item = PageRequest>,
         epoch: u64,
         helper: bool,
-        sent: impl FnOnce(usize),
     ) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
@@ -238,7 +235,6 @@ impl Prq {
         if (wrote || st.overflow) && st.sleeping && !helper && st.reporter.is_none() {
             self.work.notify_one();
         }
-        sent(pages);
         outcome
     }
 
@@ -421,18 +417,18 @@ mod tests {
         let prq = Prq::new(3, false);
         let dev = Device::new_unmanaged("d", 0).unwrap();
         assert_eq!(
-            prq.push_group(0, &dev, group(1, 2).into_iter(), 0, false, |_| {}),
+            prq.push_group(0, &dev, group(1, 2).into_iter(), 0, false),
             Pushed::Queued
         );
         // One slot left: the partial fits, the LAST overflows and is answered by hardware.
         assert_eq!(
-            prq.push_group(0, &dev, group(2, 2).into_iter(), 0, false, |_| {}),
+            prq.push_group(0, &dev, group(2, 2).into_iter(), 0, false),
             Pushed::AutoSuccess
         );
         assert!(prq.overflowed());
         // While the flag is set nothing is written, even a group that would fit.
         assert_eq!(
-            prq.push_group(0, &dev, group(3, 1).into_iter(), 0, false, |_| {}),
+            prq.push_group(0, &dev, group(3, 1).into_iter(), 0, false),
             Pushed::AutoSuccess
         );
         let c = &prq.counters;
@@ -455,7 +451,7 @@ mod tests {
         assert!(!prq.overflowed());
         assert_eq!(c.discards.load(Relaxed), 1);
         assert_eq!(
-            prq.push_group(0, &dev, group(4, 1).into_iter(), 0, false, |_| {}),
+            prq.push_group(0, &dev, group(4, 1).into_iter(), 0, false),
             Pushed::Queued
         );
         prq.shutdown();

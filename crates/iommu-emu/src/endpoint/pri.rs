@@ -246,17 +246,16 @@ impl Endpoint {
         helper: bool,
     ) -> Result<Pushed, DmaError> {
         let sh = &*self.sh;
+        let n = pages.len();
         let reqs = PageRequests::new(pasid, pages, write, o.grpid);
-        // Counted under the queue lock: every group of this function goes through it.
-        let c = &sh.counters;
-        let sent = |pages: usize| {
-            add_locked(&c.groups_sent, 1);
-            add_locked(&c.page_requests, pages as u64);
-        };
         let pushed = {
             let win = sh.iommu.dma_window();
-            win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper, sent)
+            win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
         };
+        if pushed.is_some() {
+            sh.counters.groups_sent.fetch_add(1, Relaxed);
+            sh.counters.page_requests.fetch_add(n as u64, Relaxed);
+        }
         match pushed {
             Some(Pushed::Queued) => Ok(Pushed::Queued),
             Some(Pushed::AutoSuccess) => {

@@ -165,16 +165,11 @@ impl DmaWindow<'_> {
         reqs: impl ExactSizeIterator<Item = PageRequest>,
         epoch: u64,
         helper: bool,
-        sent: impl FnOnce(usize),
     ) -> Option<Pushed> {
         if !self.fault_capable(sid, pasid) {
             return None;
         }
-        Some(
-            self.iommu
-                .prq
-                .push_group(sid, dev, reqs, epoch, helper, sent),
-        )
+        Some(self.iommu.prq.push_group(sid, dev, reqs, epoch, helper))
     }
 
     /// The IOMMU this window belongs to.
