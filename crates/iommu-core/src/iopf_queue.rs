@@ -279,11 +279,11 @@ impl IopfQueue {
 
     /// The calling thread promises to run the work it queues on this (threaded) queue until
     /// the returned helper is dropped, so that work wakes no worker (see "Waking"). `None` for
-    /// a manual queue, whose work runs only when its owner says so.
+    /// a manual queue, whose work runs only when its owner says so, and when the thread
+    /// already helps a queue (helpers do not nest).
     ///
     /// The helper must only be held by a thread that runs [`IopfHelper::run_one`] before it
     /// blocks; dropping it hands leftovers to the workers.
-    /// `None` too when the thread already helps a queue (helpers do not nest).
     pub fn help(&self) -> Option<IopfHelper<'_>> {
         if self.manual || HELPING.with(|h| h.get()) != 0 {
             return None;
@@ -327,7 +327,7 @@ impl IopfQueue {
     }
 
     /// Queues `run(group)` on the queue of the group's device (see [`IopfQueue::submit`]);
-    /// the group back when the device has no queue or it is shut down. A thread helping that
+    /// gives the group back when the device has no queue or it is shut down. A thread helping that
     /// queue keeps the work without touching the queue's reference count.
     pub(crate) fn submit_to_device_queue(
         group: IopfGroup,
