@@ -132,3 +132,44 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
     }
     assert_eq!(mm.stats().faults, 3 * PAGES);
 }
+
+/// A job of another function polled through an engine is stepped as a plain polled job: its
+/// group wakes its own IOMMU's queue thread instead of waiting for a help that never comes.
+#[test]
+fn an_engine_polling_a_foreign_job_does_not_strand_its_requests() {
+    let phys = Arc::new(PhysMem::new(1024).unwrap());
+    let mm = Mm::new(&phys).unwrap();
+    let mut eps = Vec::new();
+    let mut keep = Vec::new();
+    for i in 0..2 {
+        let iommu = EmuIommu::new(&format!("iommu{i}"), &phys, EmuIommuConfig::default()).unwrap();
+        let queue = IopfQueue::new(&format!("q{i}"), 1).unwrap();
+        let group = Group::new(iommu.driver(), "g");
+        let ep = iommu
+            .add_endpoint(&group, "dev", 1 << 20, EndpointConfig::default())
+            .unwrap();
+        iopf_queue_add_device(&queue, ep.device()).unwrap();
+        keep.push((iommu, queue));
+        eps.push(ep);
+    }
+    let bond = sva_bind_device(eps[1].device(), &mm.as_address_space()).unwrap();
+    let va = mm.mmap(4096, Prot::READ_WRITE).unwrap();
+    let mut engine = eps[0].engine();
+    let mut job = eps[1].start_dma(Some(bond.pasid()), va, 64, DmaKind::Fill(7));
+    let start = Instant::now();
+    loop {
+        match engine.poll(&mut job) {
+            DmaPoll::Ready(r) => break r.unwrap(),
+            DmaPoll::Pending => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the foreign job's group was never reported"
+                );
+                std::thread::yield_now();
+            }
+        }
+    }
+    let mut b = [0u8; 64];
+    mm.read(va, &mut b).unwrap();
+    assert_eq!(b, [7; 64]);
+}

@@ -191,13 +191,14 @@ pub struct DmaEngine<'a> {
 }
 
 impl DmaEngine<'_> {
-    /// Steps `job` (a job of this engine's function) until it is done or waits for a page
-    /// response or for PRI credits ([`DmaJob::is_waiting`]): run to completion, where
-    /// [`Endpoint::poll_dma`] makes one step per call.
+    /// Steps `job` until it is done or waits for a page response or for PRI credits
+    /// ([`DmaJob::is_waiting`]): run to completion, where [`Endpoint::poll_dma`] makes one
+    /// step per call. A job of another function is stepped as a plain polled job (its groups
+    /// wake its IOMMU's queue thread: this engine helps only its own).
     pub fn poll(&mut self, job: &mut DmaJob) -> DmaPoll {
-        debug_assert!(Arc::ptr_eq(&job.ep.sh, &self.ep.sh));
+        let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
         loop {
-            match Endpoint::poll_job(job, true) {
+            match Endpoint::poll_job(job, mine) {
                 DmaPoll::Pending if !job.is_waiting() => continue,
                 r => return r,
             }
