@@ -71,6 +71,9 @@ struct State {
     reporter: Option<ThreadId>,
     /// The batch buffer between batches (kept for its capacity: no allocation per batch).
     spare: VecDeque<Entry>,
+    /// Nobody reports ([`Prq::set_stalled`]): the requests pile up as behind a starved IRQ
+    /// thread.
+    stalled: bool,
     sleeping: bool,
     shutdown: bool,
 }
@@ -132,6 +135,7 @@ impl Prq {
                 consumed: 0,
                 reporter: None,
                 spare: VecDeque::with_capacity(BATCH),
+                stalled: false,
                 sleeping: false,
                 shutdown: false,
             }),
@@ -253,7 +257,7 @@ impl Prq {
             return;
         }
         while st.consumed < target && !st.shutdown {
-            if self.manual && st.taken < target && st.reporter.is_none() {
+            if self.manual && st.taken < target && st.reporter.is_none() && !st.stalled {
                 let max = (target - st.taken) as usize;
                 st = self.report_batch(st, max).0;
             } else if nested {
@@ -305,12 +309,26 @@ impl Prq {
         }
     }
 
+    /// Stops (or resumes) all reporting — queue thread, helpers and steps — as if the driver's
+    /// IRQ thread were starved: requests pile up in the ring until it overflows. A simulation
+    /// knob (an `overflow` event uses it so the flood overflows however fast the reporters
+    /// are); a drain waits until reporting resumes.
+    pub fn set_stalled(&self, stalled: bool) {
+        let mut st = self.state.lock();
+        st.stalled = stalled;
+        if !stalled {
+            self.work.notify_all();
+            self.drained.notify_all();
+        }
+    }
+
     /// Reports up to `max` requests on the calling thread while no other thread reports.
     fn report_up_to(&self, max: usize) -> usize {
         let mut reported = 0;
         let mut st = self.state.lock();
         while reported < max
             && !st.shutdown
+            && !st.stalled
             && st.reporter.is_none()
             && (!st.ring.is_empty() || st.overflow)
         {
@@ -382,7 +400,9 @@ impl Prq {
         loop {
             // Sleep until there is something to report and nobody else reports it; no polling
             // (see "Waking").
-            while (st.ring.is_empty() && !st.overflow || st.reporter.is_some()) && !st.shutdown {
+            while (st.ring.is_empty() && !st.overflow || st.reporter.is_some() || st.stalled)
+                && !st.shutdown
+            {
                 st.sleeping = true;
                 self.work.wait(&mut st);
                 st.sleeping = false;

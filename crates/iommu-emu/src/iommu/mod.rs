@@ -186,6 +186,15 @@ impl EmuIommu {
         self.prq.step(max)
     }
 
+    /// Stalls (or resumes) the page request queue's reporting, as if the driver's IRQ thread
+    /// were starved: requests pile up until the queue overflows (the hardware then answers
+    /// groups itself). A simulation knob for flooding scenarios; while stalled, a blocking DMA
+    /// waits for its response and a PASID detach (which drains the queue) waits too, so stall
+    /// only briefly and always resume.
+    pub fn stall_prq(&self, stalled: bool) {
+        self.prq.set_stalled(stalled);
+    }
+
     /// This IOMMU as the core's driver trait object (for [`Group::new`]).
     pub fn driver(self: &Arc<Self>) -> Arc<dyn IommuDriver> {
         self.clone()

@@ -192,9 +192,20 @@ impl Shared<'_, '_> {
 }
 
 /// An `overflow` event: many threads fault at once on the IOMMU's bonded devices, each on its
-/// own untouched region.
+/// own untouched region, while the IOMMU's page request queue is stalled (a starved IRQ
+/// thread) until it overflows — the fault path's own threads report as fast as they send, so
+/// without the stall a flood rarely fills the queue. Reporting resumes once the queue has
+/// overflowed (or after [`FLOOD_STALL`]), and the flood runs to its end.
 fn flood(world: &World<'_>, i: usize) {
     let targets = world.flood_targets(i);
+    let iommu = world.scenario.events[i]
+        .iommu
+        .and_then(|io| world.iommus.get(io));
+    let overflows = || iommu.map_or(0, |m| m.stats().prq_overflows);
+    let before = overflows();
+    if let Some(m) = iommu {
+        m.stall_prq(true);
+    }
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     std::thread::scope(|s| {
         for (d, pasid, base) in targets {
@@ -207,8 +218,18 @@ fn flood(world: &World<'_>, i: usize) {
                 })
             });
         }
+        let start = Instant::now();
+        while overflows() == before && start.elapsed() < FLOOD_STALL {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        if let Some(m) = iommu {
+            m.stall_prq(false);
+        }
     });
 }
+
+/// The longest an `overflow` event stalls its IOMMU's page request queue.
+const FLOOD_STALL: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn run_job(
     i: usize,
