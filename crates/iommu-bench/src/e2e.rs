@@ -13,11 +13,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iommu_core::{iopf_queue_add_device, sva_bind_device, Group, IopfQueue, SvaBond};
-use iommu_emu::{
-    DmaJob, DmaKind, DmaPoll, EmuIommu, EmuIommuConfig, Endpoint, EndpointConfig, Mm, PhysMem,
-    Prot, Zeroing,
-};
+use iommu_emu::{DmaJob, DmaKind, DmaPoll, EndpointConfig, PhysMem, Prot, Zeroing};
+
+use crate::fault_path::{Handler, SvaStack};
 
 /// What each faulting page costs besides routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +38,7 @@ impl Pages {
 
 /// A function bound by SVA to a process, and a chunk of untouched memory per run.
 pub struct E2e {
-    // Field order is drop order: unbind before the endpoint, the queue and memory go.
-    bond: SvaBond,
-    mm: Arc<Mm>,
-    ep: Endpoint,
-    queue: Arc<IopfQueue>,
-    _iommu: Arc<EmuIommu>,
-    phys: Arc<PhysMem>,
+    stack: SvaStack,
     pages: Pages,
     chunk: u64,
 }
@@ -64,39 +56,16 @@ impl E2e {
         );
         // Host first-touch faults are not the emulator's cost.
         phys.prefault();
-        let iommu = EmuIommu::new("e2e", &phys, EmuIommuConfig::default()).expect("iommu");
-        let queue = IopfQueue::new("e2e", 1).expect("queue");
-        let group = Group::new(iommu.driver(), "g");
         let cfg = EndpointConfig {
             pri_credits: 512,
             ..EndpointConfig::default()
         };
-        let ep = iommu
-            .add_endpoint(&group, "dev0", 1 << 20, cfg)
-            .expect("endpoint");
-        iopf_queue_add_device(&queue, ep.device()).expect("iopf");
-        let mm = Mm::new(&phys).expect("mm");
-        let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
+        let stack = SvaStack::new(&phys, Handler::Queue(1), cfg);
         Self {
-            bond,
-            mm,
-            ep,
-            queue,
-            _iommu: iommu,
-            phys,
+            stack,
             pages,
             chunk,
         }
-    }
-
-    /// The IOPF queue the SVA work is queued on.
-    pub fn queue(&self) -> &Arc<IopfQueue> {
-        &self.queue
-    }
-
-    /// The physical memory.
-    pub fn phys(&self) -> &Arc<PhysMem> {
-        &self.phys
     }
 
     /// Runs `groups` single-page fault groups with up to `in_flight` jobs outstanding and
@@ -109,7 +78,8 @@ impl E2e {
         mut latency: Option<&mut dyn FnMut(u64)>,
     ) -> Duration {
         let in_flight = in_flight.clamp(1, 512);
-        let pasid = Some(self.bond.pasid());
+        let SvaStack { bond, mm, ep, .. } = &self.stack;
+        let pasid = Some(bond.pasid());
         let bytes = self.pages.bytes();
         let mut total = Duration::ZERO;
         let mut left = groups;
@@ -117,20 +87,22 @@ impl E2e {
         // DMA engine reuses its descriptors.
         let mut slots: Vec<(DmaJob, Instant, bool)> = (0..in_flight)
             .map(|_| {
-                let mut job = self.ep.start_dma(pasid, 0, 0, DmaKind::Fill(0));
-                let _ = self.ep.poll_dma(&mut job);
+                let mut job = ep.start_dma(pasid, 0, 0, DmaKind::Fill(0));
+                let _ = ep.poll_dma(&mut job);
                 (job, Instant::now(), false)
             })
             .collect();
         while left > 0 {
             let jobs = left.min(self.chunk);
             let len = jobs * 4096;
-            let va = self.mm.mmap(len, Prot::READ_WRITE).expect("mmap");
+            let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
             let start = Instant::now();
-            let mut engine = self.ep.engine();
+            let engine = ep.engine();
             let mut next = 0u64;
             let mut done = 0u64;
             while done < jobs {
+                // Before the polls: a response that lands during them is news to `wait`.
+                let seen = engine.responses();
                 let mut progressed = false;
                 for (job, t, busy) in slots.iter_mut() {
                     if !*busy && next < jobs {
@@ -163,12 +135,11 @@ impl E2e {
                     }
                 }
                 if !progressed && !engine.help() {
-                    let seen = engine.responses();
                     engine.wait(seen, Duration::from_millis(1));
                 }
             }
             total += start.elapsed();
-            self.mm.munmap(va, len).expect("munmap");
+            mm.munmap(va, len).expect("munmap");
             left -= jobs;
         }
         total

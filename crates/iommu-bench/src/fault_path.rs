@@ -18,36 +18,35 @@ pub enum Handler {
     Inline,
 }
 
-/// A device bound to a process by SVA, with `chunk` pages' worth of frames to fault into.
-pub struct SvaFaultPath {
+/// One PCIe function behind a fresh emulated IOMMU, bound by SVA to a fresh process: what
+/// both end-to-end workloads ([`SvaFaultPath`], [`crate::e2e::E2e`]) fault through.
+pub(crate) struct SvaStack {
     // Field order is drop order: unbind before the endpoint, the queue and memory go.
-    bond: SvaBond,
-    mm: Arc<Mm>,
-    ep: Endpoint,
+    pub bond: SvaBond,
+    pub mm: Arc<Mm>,
+    pub ep: Endpoint,
     _queue: Arc<IopfQueue>,
     _iommu: Arc<EmuIommu>,
-    chunk: u64,
 }
 
-impl SvaFaultPath {
-    /// Builds the stack; at most `chunk` pages are faulted in before they are unmapped again.
-    pub fn new(handler: Handler, chunk: u64) -> Self {
+impl SvaStack {
+    /// Builds the stack over `phys`, the SVA work run as `handler` says.
+    pub fn new(phys: &Arc<PhysMem>, handler: Handler, cfg: EndpointConfig) -> Self {
         let workers = match handler {
             Handler::Queue(n) => n,
             Handler::Inline => 1,
         };
-        let phys = Arc::new(PhysMem::new(2 * chunk as usize + 256).expect("physical memory"));
-        let iommu = EmuIommu::new("bench", &phys, EmuIommuConfig::default()).expect("iommu");
+        let iommu = EmuIommu::new("bench", phys, EmuIommuConfig::default()).expect("iommu");
         let queue = IopfQueue::new("bench", workers).expect("queue");
         let group = Group::new(iommu.driver(), "g");
         let ep = iommu
-            .add_endpoint(&group, "dev0", 1 << 20, EndpointConfig::default())
+            .add_endpoint(&group, "dev0", 1 << 20, cfg)
             .expect("endpoint");
         match handler {
             Handler::Queue(_) => iopf_queue_add_device(&queue, ep.device()).expect("iopf"),
             Handler::Inline => iopf_enable(ep.device()).expect("iopf"),
         }
-        let mm = Mm::new(&phys).expect("mm");
+        let mm = Mm::new(phys).expect("mm");
         let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
         Self {
             bond,
@@ -55,30 +54,44 @@ impl SvaFaultPath {
             ep,
             _queue: queue,
             _iommu: iommu,
-            chunk,
         }
+    }
+}
+
+/// A device bound to a process by SVA, with `chunk` pages' worth of frames to fault into.
+pub struct SvaFaultPath {
+    stack: SvaStack,
+    chunk: u64,
+}
+
+impl SvaFaultPath {
+    /// Builds the stack; at most `chunk` pages are faulted in before they are unmapped again.
+    pub fn new(handler: Handler, chunk: u64) -> Self {
+        let phys = Arc::new(PhysMem::new(2 * chunk as usize + 256).expect("physical memory"));
+        let stack = SvaStack::new(&phys, handler, EndpointConfig::default());
+        Self { stack, chunk }
     }
 
     /// Runs `groups` DMA writes of `pages` untouched pages each (one page request group per
     /// write) and returns the time spent in them. Memory is mapped before and unmapped after
     /// each chunk, untimed, so it stays bounded however many groups are asked for.
     pub fn run(&self, groups: u64, pages: u64) -> Duration {
+        let SvaStack { bond, mm, ep, .. } = &self.stack;
         let data = vec![0x5au8; (pages * 4096) as usize];
-        let pasid = Some(self.bond.pasid());
+        let pasid = Some(bond.pasid());
         let mut total = Duration::ZERO;
         let mut left = groups;
         while left > 0 {
             let jobs = left.min((self.chunk / pages).max(1));
             let len = jobs * pages * 4096;
-            let va = self.mm.mmap(len, Prot::READ_WRITE).expect("mmap");
+            let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
             let start = Instant::now();
             for j in 0..jobs {
-                self.ep
-                    .dma_write(pasid, va + j * pages * 4096, &data)
+                ep.dma_write(pasid, va + j * pages * 4096, &data)
                     .expect("dma");
             }
             total += start.elapsed();
-            self.mm.munmap(va, len).expect("munmap");
+            mm.munmap(va, len).expect("munmap");
             left -= jobs;
         }
         total

@@ -33,8 +33,6 @@ type Work = (IopfGroup, fn(IopfGroup));
 /// The work waiting to run, and who waits for it.
 struct Pending {
     work: VecDeque<Work>,
-    /// Still accepts work (cleared by shutdown).
-    open: bool,
     /// Workers asleep on `Shared::more`.
     sleeping: usize,
 }
@@ -42,7 +40,8 @@ struct Pending {
 struct Shared {
     pending: Mutex<Pending>,
     more: Condvar,
-    /// `Pending::open`, readable without the lock (a helper's submit).
+    /// Still accepts work. Cleared by shutdown under the `pending` lock (so a worker that
+    /// checks it there before sleeping cannot miss it), read without the lock by a helper.
     open: AtomicBool,
 }
 
@@ -91,8 +90,8 @@ impl Shared {
 /// A worker asleep costs a futex wake-up to start (several µs of system CPU on this machine
 /// class), which is more than the work of a group. So a thread that is about to wait for the
 /// result of this queue's work anyway (a device waiting for its page response) may *help*
-/// ([`IopfQueue::help`]): while it helps, work it queues itself does not wake a worker, and it
-/// runs queued work on its own thread instead of sleeping. When it stops helping, a worker is
+/// ([`IopfQueue::help`]): while it helps, work it queues itself does not wake a worker and
+/// stays on a thread-local list, which it runs on its own thread instead of sleeping. When it stops helping, a worker is
 /// woken for whatever it left queued, so no work waits for a helper that went away.
 pub struct IopfQueue {
     name: String,
@@ -106,16 +105,16 @@ pub struct IopfQueue {
 /// Dropping it wakes a worker for work left queued.
 pub struct IopfHelper<'a> {
     queue: &'a IopfQueue,
-    previous: usize,
     /// Tied to the thread whose thread-local state it set: not `Send`.
     _thread: core::marker::PhantomData<*const ()>,
 }
 
 impl IopfHelper<'_> {
-    /// Runs the oldest work item this thread queued itself, else the oldest queued work item
-    /// (of any device), on this thread; `false` if none was queued.
+    /// Runs the oldest work item this thread queued itself; `false` if none is left. Work
+    /// others queued is not taken: whoever queued it woke a worker for it. So helping takes
+    /// no lock.
     pub fn run_one(&self) -> bool {
-        match pop_local().or_else(|| self.queue.shared.pop()) {
+        match pop_local() {
             Some(work) => {
                 run_work(work);
                 true
@@ -127,14 +126,15 @@ impl IopfHelper<'_> {
 
 impl Drop for IopfHelper<'_> {
     fn drop(&mut self) {
-        HELPING.with(|h| h.set(self.previous));
+        // Helpers do not nest: the thread helped nothing before.
+        HELPING.with(|h| h.set(0));
         // Work this thread queued and did not run goes to the workers (or runs here if they
         // have left: a shut-down queue still runs what it accepted).
         let shared = &self.queue.shared;
         let mut left = false;
         while let Some(work) = pop_local() {
             let mut p = shared.pending.lock();
-            if p.open {
+            if shared.open.load(Ordering::Acquire) {
                 p.work.push_back(work);
                 left = true;
             } else {
@@ -209,7 +209,6 @@ impl IopfQueue {
             shared: Arc::new(Shared {
                 pending: Mutex::new(Pending {
                     work: VecDeque::new(),
-                    open: true,
                     sleeping: 0,
                 }),
                 more: Condvar::new(),
@@ -288,10 +287,9 @@ impl IopfQueue {
         if self.manual || HELPING.with(|h| h.get()) != 0 {
             return None;
         }
-        let previous = HELPING.with(|h| h.replace(self.shared.id()));
+        HELPING.with(|h| h.set(self.shared.id()));
         Some(IopfHelper {
             queue: self,
-            previous,
             _thread: core::marker::PhantomData,
         })
     }
@@ -301,21 +299,30 @@ impl IopfQueue {
         &self.name
     }
 
+    /// Whether the calling thread helps this (open, threaded) queue: then work it queues stays
+    /// on its thread-local list.
+    fn helped_here(&self) -> bool {
+        !self.manual
+            && HELPING.with(|h| h.get()) == self.shared.id()
+            && self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// Keeps `run(group)` on the calling (helping) thread's list, counted for flushing.
+    fn keep_local(group: IopfGroup, run: fn(IopfGroup)) {
+        group.param().work.start();
+        LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
+    }
+
     /// Queues `run(group)`, counted against the group's device for flushing; gives the group
     /// back when the queue is shut down. Wakes a sleeping worker unless the calling thread
-    /// helps this queue.
+    /// helps this queue (then the work stays on its thread).
     pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
-        let helped = !self.manual && HELPING.with(|h| h.get()) == self.shared.id();
-        if helped {
-            if !self.shared.open.load(Ordering::Acquire) {
-                return Err(group);
-            }
-            group.param().work.start();
-            LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
+        if self.helped_here() {
+            Self::keep_local(group, run);
             return Ok(());
         }
         let mut p = self.shared.pending.lock();
-        if !p.open {
+        if !self.shared.open.load(Ordering::Acquire) {
             return Err(group);
         }
         group.param().work.start();
@@ -333,36 +340,29 @@ impl IopfQueue {
         group: IopfGroup,
         run: fn(IopfGroup),
     ) -> Result<(), IopfGroup> {
-        let helped = match group.param().queue.as_deref() {
-            None => return Err(group),
-            Some(q) => {
-                !q.manual
-                    && HELPING.with(|h| h.get()) == q.shared.id()
-                    && q.shared.open.load(Ordering::Acquire)
-            }
-        };
-        if helped {
-            group.param().work.start();
-            LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
-            return Ok(());
-        }
-        match group.param().queue.clone() {
-            Some(q) => q.submit(group, run),
+        match group.param().queue.as_deref().map(IopfQueue::helped_here) {
             None => Err(group),
+            Some(true) => {
+                Self::keep_local(group, run);
+                Ok(())
+            }
+            Some(false) => match group.param().queue.clone() {
+                Some(q) => q.submit(group, run),
+                None => Err(group),
+            },
         }
     }
 
     /// Whether [`IopfQueue::shutdown`] ran: the queue takes no more work.
     pub fn is_shut_down(&self) -> bool {
-        !self.shared.pending.lock().open
+        !self.shared.open.load(Ordering::Acquire)
     }
 
     /// Stops accepting work, lets the workers finish what is queued (a manual queue runs it
     /// here), and joins them (Linux `iopf_queue_free`). Idempotent; also done on drop.
     pub fn shutdown(&self) {
         {
-            let mut p = self.shared.pending.lock();
-            p.open = false;
+            let _p = self.shared.pending.lock();
             self.shared.open.store(false, Ordering::Release);
             self.shared.more.notify_all();
         }
@@ -390,7 +390,7 @@ fn worker(shared: &Shared) {
             p = shared.pending.lock();
             continue;
         }
-        if !p.open {
+        if !shared.open.load(Ordering::Acquire) {
             return;
         }
         p.sleeping += 1;

@@ -273,8 +273,13 @@ impl PhysMem {
             .map_err(|_| efault_v("physical fill failed", pa.0))?;
         // Zero from the static zero page; another byte from a small pattern, not a page of it
         // built per call.
-        let small = [byte; 256];
-        let pattern: &[u8] = if byte == 0 { &ZERO_PAGE } else { &small };
+        let small;
+        let pattern: &[u8] = if byte == 0 {
+            &ZERO_PAGE
+        } else {
+            small = [byte; 256];
+            &small
+        };
         let mut done = 0;
         while done < len {
             let n = (len - done).min(pattern.len());

@@ -191,7 +191,6 @@ impl Prq {
     ) -> Pushed {
         let mut st = self.state.lock();
         let mut outcome = Pushed::Queued;
-        let mut wrote = false;
         let pages = reqs.len();
         let mut last = None;
         for req in reqs {
@@ -217,7 +216,6 @@ impl Prq {
                 desc,
             });
             st.enqueued += 1;
-            wrote = true;
             add_locked(&self.counters.requests, 1);
         }
         if let Some(last) = last {
@@ -236,8 +234,8 @@ impl Prq {
                 epoch,
             );
         }
-        if (wrote || st.overflow) && st.sleeping && !helper && st.reporter.is_none() {
-            self.work.notify_one();
+        if !helper {
+            self.wake_reporter(&st);
         }
         outcome
     }
@@ -265,9 +263,7 @@ impl Prq {
                 return;
             } else {
                 // Requests a helper left for the queue thread: it must be awake to report them.
-                if st.sleeping && st.reporter.is_none() {
-                    self.work.notify_one();
-                }
+                self.wake_reporter(&st);
                 self.drained.wait(&mut st);
             }
         }
@@ -303,8 +299,14 @@ impl Prq {
     /// thread that promised to help ([`Prq::push_group`]'s `helper`) does when it stops
     /// helping with requests possibly left behind.
     pub fn kick(&self) {
-        let st = self.state.lock();
-        if (!st.ring.is_empty() || st.overflow) && st.sleeping && st.reporter.is_none() {
+        self.wake_reporter(&self.state.lock());
+    }
+
+    /// Wakes the sleeping queue thread when there is something to report and nobody reports
+    /// it (the one wake condition; every wake goes through here).
+    fn wake_reporter(&self, st: &State) {
+        let work = !st.ring.is_empty() || st.overflow;
+        if work && st.sleeping && st.reporter.is_none() && !st.stalled {
             self.work.notify_one();
         }
     }
@@ -384,12 +386,9 @@ impl Prq {
         st.consumed += n as u64;
         st.reporter = None;
         st.spare = batch;
-        // A request pushed by a non-helper while this thread reported found a reporter and
-        // woke nobody: this thread reports it before it stops (its callers loop while the
-        // ring holds requests), or the queue thread does.
-        if !st.ring.is_empty() && st.sleeping {
-            self.work.notify_one();
-        }
+        // A request pushed while this thread reported found a reporter and woke nobody: with a
+        // queue thread, every reporter (`help`, the thread itself) loops until the ring is
+        // empty, so this thread reports it next; in manual mode it waits for the next step.
         self.drained.notify_all();
         (st, n)
     }

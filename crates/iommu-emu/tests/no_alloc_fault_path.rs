@@ -49,10 +49,11 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
             jobs.extend(
                 (0..64).map(|i| ep.start_dma(pasid, va + i * 4096, 4096, DmaKind::Fill(1))),
             );
-            let mut engine = ep.engine();
+            let engine = ep.engine();
             let mut next = 64;
             let mut done = 0;
             while done < PAGES {
+                let seen = engine.responses();
                 let mut moved = false;
                 for job in jobs.iter_mut() {
                     match engine.poll(job) {
@@ -77,7 +78,7 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
                     }
                 }
                 if !moved && !engine.help() {
-                    engine.wait(engine.responses(), std::time::Duration::from_millis(1));
+                    engine.wait(seen, std::time::Duration::from_millis(1));
                 }
             }
         };

@@ -69,7 +69,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
         // A DMA engine with 16 jobs in flight.
         s.spawn(|| {
             let ep = &eps[1];
-            let mut engine = ep.engine();
+            let engine = ep.engine();
             let mut jobs: Vec<_> = Vec::new();
             let mut next = 0;
             let mut finished = 0;
@@ -79,6 +79,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
                     jobs.push(ep.start_dma(pasid, va, 64, DmaKind::Fill(2)));
                     next += 1;
                 }
+                let seen = engine.responses();
                 let mut moved = false;
                 jobs.retain_mut(|job| match engine.poll(job) {
                     DmaPoll::Ready(r) => {
@@ -93,7 +94,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
                     }
                 });
                 if !moved {
-                    engine.wait(engine.responses(), Duration::from_millis(10));
+                    engine.wait(seen, Duration::from_millis(10));
                 }
             }
         });
@@ -154,7 +155,7 @@ fn an_engine_polling_a_foreign_job_does_not_strand_its_requests() {
     }
     let bond = sva_bind_device(eps[1].device(), &mm.as_address_space()).unwrap();
     let va = mm.mmap(4096, Prot::READ_WRITE).unwrap();
-    let mut engine = eps[0].engine();
+    let engine = eps[0].engine();
     let mut job = eps[1].start_dma(Some(bond.pasid()), va, 64, DmaKind::Fill(7));
     let start = Instant::now();
     loop {

@@ -42,7 +42,7 @@ fn iommufd_fault_groups_allocate_nothing_in_steady_state() {
 
     let mut record = [IommuHwptPgfault::default()];
     let mut round = |n: u64| {
-        let mut engine = ep.engine();
+        let engine = ep.engine();
         for i in 0..n {
             let mut job = ep.start_dma(None, 0x10_0000 + (i % 64) * 4096, 64, DmaKind::Fill(1));
             // The device faults and sends its group; this thread reports it (the iommufd

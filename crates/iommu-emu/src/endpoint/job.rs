@@ -181,8 +181,10 @@ impl fmt::Debug for DmaJob {
 /// ([`Endpoint::help`]) instead of handing it to sleeping threads: page requests it sends wake
 /// no queue thread, because it promises to report them before it blocks.
 ///
-/// Typical loop: poll every job; when all are [`DmaJob::is_waiting`], call
-/// [`DmaEngine::help`]; when that finds nothing to do, [`DmaEngine::wait`] for a response.
+/// Typical loop: note [`DmaEngine::responses`], poll every job; when all are
+/// [`DmaJob::is_waiting`], call [`DmaEngine::help`]; when that finds nothing to do,
+/// [`DmaEngine::wait`] for a response after the noted count (noted before the polls, so a
+/// response that arrived during them does not make the wait sleep).
 pub struct DmaEngine<'a> {
     ep: &'a Endpoint,
     /// The function's IOPF queue when the engine was made (looked up once, not per help; a
@@ -195,7 +197,7 @@ impl DmaEngine<'_> {
     /// ([`DmaJob::is_waiting`]): run to completion, where [`Endpoint::poll_dma`] makes one
     /// step per call. A job of another function is stepped as a plain polled job (its groups
     /// wake its IOMMU's queue thread: this engine helps only its own).
-    pub fn poll(&mut self, job: &mut DmaJob) -> DmaPoll {
+    pub fn poll(&self, job: &mut DmaJob) -> DmaPoll {
         let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
         loop {
             match Endpoint::poll_job(job, mine) {

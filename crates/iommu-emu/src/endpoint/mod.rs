@@ -353,8 +353,8 @@ impl Endpoint {
 
     /// Runs the fault-path work that stands between this function's page requests and their
     /// responses, on the calling thread: reports what waits in its IOMMU's page request queue
-    /// (unless another thread is reporting it) and runs the handler work queued on its IOPF
-    /// queue (of any device). Returns whether it did anything. What a thread that drives polled
+    /// (unless another thread is reporting it) and runs the IOPF handler work that reporting
+    /// queued (the work other threads queued has a worker). Returns whether it did anything. What a thread that drives polled
     /// jobs ([`DmaEngine`]) does instead of sleeping; a manual queue ([`EmuIommu::prq_step`],
     /// `IopfQueue::new_manual`) is left to its owner.
     pub fn help(&self) -> bool {

@@ -310,40 +310,26 @@ impl Endpoint {
 
     /// Waits for the response to `o`: first does the work that leads to it on this thread
     /// (reports the page request queue, runs queued IOPF handler work: [`Endpoint::help`]),
-    /// then spins briefly, then parks until `deadline` (see "Waiting" in the module
-    /// documentation).
+    /// spinning briefly once there is none, then parks until `deadline` (see "Waiting" in the
+    /// module documentation).
     pub(super) fn wait_response(
         &self,
         o: Outstanding,
         deadline: Deadline,
     ) -> Result<Group, DmaError> {
         let sh = &*self.sh;
-        let mut seen = u64::MAX;
-        let mut spin_since: Option<Instant> = None;
         let queue = iommu_core::iopf_queue_of(&sh.dev);
-        let helper = queue.as_deref().and_then(iommu_core::IopfQueue::help);
+        let mut seen = sh.responses.load(Acquire);
         loop {
-            let now = sh.responses.load(Acquire);
-            if now != seen {
-                seen = now;
-                if let Some(r) = self.try_take(o) {
-                    return r;
-                }
+            if let Some(r) = self.try_take(o) {
+                return r;
             }
-            if sh.iommu.prq.help() > 0 || helper.as_ref().is_some_and(|h| h.run_one()) {
-                spin_since = None;
-                continue;
-            }
-            let since = *spin_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SPIN_WAIT {
+            let now = self.spin_for_response(seen, SPIN_WAIT, || self.help_with(queue.as_deref()));
+            if now == seen {
                 break;
             }
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
+            seen = now;
         }
-        // Leftover handler work goes to a worker before this thread sleeps.
-        drop(helper);
         let mut st = sh.pri.lock();
         loop {
             if st.epoch != o.epoch {
@@ -364,21 +350,41 @@ impl Endpoint {
     /// Blocks until the response counter moves past `seen` or `timeout` passes (spinning
     /// briefly first); returns the counter.
     pub(super) fn wait_responses_after(&self, seen: u64, timeout: Duration) -> u64 {
-        let sh = &*self.sh;
-        let start = Instant::now();
-        loop {
-            let now = sh.responses.load(Acquire);
-            if now != seen || start.elapsed() >= SPIN_WAIT.min(timeout) {
-                break;
-            }
-            std::hint::spin_loop();
+        let now = self.spin_for_response(seen, SPIN_WAIT.min(timeout), || false);
+        if now != seen {
+            return now;
         }
+        let sh = &*self.sh;
         let deadline = Deadline::after(timeout);
         let mut st = sh.pri.lock();
         loop {
             let now = sh.responses.load(Acquire);
             if now != seen || deadline.wait(&sh.pri_cv, &mut st) {
                 return sh.responses.load(Acquire);
+            }
+        }
+    }
+
+    /// Spins until the response counter moves past `seen`, running `work` (the fault path's
+    /// work on this thread) while it finds any, and gives up after `limit` without work or a
+    /// response. Returns the counter.
+    fn spin_for_response(&self, seen: u64, limit: Duration, mut work: impl FnMut() -> bool) -> u64 {
+        let responses = &self.sh.responses;
+        let mut since = Instant::now();
+        loop {
+            let now = responses.load(Acquire);
+            if now != seen {
+                return now;
+            }
+            if work() {
+                since = Instant::now();
+                continue;
+            }
+            if since.elapsed() >= limit {
+                return now;
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
             }
         }
     }

@@ -10,6 +10,8 @@ use iommu_bench::e2e::{E2e, Pages};
 use iommu_bench::fault_fd::FdRoundTrip;
 use iommu_bench::floor::{Handoff, MemoryFloor, RoutingFloor};
 
+use super::Figure;
+
 /// Groups in flight of the end-to-end figures.
 pub const IN_FLIGHT: [usize; 5] = [1, 4, 16, 64, 256];
 /// Records per read/write of the fault fd figures.
@@ -209,42 +211,47 @@ impl FaultFigures {
         })
     }
 
-    /// One line per figure: `(name, ns, floor name, floor ns)`.
-    pub fn lines(&self) -> Vec<(String, f64, String, f64)> {
+    /// Every figure, in table order, each with the floor it is compared against (none for
+    /// the floors themselves).
+    pub fn figures(&self) -> Vec<Figure> {
+        let fig = |name: String, ns: f64, floor: Option<(&str, f64)>| Figure {
+            name,
+            ns_per_op: ns,
+            floor: floor.map(|(n, f)| (n.to_string(), f)),
+        };
+        let one = Some(("routing floor, 1 in flight", self.routing_floor[0]));
         let mut out = vec![
-            (
+            fig(
                 "floor: routing pipeline, 1 group (no iommu-rs code)".into(),
                 self.routing_floor[0],
-                String::new(),
-                0.0,
+                None,
             ),
-            (
+            fig(
                 "floor: zero + write one 4 KiB frame (memset+memcpy)".into(),
                 self.memory_floor,
-                String::new(),
-                0.0,
+                None,
             ),
-            (
+            fig(
                 "floor: cross-thread handoff round trip".into(),
                 self.handoff_floor,
-                String::new(),
-                0.0,
+                None,
             ),
         ];
         for (i, n) in IN_FLIGHT.iter().enumerate() {
-            out.push((
-                format!("e2e fault group, prepared pages, {n} in flight"),
-                self.routing[i],
-                format!("routing floor, {n} in flight"),
-                self.routing_floor[i],
-            ));
+            out.push(Figure {
+                name: format!("e2e fault group, prepared pages, {n} in flight"),
+                ns_per_op: self.routing[i],
+                floor: Some((
+                    format!("routing floor, {n} in flight"),
+                    self.routing_floor[i],
+                )),
+            });
         }
         for (i, n) in IN_FLIGHT.iter().enumerate() {
-            out.push((
+            out.push(fig(
                 format!("e2e fault group, fresh zeroed pages, {n} in flight"),
                 self.fresh[i],
-                "memory floor".into(),
-                self.memory_floor,
+                Some(("memory floor", self.memory_floor)),
             ));
         }
         for (name, v) in [
@@ -252,19 +259,13 @@ impl FaultFigures {
             ("p99", self.latency.p99),
             ("p99.9", self.latency.p999),
         ] {
-            out.push((
-                format!("latency of one fault, {name}"),
-                v,
-                "routing floor, 1 in flight".into(),
-                self.routing_floor[0],
-            ));
+            out.push(fig(format!("latency of one fault, {name}"), v, one));
         }
         for (i, b) in FD_BATCHES.iter().enumerate() {
-            out.push((
+            out.push(fig(
                 format!("fault fd record (read + response), batches of {b}"),
                 self.fd[i],
-                "routing floor, 1 in flight".into(),
-                self.routing_floor[0],
+                one,
             ));
         }
         out

@@ -276,22 +276,28 @@ fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures
         out += &format!(" {:>12} {:>8}", "loaded ns", "× quiet");
     }
     out += "\n";
-    let loaded_lines = loaded.map(fault::FaultFigures::lines);
-    for (i, (name, ns, floor_name, floor)) in quiet.lines().into_iter().enumerate() {
-        let ratio = if floor > 0.0 {
-            format!("{:.2}", ns / floor)
-        } else {
-            "-".into()
-        };
-        out += &format!("{name:<58} {ns:>10.1} {:>12.0} {ratio:>8}", 1e9 / ns);
-        if let Some(l) = &loaded_lines {
-            let lns = l[i].1;
-            out += &format!(" {lns:>12.1} {:>8.2}", lns / ns);
+    let loaded = loaded.map(fault::FaultFigures::figures);
+    let mut last_floor = None;
+    for (i, f) in quiet.figures().iter().enumerate() {
+        let ratio = f.ratio().map_or("-".into(), |r| format!("{r:.2}"));
+        out += &format!(
+            "{:<58} {:>10.1} {:>12.0} {ratio:>8}",
+            f.name,
+            f.ns_per_op,
+            f.ops_per_s()
+        );
+        if let Some(l) = &loaded {
+            let lns = l[i].ns_per_op;
+            out += &format!(" {lns:>12.1} {:>8.2}", lns / f.ns_per_op);
         }
         out += "\n";
-        if floor > 0.0 && !floor_name.is_empty() && name.contains(", 1 in flight") {
-            out += &format!("{:<58} {floor:>10.1}\n", format!("  floor: {floor_name}"));
+        // Each floor once, under the first figure compared against it.
+        if let Some((name, ns)) = &f.floor {
+            if last_floor != Some(name) {
+                out += &format!("{:<58} {ns:>10.1}\n", format!("  floor: {name}"));
+            }
         }
+        last_floor = f.floor.as_ref().map(|(n, _)| n);
     }
     out += "× floor: ns/op ÷ the floor's ns/op measured in this run (prepared pages against the \
             routing floor at the same groups in flight, fresh pages against the memory floor). \
