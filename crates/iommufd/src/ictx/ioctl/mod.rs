@@ -30,6 +30,9 @@ mod options;
 mod test_cmd;
 mod vfio;
 
+/// The longest driver-specific record read from user memory (every record Linux 7.3 defines
+/// is far shorter; bytes past it must be zero).
+const MAX_DRIVER_DATA: usize = 4096;
 /// A file the command created (the fault queue's fd): the caller installs it as a new fd and
 /// writes the fd number, as a `u32`, at `out_offset` of the command struct.
 pub struct NewFd {
@@ -281,10 +284,7 @@ impl Ictx {
             }
             IOMMUFD_CMD_HWPT_ALLOC => {
                 let c: IommuHwptAlloc = copy_struct_from_user(cmd, min)?;
-                let mut data = alloc::vec![0u8; c.data_len as usize];
-                if !data.is_empty() {
-                    self.mem.read(c.data_uptr, &mut data)?;
-                }
+                let data = self.read_driver_data(c.data_uptr, c.data_len)?;
                 self.ioctl_hwpt_alloc(cmd, &data)?;
                 none()
             }
@@ -346,11 +346,17 @@ impl Ictx {
                 };
                 let info = self.hw_info(c.dev_id, in_type)?;
                 // The driver's data up to the user's length, then zeros to the end of it.
+                // Zeros from a fixed buffer: the user's length sizes nothing here.
                 let copy = (c.data_len as usize).min(info.data.len());
-                if c.data_len != 0 {
-                    let mut out = alloc::vec![0u8; c.data_len as usize];
-                    out[..copy].copy_from_slice(&info.data[..copy]);
-                    self.mem.write(c.data_uptr, &out)?;
+                if copy != 0 {
+                    self.mem.write(c.data_uptr, &info.data[..copy])?;
+                }
+                let zeros = [0u8; 256];
+                let mut at = copy as u64;
+                while at < u64::from(c.data_len) {
+                    let k = zeros.len().min((u64::from(c.data_len) - at) as usize);
+                    self.mem.write(c.data_uptr + at, &zeros[..k])?;
+                    at += k as u64;
                 }
                 c.data_len = info.data.len() as u32;
                 c.data_type = info.data_type;
@@ -365,10 +371,7 @@ impl Ictx {
                     return Err(eopnotsupp_v("vIOMMU flags must be 0", c.flags.into())
                         .because(Condition::UnsupportedFlags));
                 }
-                let mut data = alloc::vec![0u8; c.data_len as usize];
-                if !data.is_empty() {
-                    self.mem.read(c.data_uptr, &mut data)?;
-                }
+                let data = self.read_driver_data(c.data_uptr, c.data_len)?;
                 c.out_viommu_id = self.viommu_alloc(c.dev_id, c.hwpt_id, c.r#type, &data)?;
                 copy_struct_to_user(cmd, &c);
                 none()
@@ -388,6 +391,17 @@ impl Ictx {
     /// Reads a driver record of `len` user bytes at `uptr` into `buf` as Linux's
     /// `copy_struct_from_user`: a longer record must be zero beyond `buf` (`E2BIG`), a shorter
     /// one is zero-extended; `EFAULT` for memory that is not there.
+    /// A driver-specific record of `len` bytes at `uptr` (HWPT and vIOMMU allocation data):
+    /// at most [`MAX_DRIVER_DATA`] bytes are read, anything past them must be zero (`E2BIG`
+    /// otherwise, as `copy_struct_from_user`), so the caller's length sizes no allocation.
+    fn read_driver_data(&self, uptr: u64, len: u32) -> Result<alloc::vec::Vec<u8>> {
+        let mut data = alloc::vec![0u8; (len as usize).min(MAX_DRIVER_DATA)];
+        if len != 0 {
+            self.read_driver_record(uptr, len.into(), &mut data)?;
+        }
+        Ok(data)
+    }
+
     fn read_driver_record(&self, uptr: u64, len: u64, buf: &mut [u8]) -> Result<()> {
         let n = (len as usize).min(buf.len());
         buf.fill(0);
