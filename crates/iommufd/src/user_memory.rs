@@ -213,7 +213,7 @@ impl UserMemory for SimMemory {
     }
 
     fn write(&self, uva: u64, data: &[u8]) -> Result<()> {
-        self.walk(uva, data.len(), false, |page, off, at, n| {
+        self.walk(uva, data.len(), true, |page, off, at, n| {
             page[off..off + n].copy_from_slice(&data[at..at + n]);
         })
     }
@@ -242,5 +242,27 @@ impl UserMemory for SimMemory {
             return Err(efault_v("user page not mapped", page));
         }
         Ok(self.pins.get(uva))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_page_reads_but_refuses_a_copy_to_user() {
+        let mem = SimMemory::new();
+        mem.map(0x1000, USER_PAGE_SIZE, false).unwrap();
+        mem.map(0x2000, USER_PAGE_SIZE, true).unwrap();
+        let mut b = [1u8; 8];
+        mem.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
+        let err = mem.write(0x1000, &[7; 8]).unwrap_err();
+        assert_eq!(err.errno_name(), "EFAULT");
+        // A write spanning into it changes nothing, not even the writable part.
+        assert!(mem.write(0x2000 - 4, &[7; 8]).is_err());
+        mem.write(0x2000, &[7; 8]).unwrap();
+        mem.read(0x1000, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
     }
 }
