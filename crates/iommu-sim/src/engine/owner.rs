@@ -109,11 +109,13 @@ impl Owner {
         }
     }
 
-    /// Writes `resp` (whole response records). The fd stops at a record it refuses (Linux
-    /// does): a cookie iommufd already answered on its own (auto-response on replace or
-    /// detach, EINVAL) is a stale response, counted and skipped; any other refusal is an
-    /// error. The records after it are written again.
-    fn write_responses(&self, fd: &FaultFd, resp: &[u8]) {
+    /// Writes `resp` (whole response records, to groups read when the fd had made
+    /// `auto_before` auto-responses). The fd stops at a record it refuses (Linux does): a
+    /// cookie iommufd answered on its own since the read (auto-response on replace or detach,
+    /// EINVAL) is a stale response, counted and skipped; any other refusal — EINVAL with no
+    /// auto-response since the read included — is an error. The records after it are
+    /// written again.
+    fn write_responses(&self, fd: &FaultFd, resp: &[u8], auto_before: u64) {
         let record = std::mem::size_of::<IommuHwptPageResponse>();
         let mut rest = resp;
         while !rest.is_empty() {
@@ -128,7 +130,7 @@ impl Owner {
                     let cookie = IommuHwptPageResponse::read_from_bytes(&rest[..record])
                         .map_or(0, |r| r.cookie);
                     if matches!(e, iommu_core::Error::InvalidArgument(_))
-                        && fd.stats().auto_responses > 0
+                        && fd.stats().auto_responses > auto_before
                     {
                         self.stale.fetch_add(1, Relaxed);
                     } else {
@@ -155,6 +157,7 @@ impl Owner {
     pub(super) fn serve_once(&self, phys: &PhysMem, s: &mut Serving) -> usize {
         let Some(fd) = &self.fault else { return 0 };
         let t0 = Instant::now();
+        let auto_before = fd.stats().auto_responses;
         let n = match fd.read(&mut s.buf) {
             Ok(n) => n,
             Err(e) => {
@@ -199,7 +202,7 @@ impl Owner {
         if let Some(g) = group {
             answer(&mut resp, g);
         }
-        self.write_responses(fd, &resp);
+        self.write_responses(fd, &resp, auto_before);
         self.batches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,7 +271,7 @@ mod tests {
             cookie: 0xdead,
             code: IOMMUFD_PAGE_RESP_SUCCESS,
         };
-        owner.write_responses(fd, bogus.as_bytes());
+        owner.write_responses(fd, bogus.as_bytes(), 0);
         assert_eq!(
             (owner.errors.load(Relaxed), owner.stale.load(Relaxed)),
             (2, 0)
@@ -284,6 +287,14 @@ mod tests {
             }
         }
         assert_eq!(fd.pending(), 1);
+        // The handler reads the group, then the replace auto-answers it before the handler
+        // answers.
+        let auto_before = fd.stats().auto_responses;
+        let mut rec = IommuHwptPgfault::default();
+        assert_eq!(
+            fd.read(rec.as_mut_bytes()).expect("read"),
+            FAULT_RECORD_SIZE
+        );
         let h = owner
             .ictx
             .hwpt_alloc(owner.dev_id, owner.ioas, 0, 0, 0, &[])
@@ -292,11 +303,21 @@ mod tests {
             .ictx
             .device_replace(owner.dev_id, iommufd::IOMMU_NO_PASID, h)
             .expect("replace");
-        assert_eq!(fd.stats().auto_responses, 1);
-        owner.write_responses(fd, bogus.as_bytes());
+        assert_eq!(fd.stats().auto_responses, auto_before + 1);
+        let late = IommuHwptPageResponse {
+            cookie: rec.cookie,
+            code: IOMMUFD_PAGE_RESP_SUCCESS,
+        };
+        owner.write_responses(fd, late.as_bytes(), auto_before);
         assert_eq!(
             (owner.errors.load(Relaxed), owner.stale.load(Relaxed)),
             (2, 1)
+        );
+        // A cookie never issued stays an error, auto-responses before its read or not.
+        owner.write_responses(fd, bogus.as_bytes(), fd.stats().auto_responses);
+        assert_eq!(
+            (owner.errors.load(Relaxed), owner.stale.load(Relaxed)),
+            (3, 1)
         );
     }
 }
