@@ -10,8 +10,9 @@
 //! * While the IOAS has at least one paging HWPT, every user mapping holds one pin on each of
 //!   its pages ([`UserMemory::pin`]): the first HWPT pins the existing mappings, mapping with a
 //!   HWPT present pins at once, and a hole (a page not mapped, or not writable for a writable
-//!   mapping) is `EFAULT` and refuses the call. `IOMMU_IOAS_COPY` shares the source's pages,
-//!   so it takes no second pin (Linux shares the `iopt_pages`).
+//!   mapping) is `EFAULT` and refuses the call. A mapping made by `IOMMU_IOAS_COPY` pins for
+//!   itself like any other (Linux shares the source's `iopt_pages`, so its copies add no pin:
+//!   `MD_CHECK_REFS` after a copy reads one pin more here than on Linux).
 //! * Unmap, the last HWPT going and closing the context drop the pins; the selftest's
 //!   `MD_CHECK_REFS` reads the count ([`UserMemory::pin_count`]).
 //!

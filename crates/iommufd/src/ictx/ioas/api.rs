@@ -104,7 +104,7 @@ impl Ictx {
                 prot,
                 user,
                 pin: None,
-                _file: None,
+                file: None,
             },
         )
     }
@@ -155,7 +155,7 @@ impl Ictx {
                 prot,
                 user: true,
                 pin: None,
-                _file: Some(window),
+                file: Some(window),
             },
         )
     }
@@ -164,7 +164,8 @@ impl Ictx {
     /// `dst_id` at `dst_iova` (or the lowest free IOVA), with protection `prot`; returns the
     /// IOVA used. `ENOENT` if the source range is not fully mapped; `EPERM` for a writable copy
     /// of a read-only source; then as [`Ictx::ioas_map`]. A copy takes its own pins (Linux
-    /// shares the source's).
+    /// shares the source's) and shares the file window of a file mapping, which stays mapped
+    /// while either maps it.
     pub fn ioas_copy(
         &self,
         dst_id: u32,
@@ -179,8 +180,8 @@ impl Ictx {
         let dst = t.ioas_mut(dst_id)?;
         check_map_args(0, len, prot)?;
         if prot & IOMMU_WRITE != 0 {
-            if let Some(s) = slices.iter().find(|s| s.2 & IOMMU_WRITE == 0) {
-                return Err(eperm_v("writable copy of a read-only mapping", s.0));
+            if let Some(s) = slices.iter().find(|s| s.prot & IOMMU_WRITE == 0) {
+                return Err(eperm_v("writable copy of a read-only mapping", s.pa));
             }
         }
         let align = dst.iova_alignment();
@@ -189,19 +190,13 @@ impl Ictx {
         }
         let base = match dst_iova {
             Some(iova) => dst.check_fixed_iova(iova, len)?,
-            None => dst.find_free_iova(slices[0].0, len)?,
+            None => dst.find_free_iova(slices[0].pa, len)?,
         };
         let mut done: Vec<u64> = Vec::new();
         let mut iova = base;
-        for (pa, n, _, user) in slices {
-            let m = IoasMap {
-                len: n,
-                pa,
-                prot,
-                user,
-                pin: None,
-                _file: None,
-            };
+        for mut m in slices {
+            let n = m.len;
+            m.prot = prot;
             if let Err(e) = dst.insert(Some(iova), m) {
                 for at in done {
                     dst.remove_map(at);

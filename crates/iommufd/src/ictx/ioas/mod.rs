@@ -60,7 +60,7 @@ pub(super) struct IoasMap {
     pin: Option<Arc<Pin>>,
     /// For `IOMMU_IOAS_MAP_FILE`: the window of the file the user VA is in, released with
     /// the mapping.
-    _file: Option<Arc<FileWindow>>,
+    file: Option<Arc<FileWindow>>,
 }
 
 /// A file range made addressable by [`UserMemory::map_file`], unmapped on drop.
@@ -379,9 +379,10 @@ impl IoasObj {
         Ok(iova)
     }
 
-    /// The mappings covering `[iova, iova + len)` without a gap, as `(pa, len, prot, user)`
-    /// slices in IOVA order; `ENOENT` if any byte is not mapped.
-    fn slices(&self, iova: u64, len: u64) -> Result<Vec<(u64, u64, u32, bool)>> {
+    /// The mappings covering `[iova, iova + len)` without a gap, as mappings of the slices in
+    /// IOVA order (no pin; a file mapping's window shared, so it stays mapped while the copy
+    /// lives); `ENOENT` if any byte is not mapped.
+    fn slices(&self, iova: u64, len: u64) -> Result<Vec<IoasMap>> {
         let end = iova.checked_add(len).ok_or(einval_v("range wraps", iova))?;
         let mut out = Vec::new();
         let mut cursor = iova;
@@ -400,7 +401,14 @@ impl IoasObj {
             }
             let off = cursor - s;
             let n = (m.len - off).min(end - cursor);
-            out.push((m.pa + off, n, m.prot, m.user));
+            out.push(IoasMap {
+                len: n,
+                pa: m.pa + off,
+                prot: m.prot,
+                user: m.user,
+                pin: None,
+                file: m.file.clone(),
+            });
             cursor += n;
             if cursor == end {
                 return Ok(out);
