@@ -16,8 +16,8 @@ fn short_soak_accounts_for_every_group() {
             ..Config::default()
         })
         .expect("soak world builds");
-        assert!(r.groups >= 40_000, "{}", r.text());
-        assert_eq!(r.groups, r.answered + r.abandoned, "{}", r.text());
+        assert!(r.groups() >= 40_000, "{}", r.text());
+        assert_eq!(r.groups(), r.answered + r.abandoned, "{}", r.text());
         assert_eq!((r.lost, r.doubled, r.late), (0, 0, 0), "{}", r.text());
         assert!(r.problems.is_empty(), "{}", r.text());
         seen.extend(r.disruptions.keys().copied());

@@ -242,7 +242,6 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let (a, b) = (sva.stats(), vmm.stats());
     rep.groups_sva = a.groups_sent;
     rep.groups_iommufd = b.groups_sent;
-    rep.groups = a.groups_sent + b.groups_sent;
     rep.answered = a.groups_answered + b.groups_answered;
     rep.overflow_answered = a.auto_success + b.auto_success;
     rep.abandoned = a.abandoned + b.abandoned;

@@ -5,9 +5,7 @@ use super::*;
 /// What a soak did and found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Page request groups sent, both devices.
-    pub groups: u64,
-    /// Of those, by the SVA device and by the iommufd-owned device.
+    /// Page request groups sent by the SVA device.
     pub groups_sva: u64,
     /// Groups sent by the iommufd-owned device.
     pub groups_iommufd: u64,
@@ -50,6 +48,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Page request groups sent, both devices.
+    pub fn groups(&self) -> u64 {
+        self.groups_sva + self.groups_iommufd
+    }
+
     /// Whether the soak passed: nothing lost, doubled or late, no problem, the books balance,
     /// and RSS after warm-up stayed within 10 % of its warm-up value.
     pub fn passed(&self) -> bool {
@@ -57,7 +60,7 @@ impl Report {
             && self.doubled == 0
             && self.late == 0
             && self.problems.is_empty()
-            && self.groups == self.answered + self.abandoned
+            && self.groups() == self.answered + self.abandoned
             && self.rss_flat()
     }
 
@@ -78,19 +81,19 @@ impl Report {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let mut s = format!(
             "soak: {} groups in {:.1} s ({:.0} groups/s): {} SVA, {} iommufd\n",
-            self.groups,
+            self.groups(),
             secs,
-            self.groups as f64 / secs,
+            self.groups() as f64 / secs,
             self.groups_sva,
             self.groups_iommufd
         );
         s += &format!(
             "  accounted      {} sent = {} answered ({} by the IOMMU on overflow) + {} abandoned by reset{}\n",
-            self.groups,
+            self.groups(),
             self.answered,
             self.overflow_answered,
             self.abandoned,
-            if self.groups == self.answered + self.abandoned { "" } else { "  MISMATCH" }
+            if self.groups() == self.answered + self.abandoned { "" } else { "  MISMATCH" }
         );
         s += &format!(
             "  responses      {} lost, {} doubled, {} late\n",

@@ -58,8 +58,6 @@ pub(super) struct Settings {
     account_mm: bool,
     /// The VFIO compatibility IOAS (`IOMMU_VFIO_IOAS`).
     vfio_ioas: Option<u32>,
-    /// The selftest's temporary memory limit (`IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT`).
-    pub(super) temp_memory_limit: Option<u32>,
 }
 
 /// `ULONG_MAX` of a 64-bit kernel: IOVAs and lengths at (or, on 32 bits, above) it are

@@ -131,10 +131,8 @@ impl Ictx {
                 self.dev_check_cache(c.id, cache_id, value)?;
                 Ok(IoctlOutput::default())
             }
-            test_op::SET_TEMP_MEMORY_LIMIT => {
-                self.settings.lock().temp_memory_limit = Some(c.payload[0] as u32);
-                Ok(IoctlOutput::default())
-            }
+            // Accepted: the model takes no temporary memory such a limit could bound.
+            test_op::SET_TEMP_MEMORY_LIMIT => Ok(IoctlOutput::default()),
             op => Err(eopnotsupp_v("selftest op not modelled yet", op.into())),
         }
     }
