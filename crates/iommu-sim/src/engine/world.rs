@@ -167,10 +167,7 @@ impl<'s> World<'s> {
             .jobs
             .iter()
             .zip(&self.job_len)
-            .map(|(j, &len)| {
-                let span = if j.op == JobOp::Copy { len / 2 } else { len };
-                span * j.repeat
-            })
+            .map(|(j, &len)| j.span(len) * j.repeat)
             .sum()
     }
 

@@ -105,12 +105,7 @@ impl Ctx<'_> {
                     ),
                 );
             }
-            let span = if j.op == JobOp::Copy {
-                j.len / 2
-            } else {
-                j.len
-            };
-            moved = moved.saturating_add(span.saturating_mul(j.repeat));
+            moved = moved.saturating_add(j.span(j.len).saturating_mul(j.repeat));
             if moved > MAX_DMA_BYTES {
                 let at = r.repeat.as_ref().map_or(r.len.span(), |s| s.span());
                 return self.err(

@@ -145,6 +145,18 @@ pub struct JobSpec {
     pub repeat: u64,
 }
 
+impl JobSpec {
+    /// Bytes one run of the job moves when it is `len` bytes long: a copy reads half its
+    /// length and writes the other half.
+    pub fn span(&self, len: u64) -> u64 {
+        if self.op == JobOp::Copy {
+            len / 2
+        } else {
+            len
+        }
+    }
+}
+
 /// When an event fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
