@@ -156,6 +156,9 @@ pub struct MockDriver {
     name: String,
     caps: Capabilities,
     no_pasid_kinds: BTreeSet<DomainKindKey>,
+    /// Calls are kept for [`MockDriver::calls`] (every test mock); a long-lived mock (the
+    /// iommufd selftest's IOMMU under the preload) keeps none, so it does not grow per call.
+    record: bool,
     books: Mutex<Books>,
 }
 
@@ -171,10 +174,27 @@ impl MockDriver {
     /// A mock IOMMU with the given capabilities. Every domain kind supports PASID attach until
     /// [`MockDriver::without_pasid_for`] says otherwise.
     pub fn with_capabilities(name: impl Into<String>, caps: Capabilities) -> Arc<Self> {
+        Self::build(name.into(), caps, BTreeSet::new(), true)
+    }
+
+    /// As [`MockDriver::with_capabilities`], keeping no call log: [`MockDriver::calls`] and
+    /// [`MockDriver::responses`] stay empty; the hardware state, contract checks and fault
+    /// rules work as ever. For a mock that runs for as long as a process does.
+    pub fn unrecorded(name: impl Into<String>, caps: Capabilities) -> Arc<Self> {
+        Self::build(name.into(), caps, BTreeSet::new(), false)
+    }
+
+    fn build(
+        name: String,
+        caps: Capabilities,
+        no_pasid_kinds: BTreeSet<DomainKindKey>,
+        record: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            name: name.into(),
+            name,
             caps,
-            no_pasid_kinds: BTreeSet::new(),
+            no_pasid_kinds,
+            record,
             books: Mutex::new(Books::default()),
         })
     }
@@ -185,15 +205,11 @@ impl MockDriver {
         caps: Capabilities,
         kinds: &[DomainKind],
     ) -> Arc<Self> {
-        Arc::new(Self {
-            name: name.into(),
-            caps,
-            no_pasid_kinds: kinds
-                .iter()
-                .map(|k| DomainKindKey(k.linux_type()))
-                .collect(),
-            books: Mutex::new(Books::default()),
-        })
+        let kinds = kinds
+            .iter()
+            .map(|k| DomainKindKey(k.linux_type()))
+            .collect();
+        Self::build(name.into(), caps, kinds, true)
     }
 
     /// The `n`-th (1-based) future call of kind `op` fails with `error`, once.
@@ -270,7 +286,9 @@ impl MockDriver {
 
     /// Records `call`; returns the injected error if a rule says this call fails.
     fn enter(&self, books: &mut Books, call: Call) -> Result<()> {
-        books.calls.push(call.clone());
+        if self.record {
+            books.calls.push(call.clone());
+        }
         let mut hit = None;
         for (i, rule) in books.rules.iter_mut().enumerate() {
             if (rule.matches)(&call) {
@@ -456,5 +474,28 @@ impl IommuDriver for MockDriver {
         b.hw.maps
             .get(&(domain.id(), iova & !0xfff))
             .map(|(pa, _)| pa + (iova & 0xfff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Group;
+
+    #[test]
+    fn an_unrecorded_mock_keeps_no_log_but_still_injects_failures() {
+        let mock = MockDriver::unrecorded("quiet", Capabilities::default());
+        let group = Group::new(mock.clone(), "g");
+        let dev = group.add_device("d", 16).unwrap();
+        mock.fail_nth(Op::DomainAlloc, 1, crate::error::enomem("injected"));
+        assert!(crate::Domain::alloc_paging(&dev).is_err());
+        assert!(crate::Domain::alloc_paging(&dev).is_ok());
+        assert_eq!(mock.call_count(), 0);
+        assert!(mock.calls().is_empty());
+        let recorded = MockDriver::new("loud");
+        let group = Group::new(recorded.clone(), "g");
+        let dev = group.add_device("d", 16).unwrap();
+        crate::Domain::alloc_paging(&dev).unwrap();
+        assert!(recorded.call_count() > 0);
     }
 }

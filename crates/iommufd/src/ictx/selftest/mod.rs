@@ -275,7 +275,7 @@ impl Table {
                     ..Capabilities::default()
                 };
                 Arc::new(SelftestIommu {
-                    inner: MockDriver::with_capabilities("iommufd-selftest", caps),
+                    inner: MockDriver::unrecorded("iommufd-selftest", caps),
                     pasid_fake_error: Mutex::default(),
                 }) as Arc<dyn IommuDriver>
             })
