@@ -140,7 +140,8 @@ impl Ictx {
         let mut buf = alloc::vec![0u8; known];
         self.mem.read(arg, &mut buf)?;
         let before = buf.clone();
-        let res = self.ioctl_cmd(request, &mut buf);
+        // The size rules held above: straight to the command.
+        let res = self.dispatch(nr, op.min_size, &mut buf);
         if buf != before {
             self.mem.write(arg, &buf)?;
         }
@@ -170,7 +171,12 @@ impl Ictx {
                 .because(Condition::UnknownTrailingBytes));
             }
         }
-        let min = op.min_size;
+        self.dispatch(nr, op.min_size, cmd)
+    }
+
+    /// Command `nr` on `cmd`, whose size rules (at least `min` bytes, nothing non-zero past the
+    /// known struct) were checked by the caller.
+    fn dispatch(&self, nr: u32, min: usize, cmd: &mut [u8]) -> Result<IoctlOutput> {
         let none = || Ok(IoctlOutput::default());
         match nr {
             IOMMUFD_CMD_DESTROY => {
