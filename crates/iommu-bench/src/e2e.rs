@@ -36,6 +36,14 @@ impl Pages {
     }
 }
 
+/// Enough PRI credits for every job in flight.
+fn engine_config() -> EndpointConfig {
+    EndpointConfig {
+        pri_credits: 512,
+        ..EndpointConfig::default()
+    }
+}
+
 /// A function bound by SVA to a process, and a chunk of untouched memory per run.
 pub struct E2e {
     stack: SvaStack,
@@ -56,15 +64,23 @@ impl E2e {
         );
         // Host first-touch faults are not the emulator's cost.
         phys.prefault();
-        let cfg = EndpointConfig {
-            pri_credits: 512,
-            ..EndpointConfig::default()
-        };
-        let stack = SvaStack::new(&phys, Handler::Queue(1), cfg);
+        let stack = SvaStack::new(&phys, Handler::Queue(1), engine_config());
         Self {
             stack,
             pages,
             chunk,
+        }
+    }
+
+    /// Another function on the same IOMMU, IOPF queue and physical memory, bound to its own
+    /// process, with chunks of the same size: two of them driven from two threads measure how
+    /// the fault path scales across CPUs behind one IOMMU. The memory was sized for one
+    /// stack's chunks, so at most one sibling fits (`ENOMEM` panics the workload otherwise).
+    pub fn sibling(&self, name: &str) -> Self {
+        Self {
+            stack: self.stack.sibling(name, engine_config()),
+            pages: self.pages,
+            chunk: self.chunk,
         }
     }
 

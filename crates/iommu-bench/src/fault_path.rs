@@ -25,8 +25,8 @@ pub(crate) struct SvaStack {
     pub bond: SvaBond,
     pub mm: Arc<Mm>,
     pub ep: Endpoint,
-    _queue: Arc<IopfQueue>,
-    _iommu: Arc<EmuIommu>,
+    queue: Arc<IopfQueue>,
+    iommu: Arc<EmuIommu>,
 }
 
 impl SvaStack {
@@ -52,8 +52,29 @@ impl SvaStack {
             bond,
             mm,
             ep,
-            _queue: queue,
-            _iommu: iommu,
+            queue,
+            iommu,
+        }
+    }
+
+    /// Another function behind the same IOMMU and IOPF queue, in its own group, bound by SVA
+    /// to its own process in the same physical memory.
+    pub fn sibling(&self, name: &str, cfg: EndpointConfig) -> Self {
+        let iommu = self.iommu.clone();
+        let queue = self.queue.clone();
+        let group = Group::new(iommu.driver(), name);
+        let ep = iommu
+            .add_endpoint(&group, name, 1 << 20, cfg)
+            .expect("endpoint");
+        iopf_queue_add_device(&queue, ep.device()).expect("iopf");
+        let mm = Mm::new(iommu.phys()).expect("mm");
+        let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
+        Self {
+            bond,
+            mm,
+            ep,
+            queue,
+            iommu,
         }
     }
 }
