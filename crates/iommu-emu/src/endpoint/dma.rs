@@ -64,33 +64,70 @@ impl Machine {
         write: bool,
         block: bool,
     ) -> Result<Option<Machine>, DmaError> {
-        if len == 0 {
-            return Ok(None);
-        }
-        let end = iova
-            .checked_add(len)
-            .ok_or(DmaError::InvalidRange { iova, len })?;
-        let cfg = &ep.sh.cfg;
-        let group_cap = cfg.max_group_pages.min(cfg.pri_credits) as usize;
-        Ok(Some(Machine {
-            pasid,
-            iova,
-            end,
-            last: (end - 1) >> PAGE_SHIFT,
-            write,
+        let mut m = Machine::idle(block);
+        Ok(m.reset(ep, pasid, iova, len, write)?.then_some(m))
+    }
+
+    /// A machine with nothing to do, for [`Machine::reset`].
+    pub(super) fn idle(block: bool) -> Machine {
+        Machine {
+            pasid: None,
+            iova: 0,
+            end: 0,
+            last: 0,
+            write: false,
             block,
             helper: block,
-            cursor: iova >> PAGE_SHIFT,
+            cursor: 0,
             retry: Pages::new(),
             faulted: Pages::new(),
-            group_cap,
+            group_cap: 0,
             stale_rounds: 0,
             auto_rounds: 0,
             auto_since: None,
             deadline: None,
             outstanding: None,
             credit_wait: false,
-        }))
+        }
+    }
+
+    /// Sets the machine up, in place, for a transfer of `len` bytes at `iova` (its page lists
+    /// keep their storage). `Ok(false)`: an empty range, nothing to do. The caller made sure no
+    /// group is outstanding.
+    #[inline]
+    pub(super) fn reset(
+        &mut self,
+        ep: &Endpoint,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<bool, DmaError> {
+        debug_assert!(self.outstanding.is_none());
+        if len == 0 {
+            return Ok(false);
+        }
+        let end = iova
+            .checked_add(len)
+            .ok_or(DmaError::InvalidRange { iova, len })?;
+        let cfg = &ep.sh.cfg;
+        self.pasid = pasid;
+        self.iova = iova;
+        self.end = end;
+        self.last = (end - 1) >> PAGE_SHIFT;
+        self.write = write;
+        self.helper = self.block;
+        self.cursor = iova >> PAGE_SHIFT;
+        self.retry.clear();
+        self.faulted.clear();
+        self.group_cap = cfg.max_group_pages.min(cfg.pri_credits) as usize;
+        self.stale_rounds = 0;
+        self.auto_rounds = 0;
+        self.auto_since = None;
+        self.deadline = None;
+        self.outstanding = None;
+        self.credit_wait = false;
+        Ok(true)
     }
 
     /// One step: take the outstanding group's response, or send the group of faulted pages,

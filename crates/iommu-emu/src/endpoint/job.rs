@@ -38,12 +38,11 @@ enum JobOp {
     Fill(u8),
 }
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "the engine state lives inline: boxing it would allocate per job on the fault path"
-)]
+/// Where a job is; its engine state ([`Machine`]) lives beside it, inline, and is reset in place
+/// by [`DmaJob::restart`].
 enum JobState {
-    Run(Machine),
+    /// The machine is stepping the transfer.
+    Run,
     /// Finished (or failed validation); not yet reported by a poll nor counted.
     Finish(Result<(), DmaError>),
     /// Reported and counted.
@@ -66,6 +65,8 @@ pub struct DmaJob {
     op: JobOp,
     buf: Vec<u8>,
     state: JobState,
+    /// The engine state; meaningful while `state` is `Run`.
+    m: Machine,
 }
 
 impl DmaJob {
@@ -84,10 +85,7 @@ impl DmaJob {
     /// page request allocation): polling it again makes no progress until the page request
     /// queue, a fault handler or another job runs.
     pub fn is_waiting(&self) -> bool {
-        match &self.state {
-            JobState::Run(m) => m.outstanding.is_some() || m.credit_wait,
-            _ => false,
-        }
+        matches!(self.state, JobState::Run) && (self.m.outstanding.is_some() || self.m.credit_wait)
     }
 
     /// The PASID of the job.
@@ -126,8 +124,8 @@ impl DmaJob {
         };
         (self.pasid, self.iova, self.len, self.op, self.buf) = (pasid, iova, len, op, buf);
         self.state = match Endpoint::validate(self) {
-            Ok(Some(m)) => JobState::Run(m),
-            Ok(None) => JobState::Finish(Ok(())),
+            Ok(true) => JobState::Run,
+            Ok(false) => JobState::Finish(Ok(())),
             Err(e) => JobState::Finish(Err(e)),
         };
     }
@@ -153,11 +151,7 @@ impl DmaJob {
 
 impl Drop for DmaJob {
     fn drop(&mut self) {
-        if let JobState::Run(Machine {
-            outstanding: Some(o),
-            ..
-        }) = self.state
-        {
+        if let (JobState::Run, Some(o)) = (&self.state, self.m.outstanding) {
             self.ep.abandon(o);
         }
     }
@@ -262,15 +256,18 @@ impl Endpoint {
             op: JobOp::Read,
             buf: Vec::new(),
             state: JobState::Finish(Ok(())),
+            m: Machine::idle(false),
         };
         job.init(pasid, iova, len, kind);
         job
     }
 
-    fn validate(job: &mut DmaJob) -> Result<Option<Machine>, DmaError> {
+    /// Checks the job's parameters and resets its machine for them; `Ok(false)`: nothing to do.
+    fn validate(job: &mut DmaJob) -> Result<bool, DmaError> {
         let (iova, len) = (job.iova, job.len);
         let bad = DmaError::InvalidRange { iova, len };
-        let m = Machine::new(&job.ep, job.pasid, iova, len, job.op != JobOp::Read, false)?;
+        let write = job.op != JobOp::Read;
+        let m = job.m.reset(&job.ep, job.pasid, iova, len, write)?;
         match job.op {
             JobOp::Write if job.buf.len() as u64 != len => return Err(bad),
             JobOp::Read => {
@@ -303,12 +300,17 @@ impl Endpoint {
     /// blocks ([`DmaEngine`]).
     fn poll_job(job: &mut DmaJob, helper: bool) -> DmaPoll {
         let DmaJob {
-            ep, op, buf, state, ..
+            ep,
+            op,
+            buf,
+            state,
+            m,
+            ..
         } = job;
         let r = match state {
             JobState::Done(r) => return DmaPoll::Ready(*r),
             JobState::Finish(r) => *r,
-            JobState::Run(m) => {
+            JobState::Run => {
                 m.helper = helper;
                 let phys = ep.sh.iommu.phys();
                 let stepped = match *op {
