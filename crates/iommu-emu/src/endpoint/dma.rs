@@ -235,7 +235,12 @@ impl Machine {
                 }
             }
         };
-        self.retry.drain(..retried);
+        // Usually every page to retry was reached: no shifting of what is left.
+        if retried == self.retry.len() {
+            self.retry.clear();
+        } else if retried > 0 {
+            self.retry.drain(..retried);
+        }
         result
     }
 
@@ -303,7 +308,13 @@ impl Machine {
             }
         }
         // Answered pages are retried first; pages left out of the group (credit cap) too.
-        self.retry.append(&mut self.faulted);
+        if self.retry.is_empty() {
+            // The common case (every earlier page was retried): the group's pages become the
+            // retry list as they are, and the old list's storage the next group's.
+            std::mem::swap(&mut self.retry, &mut self.faulted);
+        } else {
+            self.retry.append(&mut self.faulted);
+        }
         Ok(false)
     }
 }
