@@ -58,6 +58,12 @@ pub const PAGE_SHIFT: u32 = 12;
 /// What a recycled frame is overwritten with.
 static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
+std::thread_local! {
+    /// The byte this thread last filled more than a cache line with, and a page of it.
+    static FILL_PAGE: std::cell::RefCell<(u8, [u8; PAGE_SIZE as usize])> =
+        const { std::cell::RefCell::new((0, [0; PAGE_SIZE as usize])) };
+}
+
 /// When a recycled frame is cleared (it may hold another process's data or a freed table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Zeroing {
@@ -271,25 +277,32 @@ impl PhysMem {
             .region
             .get_slice(at, len)
             .map_err(|_| efault_v("physical fill failed", pa.0))?;
-        // Zero from the static zero page; another byte from a small pattern, not a page of it
-        // built per call.
-        let small;
-        let pattern: &[u8] = if byte == 0 {
-            &ZERO_PAGE
-        } else {
-            small = [byte; 256];
-            &small
+        // Zero from the static zero page; another byte from this thread's page of the last
+        // byte it filled with (built when the byte changes, not per call): a page or less is
+        // one copy either way.
+        let copy = |pattern: &[u8]| -> Result<()> {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(pattern.len());
+                let chunk = slice
+                    .subslice(done, n)
+                    .map_err(|_| efault_v("physical fill failed", pa.0))?;
+                chunk.copy_from(&pattern[..n]);
+                done += n;
+            }
+            Ok(())
         };
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(pattern.len());
-            let chunk = slice
-                .subslice(done, n)
-                .map_err(|_| efault_v("physical fill failed", pa.0))?;
-            chunk.copy_from(&pattern[..n]);
-            done += n;
+        if byte == 0 {
+            return copy(&ZERO_PAGE);
         }
-        Ok(())
+        FILL_PAGE.with(|page| {
+            let mut page = page.borrow_mut();
+            if page.0 != byte {
+                page.1.fill(byte);
+                page.0 = byte;
+            }
+            copy(&page.1[..])
+        })
     }
 
     /// Frame `pfn` as a page-table page, `None` outside this memory.
