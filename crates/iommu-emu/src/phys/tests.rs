@@ -33,6 +33,35 @@ fn unaligned_writes_keep_neighbouring_bytes() {
 }
 
 #[test]
+fn fills_of_every_size_write_their_own_byte_whatever_was_filled_before() {
+    // The fill keeps a page of the last byte per thread: a change of byte must rebuild it,
+    // and a zero fill must not use it.
+    let mem = PhysMem::new(3).unwrap();
+    let f = mem.alloc_frame().unwrap();
+    let _ = (mem.alloc_frame().unwrap(), mem.alloc_frame().unwrap());
+    let base = f.addr().0;
+    let steps: [(u64, usize, u8); 6] = [
+        (0, 3 * 4096, 0x11),
+        (100, 5000, 0x22),
+        (7, 40, 0x33),
+        (4096, 4096, 0),
+        (1, 9000, 0x22),
+        (8192, 64, 0x44),
+    ];
+    let mut model = vec![0u8; 3 * 4096];
+    for (off, len, byte) in steps {
+        mem.fill(PhysAddr(base + off), len, byte).unwrap();
+        model[off as usize..off as usize + len].fill(byte);
+        let mut back = vec![0xeeu8; 3 * 4096];
+        mem.read(f.addr(), &mut back).unwrap();
+        assert!(
+            back == model,
+            "after filling {len} bytes of {byte:#x} at {off}"
+        );
+    }
+}
+
+#[test]
 fn access_outside_memory_is_efault_and_changes_nothing() {
     let mem = PhysMem::new(1).unwrap();
     let f = mem.alloc_frame().unwrap();
