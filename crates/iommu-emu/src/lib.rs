@@ -57,6 +57,7 @@ pub mod iommu;
 pub mod mm;
 pub mod phys;
 mod prq;
+mod psc;
 pub mod spec;
 mod tlb;
 pub mod trace;

@@ -212,3 +212,48 @@ fn core_domain_map_reaches_the_emulated_tables_and_dma_sees_it() {
     );
     iommu_core::detach_group(&domain, ep.group()).unwrap();
 }
+
+/// The paging-structure cache serves walks of a span while its tables stand and never after
+/// an unmap freed them: here the freed last-level table comes back as a data frame full of
+/// entries that look present, and DMA after the remap still goes where the new tables say.
+#[test]
+fn a_freed_last_level_table_is_never_walked_through_the_paging_structure_cache() {
+    let fx = Fx::new();
+    let ep = fx.endpoint("nic0", EndpointConfig::default());
+    let domain = ep.group().default_domain().unwrap();
+    let span = 0x4000_0000u64; // a 2 MiB span of its own
+    let [a, b, c, decoy] = [(); 4].map(|_| fx.phys.alloc_frame().unwrap());
+    fx.iommu
+        .map(&domain, span, a.addr(), 4096, Perms::READ_WRITE)
+        .unwrap();
+    ep.dma_read(None, span, &mut [0; 8]).unwrap();
+    let walked_from_cache = fx.iommu.stats().psc_hits;
+    // Another page of the span: IOTLB and device TLB miss, the cached last-level table serves.
+    fx.iommu
+        .map(&domain, span + 0x2000, c.addr(), 4096, Perms::READ_WRITE)
+        .unwrap();
+    ep.dma_write(None, span + 0x2000, &[0xc0; 16]).unwrap();
+    assert_eq!(fx.iommu.stats().psc_hits, walked_from_cache + 1);
+
+    // Unmapping the whole span frees its last-level table; the next frame handed out is it.
+    fx.iommu.unmap(&domain, span, 0x20_0000).unwrap();
+    let reused = fx.phys.alloc_frame().unwrap();
+    let fake_entry = decoy.addr().0 | 0b11; // present, read/write, at the decoy frame
+    fx.phys
+        .write(reused.addr(), &fake_entry.to_le_bytes().repeat(512))
+        .unwrap();
+    fx.iommu
+        .map(&domain, span + 0x1000, b.addr(), 4096, Perms::READ_WRITE)
+        .unwrap();
+    ep.dma_write(None, span + 0x1000, &[0xb0; 16]).unwrap();
+    let mut back = [0u8; 16];
+    fx.phys.read(b.addr(), &mut back).unwrap();
+    assert_eq!(back, [0xb0; 16], "the write went through the new tables");
+    fx.phys.read(decoy.addr(), &mut back).unwrap();
+    assert_eq!(back, [0; 16], "nothing went through the freed table");
+    let err = ep.dma_read(None, span, &mut [0; 8]).unwrap_err();
+    assert!(
+        matches!(err, DmaError::Fault(f) if f.reason == FaultReason::NotPresent),
+        "{err}"
+    );
+}

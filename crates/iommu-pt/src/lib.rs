@@ -58,7 +58,7 @@ pub use error::{errno, FaultKind, PtError, WalkFault};
 pub use format::{level_size, FirstStage4, FirstStage5, Format, SecondStage};
 pub use mem::{ArenaTableMem, TableMem, TableRef};
 pub use table::{Mapping, Mappings, PageTable, Unmapped};
-pub use walk::{walk, Translation};
+pub use walk::{walk, walk_caching, walk_leaf_table, LeafTable, Translation};
 
 #[cfg(test)]
 mod tests;

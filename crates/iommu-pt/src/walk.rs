@@ -38,15 +38,111 @@ pub fn walk<F: Format, M: TableMem + ?Sized>(
     va: u64,
     access: Access,
 ) -> Result<Translation, WalkFault> {
-    let fault = |kind, level| WalkFault { kind, level, va };
+    walk_caching::<F, M>(mem, root, va, access, |_| {})
+}
+
+/// A last-level table a walk reached through present upper-level entries, with what those
+/// entries grant: what a paging-structure cache keeps so that the next walk through the same
+/// last-level table reads one entry instead of [`Format::LEVELS`] ([`walk_leaf_table`]).
+///
+/// It stays valid only as long as none of the upper-level entries it was reached through
+/// changes: its keeper must drop it on every invalidation of the translations below it, as
+/// hardware's paging-structure caches are flushed with the IOTLB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeafTable {
+    /// The last-level (level 0) table.
+    pub table: Pfn,
+    /// AND of the raw upper-level entries walked.
+    pub all: u64,
+    /// OR of the raw upper-level entries walked.
+    pub any: u64,
+}
+
+/// [`walk`], telling `cache` the last-level table it reached (if it reached one: not for a
+/// fault above it, nor a large leaf), whether or not the walk then succeeds — a page not
+/// present is usually faulted in and walked again.
+///
+/// # Errors
+/// As [`walk`].
+#[inline]
+pub fn walk_caching<F: Format, M: TableMem + ?Sized>(
+    mem: &M,
+    root: Pfn,
+    va: u64,
+    access: Access,
+    cache: impl FnOnce(LeafTable),
+) -> Result<Translation, WalkFault> {
     let Some(lin) = F::to_linear(va) else {
-        return Err(fault(FaultKind::NonCanonical, F::LEVELS - 1));
+        return Err(WalkFault {
+            kind: FaultKind::NonCanonical,
+            level: F::LEVELS - 1,
+            va,
+        });
     };
-    let mut pfn = root;
-    let mut level = F::LEVELS - 1;
+    walk_from::<F, M>(
+        mem,
+        root,
+        F::LEVELS - 1,
+        (u64::MAX, 0),
+        lin,
+        va,
+        access,
+        cache,
+    )
+}
+
+/// Resumes a walk of `va` at the last-level table `at` (from [`walk_caching`] of an address
+/// in the same last-level span), reading only the leaf entry. The caller vouches that `at` is
+/// still what the full walk would reach (see [`LeafTable`]).
+///
+/// # Errors
+/// As [`walk`]; a non-canonical `va` is refused as there.
+#[inline]
+pub fn walk_leaf_table<F: Format, M: TableMem + ?Sized>(
+    mem: &M,
+    at: LeafTable,
+    va: u64,
+    access: Access,
+) -> Result<Translation, WalkFault> {
+    let Some(lin) = F::to_linear(va) else {
+        return Err(WalkFault {
+            kind: FaultKind::NonCanonical,
+            level: F::LEVELS - 1,
+            va,
+        });
+    };
+    walk_from::<F, M>(mem, at.table, 0, (at.all, at.any), lin, va, access, |_| {})
+}
+
+/// The walk from table `pfn` at `level`, the entries above having combined to `(all, any)`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the walker's loop state, passed once to its only body"
+)]
+#[inline(always)]
+fn walk_from<F: Format, M: TableMem + ?Sized>(
+    mem: &M,
+    mut pfn: Pfn,
+    mut level: u8,
+    (mut all, mut any): (u64, u64),
+    lin: u64,
+    va: u64,
+    access: Access,
+    cache: impl FnOnce(LeafTable),
+) -> Result<Translation, WalkFault> {
+    let fault = |kind, level| WalkFault { kind, level, va };
     // AND and OR of the raw entries walked so far: permissions are combined once, at the leaf.
-    let (mut all, mut any) = (u64::MAX, 0u64);
+    let mut cache = Some(cache);
     loop {
+        if level == 0 {
+            if let Some(cache) = cache.take() {
+                cache(LeafTable {
+                    table: pfn,
+                    all,
+                    any,
+                });
+            }
+        }
         let table = mem.table(pfn).ok_or(fault(FaultKind::BadTable, level))?;
         let idx = index(lin, level);
         let mut pte = table.load(idx);

@@ -92,6 +92,8 @@ pub struct EmuIommu {
     me: Weak<EmuIommu>,
     hw: RwLock<HwState>,
     iotlb: Tlb,
+    /// The paging-structure cache, valid while the IOTLB's invalidation count holds.
+    psc: crate::psc::Psc,
     dids: Mutex<Vec<u16>>,
     pub(crate) prq: Arc<Prq>,
     prq_thread: Mutex<Option<JoinHandle<()>>>,
@@ -112,6 +114,7 @@ pub struct DmaWindow<'a> {
     hw: RwLockReadGuard<'a, HwState>,
     hits: Cell<u64>,
     misses: Cell<u64>,
+    psc_hits: Cell<u64>,
 }
 
 impl Drop for DmaWindow<'_> {
@@ -122,6 +125,9 @@ impl Drop for DmaWindow<'_> {
         }
         if self.misses.get() > 0 {
             c.misses.fetch_add(self.misses.get(), Relaxed);
+        }
+        if self.psc_hits.get() > 0 {
+            c.psc_hits.fetch_add(self.psc_hits.get(), Relaxed);
         }
     }
 }
@@ -148,6 +154,7 @@ impl EmuIommu {
         let iommu = Arc::new_cyclic(|me| EmuIommu {
             name: name.into(),
             iotlb: Tlb::new(cfg.iotlb_entries),
+            psc: crate::psc::Psc::new(),
             cfg,
             phys: phys.clone(),
             me: me.clone(),
@@ -232,6 +239,7 @@ impl EmuIommu {
             hw: self.hw.read(),
             hits: Cell::new(0),
             misses: Cell::new(0),
+            psc_hits: Cell::new(0),
         }
     }
 

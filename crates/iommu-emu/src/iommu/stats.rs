@@ -13,6 +13,9 @@ pub struct IommuStats {
     pub iotlb_hits: u64,
     /// IOTLB misses (each one a table walk, or a fault without a context).
     pub iotlb_misses: u64,
+    /// Walks that started at a last-level table from the paging-structure cache (reading one
+    /// entry instead of one per level).
+    pub psc_hits: u64,
     /// Page requests written to the queue.
     pub page_requests: u64,
     /// Times the page request queue overflowed.
@@ -33,6 +36,7 @@ pub struct IommuStats {
 pub(super) struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    pub psc_hits: AtomicU64,
     pub page_responses: AtomicU64,
     pub invalidations: AtomicU64,
     pub faults: AtomicU64,
@@ -49,6 +53,7 @@ impl EmuIommu {
             translations: hits + misses,
             iotlb_hits: hits,
             iotlb_misses: misses,
+            psc_hits: c.psc_hits.load(Relaxed),
             page_requests: p.requests.load(Relaxed),
             prq_overflows: p.overflows.load(Relaxed),
             prq_auto_responses: p.auto_responses.load(Relaxed),

@@ -5,12 +5,16 @@
 use std::sync::Arc;
 
 use iommu_core::{Device, PageRequest};
-use iommu_pt::{walk, Access, FaultKind, FirstStage4, Perms, PhysAddr, SecondStage};
+use iommu_pt::{
+    walk_caching, walk_leaf_table, Access, FaultKind, FirstStage4, Format, Perms, Pfn, PhysAddr,
+    SecondStage,
+};
 
 use super::context::{CtxEntry, Tr};
 use super::{DmaWindow, EmuIommu, FaultReason, TranslationFault};
 use crate::phys::{PhysMem, PAGE_SHIFT};
 use crate::prq::Pushed;
+use crate::psc::SPAN_SHIFT;
 use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag, P_EXEC, P_READ, P_USER, P_WRITE};
 
 impl DmaWindow<'_> {
@@ -62,21 +66,41 @@ impl DmaWindow<'_> {
         let walked = match tr {
             Tr::Blocked => return Err(fault(FaultReason::Blocked, iova, false)),
             Tr::Identity => return Ok((iova & !0xfff, Perms::ALL)),
-            Tr::FirstStage(root) => {
-                walk::<FirstStage4, PhysMem>(&self.iommu.phys, root, iova, access)
-            }
+            Tr::FirstStage(root) => self.walk::<FirstStage4>(root, iova, access),
             Tr::SecondStage(root) => {
                 let a = Access {
                     user: false,
                     ..access
                 };
-                walk::<SecondStage, PhysMem>(&self.iommu.phys, root, iova, a)
+                self.walk::<SecondStage>(root, iova, a)
             }
         };
         match walked {
             Ok(t) => Ok(self.fill(sid, k, vpn, entry, tr, t)),
             Err(w) => Err(walk_fault(w.kind, iova, entry.fault_capable)),
         }
+    }
+
+    /// Walks the tables of format `F` at `root`, from the last-level table the
+    /// paging-structure cache holds for `iova`'s span when it has one (see `psc.rs`), caching
+    /// the one it reaches otherwise.
+    #[inline(always)]
+    fn walk<F: Format>(
+        &self,
+        root: Pfn,
+        iova: u64,
+        access: Access,
+    ) -> core::result::Result<iommu_pt::Translation, iommu_pt::WalkFault> {
+        let iommu = self.iommu;
+        let span = iova >> SPAN_SHIFT;
+        let generation = iommu.iotlb.generation();
+        if let Some(at) = iommu.psc.lookup(root, span, generation) {
+            self.psc_hits.set(self.psc_hits.get() + 1);
+            return walk_leaf_table::<F, PhysMem>(&iommu.phys, at, iova, access);
+        }
+        walk_caching::<F, PhysMem>(&iommu.phys, root, iova, access, |at| {
+            iommu.psc.insert(root, span, generation, at);
+        })
     }
 
     #[inline(always)]

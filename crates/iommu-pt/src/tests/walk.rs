@@ -148,3 +148,78 @@ fn walk_through_a_corrupt_entry_reports_bad_table() {
 
     assert_eq!((fault.kind, fault.level), (FaultKind::BadTable, 2));
 }
+
+/// A walk resumed at the last-level table a caching walk reached gives the full walk's answer
+/// for every address below that table: translations, permission combination (a read-only
+/// page, a supervisor-only page), faults of pages not present; and nothing is cached for a
+/// fault above the last level or for a large leaf.
+#[test]
+fn a_walk_resumed_at_the_cached_last_level_table_agrees_with_the_full_walk() {
+    let mem = ArenaTableMem::new(16).unwrap();
+    let mut pt = Fs4::new(&mem).unwrap();
+    let base = 0x7f00_0040_0000u64;
+    pt.map(base, PhysAddr(0x10_0000), K4, Perms::READ_WRITE.with_user())
+        .unwrap();
+    pt.map(base + K4, PhysAddr(0x20_0000), K4, Perms::READ.with_user())
+        .unwrap();
+    pt.map(base + 2 * K4, PhysAddr(0x30_0000), K4, Perms::READ_WRITE)
+        .unwrap();
+    pt.map(G1, PhysAddr(G1), M2, Perms::READ_WRITE.with_user())
+        .unwrap();
+
+    // The directory entry above the pages grants less than the table flags: no write, no
+    // user access, no execution. The resumed walk must carry that down to the leaf.
+    let lin = FirstStage4::to_linear(base).unwrap();
+    let mut pfn = pt.root();
+    for level in (2..FirstStage4::LEVELS).rev() {
+        pfn = FirstStage4::table_pfn(mem.table(pfn).unwrap().load(format::index(lin, level)));
+    }
+    let pde = mem.table(pfn).unwrap();
+    let idx = format::index(lin, 1);
+    pde.store(idx, (pde.load(idx) & !(fs::W | fs::US)) | fs::XD);
+
+    // A page not present below an existing last-level table: the table is still cached.
+    let mut cached = None;
+    let miss = walk_caching::<FirstStage4, _>(&&mem, pt.root(), base + 5 * K4, Access::READ, |t| {
+        cached = Some(t)
+    });
+    assert_eq!(miss.unwrap_err().kind, FaultKind::NotPresent);
+    let at = cached.expect("the walk reached the last-level table");
+
+    for page in 0..8 {
+        let va = base + page * K4 + 0x18;
+        for access in [
+            Access::READ,
+            Access::WRITE,
+            Access::READ.user(),
+            Access::WRITE.user(),
+            Access::EXEC,
+        ] {
+            let full = pt.walk(va, access);
+            let resumed = walk_leaf_table::<FirstStage4, _>(&&mem, at, va, access);
+            assert_eq!(resumed, full, "page {page}, {access:?}");
+        }
+    }
+    assert_eq!(
+        pt.walk(base + 0x18, Access::READ).unwrap().perms,
+        Perms::READ,
+        "the directory entry's restriction applies"
+    );
+
+    // A fault above the last level, and a 2 MiB leaf: nothing to cache.
+    for va in [base + G1, G1 + 0x1234] {
+        let mut cached = None;
+        let _ = walk_caching::<FirstStage4, _>(&&mem, pt.root(), va, Access::READ, |t| {
+            cached = Some(t)
+        });
+        assert_eq!(cached, None, "{va:#x}");
+    }
+    // A non-canonical address is refused by the resumed walk too.
+    let bad = 0x0000_8000_0000_0000;
+    assert_eq!(
+        walk_leaf_table::<FirstStage4, _>(&&mem, at, bad, Access::READ)
+            .unwrap_err()
+            .kind,
+        FaultKind::NonCanonical
+    );
+}
