@@ -51,7 +51,15 @@ impl<F: Format, M: TableMem> PageTable<F, M> {
         if !F::supports(perms) {
             return Err(PtError::UnsupportedPerms { perms });
         }
-        let (top, level) = self.descend(lin, last);
+        let span = lin >> entry_shift(1);
+        let inside_one_table = span == last >> entry_shift(1) && last - lin != level_size(1) - 1;
+        let (top, level) = match self.leaf_hint {
+            Some((s, table)) if inside_one_table && s == span => (table, 0),
+            _ => self.descend(lin, last),
+        };
+        if level == 0 {
+            self.leaf_hint = Some((span, top));
+        }
         // Leaves of `top`'s entry size that cover the range exactly (always so for a range inside
         // one leaf table) need no table and no recursion. Level 0 gets its own constant-folded
         // copy: it is the 4 KiB and range-map hot path.

@@ -78,6 +78,10 @@ pub struct PageTable<F: Format, M: TableMem> {
     mem: M,
     root: Pfn,
     max_page: PageSize,
+    /// The last-level table the last 4 KiB map went into, and its 2 MiB span: the next map in
+    /// that span starts there instead of descending from the root. Only `unmap` unlinks tables,
+    /// and it clears this.
+    leaf_hint: Option<(u64, Pfn)>,
     format: PhantomData<fn() -> F>,
 }
 
@@ -138,6 +142,7 @@ impl<F: Format, M: TableMem> PageTable<F, M> {
             mem,
             root,
             max_page: max,
+            leaf_hint: None,
             format: PhantomData,
         })
     }

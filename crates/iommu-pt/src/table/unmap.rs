@@ -32,6 +32,8 @@ impl<F: Format, M: TableMem> PageTable<F, M> {
     /// [`NoMemory`](PtError::NoMemory) (ENOMEM) when a split needs tables that cannot be had.
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, PtError> {
         let (lin, last) = Self::check_range(iova, len)?;
+        // It may unlink the hinted table (see `leaf_hint`).
+        self.leaf_hint = None;
         // No leaf above `level` can contain the range or either end (the descent went through
         // tables there), so every split and every cleared entry is below `top`.
         let (top, level) = self.descend(lin, last);
