@@ -38,35 +38,33 @@ impl SvaStack {
         };
         let iommu = EmuIommu::new("bench", phys, EmuIommuConfig::default()).expect("iommu");
         let queue = IopfQueue::new("bench", workers).expect("queue");
-        let group = Group::new(iommu.driver(), "g");
-        let ep = iommu
-            .add_endpoint(&group, "dev0", 1 << 20, cfg)
-            .expect("endpoint");
-        match handler {
-            Handler::Queue(_) => iopf_queue_add_device(&queue, ep.device()).expect("iopf"),
-            Handler::Inline => iopf_enable(ep.device()).expect("iopf"),
-        }
-        let mm = Mm::new(phys).expect("mm");
-        let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
-        Self {
-            bond,
-            mm,
-            ep,
-            queue,
-            iommu,
-        }
+        Self::function(iommu, queue, "dev0", handler, cfg)
     }
 
     /// Another function behind the same IOMMU and IOPF queue, in its own group, bound by SVA
     /// to its own process in the same physical memory.
     pub fn sibling(&self, name: &str, cfg: EndpointConfig) -> Self {
-        let iommu = self.iommu.clone();
-        let queue = self.queue.clone();
-        let group = Group::new(iommu.driver(), name);
+        let (iommu, queue) = (self.iommu.clone(), self.queue.clone());
+        Self::function(iommu, queue, name, Handler::Queue(1), cfg)
+    }
+
+    /// Function `name` in a group of its own behind `iommu`, its faults handled as `handler`
+    /// says, bound by SVA to a fresh process.
+    fn function(
+        iommu: Arc<EmuIommu>,
+        queue: Arc<IopfQueue>,
+        name: &str,
+        handler: Handler,
+        cfg: EndpointConfig,
+    ) -> Self {
+        let group = Group::new(iommu.driver(), format!("g-{name}"));
         let ep = iommu
             .add_endpoint(&group, name, 1 << 20, cfg)
             .expect("endpoint");
-        iopf_queue_add_device(&queue, ep.device()).expect("iopf");
+        match handler {
+            Handler::Queue(_) => iopf_queue_add_device(&queue, ep.device()).expect("iopf"),
+            Handler::Inline => iopf_enable(ep.device()).expect("iopf"),
+        }
         let mm = Mm::new(iommu.phys()).expect("mm");
         let bond = sva_bind_device(ep.device(), &mm.as_address_space()).expect("bind");
         Self {

@@ -72,13 +72,7 @@ pub fn walk_caching<F: Format, M: TableMem + ?Sized>(
     access: Access,
     cache: impl FnOnce(LeafTable),
 ) -> Result<Translation, WalkFault> {
-    let Some(lin) = F::to_linear(va) else {
-        return Err(WalkFault {
-            kind: FaultKind::NonCanonical,
-            level: F::LEVELS - 1,
-            va,
-        });
-    };
+    let lin = linear::<F>(va)?;
     walk_from::<F, M>(
         mem,
         root,
@@ -104,14 +98,18 @@ pub fn walk_leaf_table<F: Format, M: TableMem + ?Sized>(
     va: u64,
     access: Access,
 ) -> Result<Translation, WalkFault> {
-    let Some(lin) = F::to_linear(va) else {
-        return Err(WalkFault {
-            kind: FaultKind::NonCanonical,
-            level: F::LEVELS - 1,
-            va,
-        });
-    };
+    let lin = linear::<F>(va)?;
     walk_from::<F, M>(mem, at.table, 0, (at.all, at.any), lin, va, access, |_| {})
+}
+
+/// `va` as the format's linear address; a non-canonical one faults at the top level.
+#[inline(always)]
+fn linear<F: Format>(va: u64) -> Result<u64, WalkFault> {
+    F::to_linear(va).ok_or(WalkFault {
+        kind: FaultKind::NonCanonical,
+        level: F::LEVELS - 1,
+        va,
+    })
 }
 
 /// The walk from table `pfn` at `level`, the entries above having combined to `(all, any)`.
