@@ -298,19 +298,50 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: usize) -> isiz
             set_errno(libc::EINVAL);
             -1
         }
-        Some(Entry::Fault(f)) => {
-            let mut tmp = vec![0u8; count.min(1 << 20)];
-            match f.read(&mut tmp) {
-                Ok(n) => {
-                    // SAFETY: `n <= tmp.len() <= count` and the caller gave `count` writable
-                    // bytes at `buf`, which cannot overlap our fresh `tmp`.
-                    unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), buf.cast(), n) };
-                    n as isize
-                }
-                Err(e) => fail(&e) as isize,
+        Some(Entry::Fault(f)) => with_read_scratch(count.min(READ_MAX), |tmp| match f.read(tmp) {
+            Ok(n) => {
+                // SAFETY: `n <= tmp.len() <= count` and the caller gave `count` writable bytes
+                // at `buf`, which cannot overlap this thread's scratch buffer.
+                unsafe { std::ptr::copy_nonoverlapping(tmp.as_ptr(), buf.cast(), n) };
+                n as isize
+            }
+            Err(e) => fail(&e) as isize,
+        }),
+    }
+}
+
+/// Most bytes one fault-fd `read` fills (a larger count gets that much: a short read).
+const READ_MAX: usize = 1 << 20;
+
+std::thread_local! {
+    /// This thread's buffer for fault-fd reads: the records are written here and copied to the
+    /// caller's buffer, which may be uninitialised memory (no `&mut [u8]` may be made over it).
+    /// Grown on demand and kept, so a reading loop allocates and zero-fills nothing per call.
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` bytes of this thread's read scratch. The buffer is taken out while `f`
+/// runs, so a `read` re-entered from a signal handler gets a buffer of its own.
+fn with_read_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let take =
+        |s: &std::cell::RefCell<Vec<u8>>| s.try_borrow_mut().map(|mut v| std::mem::take(&mut *v));
+    let mut buf = READ_SCRATCH
+        .try_with(take)
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let r = f(&mut buf[..len]);
+    let _ = READ_SCRATCH.try_with(|s| {
+        if let Ok(mut slot) = s.try_borrow_mut() {
+            if slot.capacity() < buf.capacity() {
+                *slot = buf;
             }
         }
-    }
+    });
+    r
 }
 
 /// `write(2)`: a fault fd takes page responses; `/dev/iommu` itself has no `write`.
@@ -342,5 +373,36 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: usize) -> i
                 Err(e) => fail(&e) as isize,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_read_scratch;
+
+    #[test]
+    fn the_read_scratch_is_reused_and_a_nested_read_gets_its_own() {
+        let first = with_read_scratch(4096, |b| {
+            assert_eq!(b.len(), 4096);
+            b[0] = 7;
+            b.as_ptr() as usize
+        });
+        // A smaller read reuses the allocation: nothing allocated or zeroed per call.
+        let again = with_read_scratch(100, |b| {
+            assert_eq!(b.len(), 100);
+            let nested = with_read_scratch(64, |inner| {
+                assert_eq!(inner.len(), 64);
+                inner.as_ptr() as usize
+            });
+            assert_ne!(
+                nested,
+                b.as_ptr() as usize,
+                "a nested read has a buffer of its own"
+            );
+            b.as_ptr() as usize
+        });
+        assert_eq!(again, first);
+        // The larger buffer is the one kept.
+        assert_eq!(with_read_scratch(4096, |b| b.as_ptr() as usize), first);
     }
 }
