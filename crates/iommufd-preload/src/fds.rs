@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use iommufd::{FaultFd, Ictx};
@@ -22,9 +22,27 @@ static FDS: Mutex<BTreeMap<c_int, Entry>> = Mutex::new(BTreeMap::new());
 /// Whether any fd was ever ours: until then every call passes through without the lock.
 static ANY: AtomicBool = AtomicBool::new(false);
 
+/// Fds below this are marked in [`MAYBE_OURS`]; above it every call takes the lock.
+const MARKED_FDS: usize = 1 << 16;
+/// One bit per fd below [`MARKED_FDS`], set while the fd is ours (changed under the table's
+/// lock, with the table): a `read`, `write` or `close` of any other fd costs one atomic load,
+/// not the lock.
+static MAYBE_OURS: [AtomicU64; MARKED_FDS / 64] = [const { AtomicU64::new(0) }; MARKED_FDS / 64];
+
+/// The word and bit of `fd` in [`MAYBE_OURS`], if it has one.
+fn mark(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < MARKED_FDS)?;
+    Some((&MAYBE_OURS[i / 64], 1 << (i % 64)))
+}
+
 pub(crate) fn lookup(fd: c_int) -> Option<Entry> {
     if !ANY.load(Ordering::Acquire) {
         return None;
+    }
+    if let Some((word, bit)) = mark(fd) {
+        if word.load(Ordering::Acquire) & bit == 0 {
+            return None;
+        }
     }
     FDS.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -34,12 +52,43 @@ pub(crate) fn lookup(fd: c_int) -> Option<Entry> {
 
 pub(crate) fn register(fd: c_int, e: Entry) -> Option<Entry> {
     ANY.store(true, Ordering::Release);
-    FDS.lock().unwrap_or_else(|e| e.into_inner()).insert(fd, e)
+    let mut fds = FDS.lock().unwrap_or_else(|e| e.into_inner());
+    let old = fds.insert(fd, e);
+    if let Some((word, bit)) = mark(fd) {
+        word.fetch_or(bit, Ordering::Release);
+    }
+    old
 }
 
 pub(crate) fn unregister(fd: c_int) -> Option<Entry> {
     if !ANY.load(Ordering::Acquire) {
         return None;
     }
-    FDS.lock().unwrap_or_else(|e| e.into_inner()).remove(&fd)
+    let mut fds = FDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((word, bit)) = mark(fd) {
+        word.fetch_and(!bit, Ordering::Release);
+    }
+    fds.remove(&fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_registered_fds_are_ours_marked_or_not() {
+        // This test binary interposes `read`, `write` and `close` too, so the fds are far from
+        // any the process uses: two marked ones in different words, one past the marked range.
+        let ctx = || Entry::Ctx(Arc::new(Ictx::new()));
+        for fd in [40_001, 64_000, MARKED_FDS as c_int + 3] {
+            assert!(lookup(fd).is_none());
+            assert!(register(fd, ctx()).is_none());
+            assert!(matches!(lookup(fd), Some(Entry::Ctx(_))), "{fd}");
+            assert!(lookup(fd + 1).is_none(), "a neighbour is not ours");
+            assert!(unregister(fd).is_some());
+            assert!(lookup(fd).is_none());
+            assert!(unregister(fd).is_none());
+        }
+        assert!(lookup(-1).is_none());
+    }
 }
