@@ -130,6 +130,30 @@ impl Machine {
         Ok(true)
     }
 
+    /// Whether the machine waits for a page response or for PRI credits.
+    #[inline]
+    pub(super) fn is_waiting(&self) -> bool {
+        self.outstanding.is_some() || self.credit_wait
+    }
+
+    /// One [`Machine::step`], or — with `until_waiting` — steps until the job is done, fails
+    /// or waits ([`Machine::is_waiting`]): a DMA engine's poll, without returning to its caller
+    /// between a pass that faulted and sending the group, or between a response and the retry.
+    #[inline]
+    pub(super) fn steps(
+        &mut self,
+        ep: &Endpoint,
+        until_waiting: bool,
+        op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<bool, DmaError> {
+        loop {
+            match self.step(ep, op) {
+                Ok(false) if until_waiting && !self.is_waiting() => continue,
+                r => return r,
+            }
+        }
+    }
+
     /// One step: take the outstanding group's response, or send the group of faulted pages,
     /// or make one pass. `Ok(true)`: the job is complete; `Ok(false)`: step again.
     #[inline]

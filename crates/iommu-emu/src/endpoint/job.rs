@@ -85,7 +85,7 @@ impl DmaJob {
     /// page request allocation): polling it again makes no progress until the page request
     /// queue, a fault handler or another job runs.
     pub fn is_waiting(&self) -> bool {
-        matches!(self.state, JobState::Run) && (self.m.outstanding.is_some() || self.m.credit_wait)
+        matches!(self.state, JobState::Run) && self.m.is_waiting()
     }
 
     /// The PASID of the job.
@@ -193,12 +193,7 @@ impl DmaEngine<'_> {
     /// wake its IOMMU's queue thread: this engine helps only its own).
     pub fn poll(&self, job: &mut DmaJob) -> DmaPoll {
         let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
-        loop {
-            match Endpoint::poll_job(job, mine) {
-                DmaPoll::Pending if !job.is_waiting() => continue,
-                r => return r,
-            }
-        }
+        Endpoint::poll_job(job, mine, true)
     }
 
     /// The work between this function's page requests and their responses, here
@@ -293,12 +288,13 @@ impl Endpoint {
     /// [`DmaError::ResponseTimeout`], and its IOMMU-answered (overflow) rounds are bounded by
     /// [`MAX_AUTO_ROUNDS`] instead of the response timeout.
     pub fn poll_dma(&self, job: &mut DmaJob) -> DmaPoll {
-        Self::poll_job(job, false)
+        Self::poll_job(job, false, false)
     }
 
-    /// One step of `job`; `helper`: the caller reports the page request queue itself before it
-    /// blocks ([`DmaEngine`]).
-    fn poll_job(job: &mut DmaJob, helper: bool) -> DmaPoll {
+    /// One step of `job` — or, with `until_waiting`, steps until it is done or waits
+    /// ([`DmaEngine::poll`]); `helper`: the caller reports the page request queue itself before
+    /// it blocks ([`DmaEngine`]).
+    fn poll_job(job: &mut DmaJob, helper: bool, until_waiting: bool) -> DmaPoll {
         let DmaJob {
             ep,
             op,
@@ -313,14 +309,17 @@ impl Endpoint {
             JobState::Run => {
                 m.helper = helper;
                 let phys = ep.sh.iommu.phys();
+                let u = until_waiting;
                 let stepped = match *op {
-                    JobOp::Read => m.step(ep, &mut |pa, done, n| {
+                    JobOp::Read => m.steps(ep, u, &mut |pa, done, n| {
                         dma_read_chunk(phys, pa, &mut buf[done..done + n])
                     }),
-                    JobOp::Write => m.step(ep, &mut |pa, done, n| {
+                    JobOp::Write => m.steps(ep, u, &mut |pa, done, n| {
                         dma_write_chunk(phys, pa, &buf[done..done + n])
                     }),
-                    JobOp::Fill(b) => m.step(ep, &mut |pa, _, n| dma_fill_chunk(phys, pa, n, b)),
+                    JobOp::Fill(b) => {
+                        m.steps(ep, u, &mut |pa, _, n| dma_fill_chunk(phys, pa, n, b))
+                    }
                 };
                 match stepped {
                     Ok(false) => return DmaPoll::Pending,
