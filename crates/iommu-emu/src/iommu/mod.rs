@@ -28,6 +28,11 @@
 //! whose cached permissions do not allow the access is treated as a miss and re-walked (the
 //! mapping may have been upgraded). Only 4 KiB translations are cached.
 //!
+//! Below it, a paging-structure cache (`psc.rs`) keeps, per table root and 2 MiB span, the
+//! last-level table a walk reached: an IOTLB miss in a span walked before reads one entry. It
+//! is valid only while the IOTLB's invalidation count is unchanged, so every invalidation
+//! above flushes it whole.
+//!
 //! # Domains
 //! Blocked and identity domains need no tables. A paging domain owns a second-stage table in
 //! the IOMMU's [`PhysMem`] ([`EmuIommu::map`] / [`EmuIommu::unmap`] populate it). An SVA domain
