@@ -112,7 +112,9 @@ fn linear<F: Format>(va: u64) -> Result<u64, WalkFault> {
     })
 }
 
-/// The walk from table `pfn` at `level`, the entries above having combined to `(all, any)`.
+/// The walk from table `pfn` at `level`, the entries above having combined to `(all, any)`:
+/// the AND and the OR of the raw entries walked so far (permissions are combined once, at the
+/// leaf).
 #[allow(
     clippy::too_many_arguments,
     reason = "the walker's loop state, passed once to its only body"
@@ -129,7 +131,6 @@ fn walk_from<F: Format, M: TableMem + ?Sized>(
     cache: impl FnOnce(LeafTable),
 ) -> Result<Translation, WalkFault> {
     let fault = |kind, level| WalkFault { kind, level, va };
-    // AND and OR of the raw entries walked so far: permissions are combined once, at the leaf.
     let mut cache = Some(cache);
     loop {
         if level == 0 {
