@@ -56,9 +56,13 @@ fn min_of(mut run: impl FnMut() -> f64) -> f64 {
 }
 
 fn median_of(mut run: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..REPS).map(|_| run()).collect();
+    median((0..REPS).map(|_| run()).collect())
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[REPS / 2]
+    v[v.len() / 2]
 }
 
 /// The routing floor with `in_flight` groups at a time: ns per group (minimum of runs).
@@ -109,11 +113,22 @@ fn handoff_floor_ns(iters: u64) -> f64 {
     (0..4 * REPS).map(|_| run()).fold(f64::INFINITY, f64::min)
 }
 
-/// End-to-end groups: ns per group (median of runs).
-fn e2e_ns(pages: Pages, groups: u64, in_flight: usize) -> f64 {
+/// End-to-end groups with each of [`IN_FLIGHT`] groups in flight: ns per group, the median of
+/// [`REPS`] runs. The runs are interleaved (every in-flight count once per round) so that a
+/// burst of noise on this shared machine spreads over the counts instead of skewing one of
+/// them, and the figures of different counts stay comparable.
+fn e2e_ns(pages: Pages, groups: u64) -> Vec<f64> {
     let w = E2e::new(pages, CHUNK);
-    w.run(groups / 4, in_flight, None);
-    median_of(|| w.run(groups, in_flight, None).as_nanos() as f64 / groups as f64)
+    for n in IN_FLIGHT {
+        w.run(groups / 4, n, None);
+    }
+    let mut runs = vec![Vec::with_capacity(REPS); IN_FLIGHT.len()];
+    for _ in 0..REPS {
+        for (i, n) in IN_FLIGHT.into_iter().enumerate() {
+            runs[i].push(w.run(groups, n, None).as_nanos() as f64 / groups as f64);
+        }
+    }
+    runs.into_iter().map(median).collect()
 }
 
 /// The latency of one fault, one at a time, pages prepared off the path.
@@ -160,14 +175,8 @@ pub fn measure(scale: u64) -> FaultFigures {
             .collect(),
         memory_floor: memory_floor_ns(groups),
         handoff_floor: handoff_floor_ns(500 * scale),
-        routing: IN_FLIGHT
-            .iter()
-            .map(|&n| e2e_ns(Pages::Prepared, groups, n))
-            .collect(),
-        fresh: IN_FLIGHT
-            .iter()
-            .map(|&n| e2e_ns(Pages::Fresh, groups, n))
-            .collect(),
+        routing: e2e_ns(Pages::Prepared, groups),
+        fresh: e2e_ns(Pages::Fresh, groups),
         latency: latency(groups),
         fd: FD_BATCHES.iter().map(|&b| fd_ns(groups * 2, b)).collect(),
     }
