@@ -72,6 +72,11 @@ impl E2e {
         }
     }
 
+    /// The IOMMU's counters (how many walks started from the paging-structure cache, say).
+    pub fn iommu_stats(&self) -> iommu_emu::IommuStats {
+        self.stack.iommu.stats()
+    }
+
     /// Another function on the same IOMMU, IOPF queue and physical memory, bound to its own
     /// process, with chunks of the same size: two of them driven from two threads measure how
     /// the fault path scales across CPUs behind one IOMMU. The memory was sized for one

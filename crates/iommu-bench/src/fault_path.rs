@@ -26,7 +26,7 @@ pub(crate) struct SvaStack {
     pub mm: Arc<Mm>,
     pub ep: Endpoint,
     queue: Arc<IopfQueue>,
-    iommu: Arc<EmuIommu>,
+    pub iommu: Arc<EmuIommu>,
 }
 
 impl SvaStack {
