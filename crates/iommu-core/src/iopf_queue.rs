@@ -313,14 +313,9 @@ impl IopfQueue {
         LOCAL.with(|l| l.borrow_mut().push_back((group, run)));
     }
 
-    /// Queues `run(group)`, counted against the group's device for flushing; gives the group
-    /// back when the queue is shut down. Wakes a sleeping worker unless the calling thread
-    /// helps this queue (then the work stays on its thread).
-    pub(crate) fn submit(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
-        if self.helped_here() {
-            Self::keep_local(group, run);
-            return Ok(());
-        }
+    /// Queues `run(group)` for the workers, counted against the group's device for flushing,
+    /// waking a sleeping worker; gives the group back when the queue is shut down.
+    fn push_shared(&self, group: IopfGroup, run: fn(IopfGroup)) -> Result<(), IopfGroup> {
         let mut p = self.shared.pending.lock();
         if !self.shared.open.load(Ordering::Acquire) {
             return Err(group);
@@ -333,9 +328,9 @@ impl IopfQueue {
         Ok(())
     }
 
-    /// Queues `run(group)` on the queue of the group's device (see [`IopfQueue::submit`]);
-    /// gives the group back when the device has no queue or it is shut down. A thread helping that
-    /// queue keeps the work without touching the queue's reference count.
+    /// Queues `run(group)` on the queue of the group's device; gives the group back when the
+    /// device has no queue or it is shut down. A thread helping that queue keeps the work on its
+    /// own list (no worker woken, no reference count touched); any other wakes a worker.
     pub(crate) fn submit_to_device_queue(
         group: IopfGroup,
         run: fn(IopfGroup),
@@ -346,8 +341,9 @@ impl IopfQueue {
                 Self::keep_local(group, run);
                 Ok(())
             }
+            // Not helped here: the queue's reference is taken, as the group moves.
             Some(false) => match group.param().queue.clone() {
-                Some(q) => q.submit(group, run),
+                Some(q) => q.push_shared(group, run),
                 None => Err(group),
             },
         }
@@ -449,8 +445,9 @@ pub(crate) fn flush_param(param: &FaultParam) {
                     run_work(work);
                 }
             }
-            // Work queued by a helper that has not run it yet still has a worker to run it.
-            q.shared.wake_for_leftovers();
+            // Work another thread queued while helping is run by that thread, or handed to the
+            // workers (with a wake) when it stops helping; work in the shared queue woke a
+            // worker when it was queued. Nothing is left to wake here.
         }
     }
     param.work.wait_idle();

@@ -285,8 +285,10 @@ impl crate::IopfHandler for QueueIt {
         "queue-it"
     }
     fn handle_iopf(&self, group: crate::IopfGroup) -> Result<(), crate::IopfGroup> {
-        let queue = group.param().queue.clone().expect("device on a queue");
-        queue.submit(group, |g| g.respond(crate::PageResponseCode::Success))
+        // The path the SVA handler takes (helper shortcut included).
+        crate::iopf_queue::IopfQueue::submit_to_device_queue(group, |g| {
+            g.respond(crate::PageResponseCode::Success)
+        })
     }
 }
 

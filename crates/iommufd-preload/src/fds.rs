@@ -35,14 +35,15 @@ fn mark(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
     Some((&MAYBE_OURS[i / 64], 1 << (i % 64)))
 }
 
+/// False when `fd` is surely not ours (its bit is clear); true when it may be (its bit is set,
+/// or it is past the marked range), and only the table can tell.
+fn maybe_ours(fd: c_int) -> bool {
+    mark(fd).is_none_or(|(word, bit)| word.load(Ordering::Acquire) & bit != 0)
+}
+
 pub(crate) fn lookup(fd: c_int) -> Option<Entry> {
-    if !ANY.load(Ordering::Acquire) {
+    if !ANY.load(Ordering::Acquire) || !maybe_ours(fd) {
         return None;
-    }
-    if let Some((word, bit)) = mark(fd) {
-        if word.load(Ordering::Acquire) & bit == 0 {
-            return None;
-        }
     }
     FDS.lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -61,7 +62,7 @@ pub(crate) fn register(fd: c_int, e: Entry) -> Option<Entry> {
 }
 
 pub(crate) fn unregister(fd: c_int) -> Option<Entry> {
-    if !ANY.load(Ordering::Acquire) {
+    if !ANY.load(Ordering::Acquire) || !maybe_ours(fd) {
         return None;
     }
     let mut fds = FDS.lock().unwrap_or_else(|e| e.into_inner());
