@@ -260,9 +260,12 @@ mod tests {
         assert_eq!(b, [0; 8]);
         let err = mem.write(0x1000, &[7; 8]).unwrap_err();
         assert_eq!(err.errno_name(), "EFAULT");
-        // A write spanning into it changes nothing, not even the writable part.
-        assert!(mem.write(0x2000 - 4, &[7; 8]).is_err());
-        mem.write(0x2000, &[7; 8]).unwrap();
+        // A write from the writable page into the read-only one changes nothing, not even
+        // the writable part (the read-only page is mapped right after a writable one here).
+        mem.map(0x3000, USER_PAGE_SIZE, false).unwrap();
+        assert!(mem.write(0x3000 - 4, &[7; 8]).is_err());
+        mem.read(0x3000 - 4, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
         mem.read(0x1000, &mut b).unwrap();
         assert_eq!(b, [0; 8]);
     }

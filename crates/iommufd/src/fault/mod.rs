@@ -86,7 +86,8 @@ struct Deliver {
 /// Counters of one fault object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
-    /// Eventfd writes: one per empty → non-empty transition of `deliver`.
+    /// Eventfd writes: one each time a group arrives while the fd is not readable (the fd
+    /// stays readable after a draining read until a read finds nothing).
     pub wakeups: u64,
     /// Groups accepted from the reporting path.
     pub queued: u64,
@@ -178,7 +179,7 @@ impl Fault {
             .map(|q| q.group.faults().len())
     }
 
-    /// Producer side: queue `q` and signal on the empty → non-empty transition.
+    /// Producer side: queue `q` and make the fd readable if it is not already.
     #[inline]
     fn enqueue(&self, q: Queued) {
         let mut d = self.lock.lock();
@@ -196,14 +197,14 @@ impl Fault {
     }
 
     /// Makes the fd readable. Called with the short lock held, so the eventfd counter and
-    /// `signalled` change together and a racing drain cannot leave a stale readable fd.
+    /// `signalled` change together: a clear never races a signal.
     #[inline]
     fn signal(&self, d: &mut MutexGuard<'_, Deliver>) {
         d.signalled = true;
         d.wakeups += 1;
         if let Some(fd) = &self.eventfd {
-            // Cannot block or fail: the counter is 0 (we clear it on every drain), far below
-            // its u64::MAX - 1 limit.
+            // Cannot block or fail: the counter is 0 (it is written only while not signalled,
+            // and cleared with `signalled`), far below its u64::MAX - 1 limit.
             let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
         }
     }

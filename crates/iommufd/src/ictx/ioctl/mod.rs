@@ -392,9 +392,6 @@ impl Ictx {
         }
     }
 
-    /// Reads a driver record of `len` user bytes at `uptr` into `buf` as Linux's
-    /// `copy_struct_from_user`: a longer record must be zero beyond `buf` (`E2BIG`), a shorter
-    /// one is zero-extended; `EFAULT` for memory that is not there.
     /// A driver-specific record of `len` bytes at `uptr` (HWPT and vIOMMU allocation data):
     /// at most [`MAX_DRIVER_DATA`] bytes are read, anything past them must be zero (`E2BIG`
     /// otherwise, as `copy_struct_from_user`), so the caller's length sizes no allocation.
@@ -406,6 +403,9 @@ impl Ictx {
         Ok(data)
     }
 
+    /// Reads a driver record of `len` user bytes at `uptr` into `buf` as Linux's
+    /// `copy_struct_from_user`: a longer record must be zero beyond `buf` (`E2BIG`), a shorter
+    /// one is zero-extended; `EFAULT` for memory that is not there.
     fn read_driver_record(&self, uptr: u64, len: u64, buf: &mut [u8]) -> Result<()> {
         let n = (len as usize).min(buf.len());
         buf.fill(0);
