@@ -26,7 +26,9 @@ fn main() {
             if only.is_some_and(|o| o != in_flight) {
                 continue;
             }
-            let w = E2e::new(pages, 4096);
+            // Memory holds two chunks of 4,096 pages: with THREADS faulting at once, each
+            // thread's chunk is its share of one.
+            let w = E2e::new(pages, 4096 / threads as u64);
             w.run(n / 10, in_flight, None);
             let mut best = f64::MAX;
             for _ in 0..3 {

@@ -155,7 +155,8 @@ impl E2e {
                         DmaPoll::Pending => {}
                     }
                 }
-                if !progressed && !engine.help() {
+                if !progressed {
+                    // Does the fault-path work first; sleeps only if there was none.
                     engine.wait(seen, Duration::from_millis(1));
                 }
             }

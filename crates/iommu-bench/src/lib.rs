@@ -6,8 +6,9 @@
 //! in one run) wrap the same calls in their own timing loops, so the two can never drift apart.
 //! `iommu-sim bench` runs the `e2e`, `floor` and `fault_fd` workloads (the fault path against
 //! its floors) and the `pt`, `lookup` and `translate` building blocks; `fault_path`, `memory`
-//! and `vmm` run under criterion only. The `examples/` (`e2e_probe`, `fd_probe`, `mem_probe`)
-//! time single workloads quickly while profiling.
+//! and `vmm` run under criterion only. The `examples/` time single workloads quickly while
+//! profiling (`e2e_probe`, `fd_probe`, `mem_probe`), what one atomic operation costs
+//! (`atomics_probe`), and how two devices scale on two CPUs (`scale_probe`).
 //!
 //! Workloads `expect` success: each is built so that every call succeeds, and a failure is a
 //! bug in the stack that the bench must not hide.

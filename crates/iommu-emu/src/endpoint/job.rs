@@ -176,9 +176,10 @@ impl fmt::Debug for DmaJob {
 /// no queue thread, because it promises to report them before it blocks.
 ///
 /// Typical loop: note [`DmaEngine::responses`], poll every job; when all are
-/// [`DmaJob::is_waiting`], call [`DmaEngine::help`]; when that finds nothing to do,
-/// [`DmaEngine::wait`] for a response after the noted count (noted before the polls, so a
-/// response that arrived during them does not make the wait sleep).
+/// [`DmaJob::is_waiting`], [`DmaEngine::wait`] for a response after the noted count (noted
+/// before the polls, so a response that arrived during them does not make the wait sleep). The
+/// wait does the fault-path work first ([`DmaEngine::help`]) and returns at once if there was
+/// any, so the loop polls again.
 pub struct DmaEngine<'a> {
     ep: &'a Endpoint,
     /// The function's IOPF queue when the engine was made (looked up once, not per help; a
@@ -189,8 +190,9 @@ pub struct DmaEngine<'a> {
 impl DmaEngine<'_> {
     /// Steps `job` until it is done or waits for a page response or for PRI credits
     /// ([`DmaJob::is_waiting`]): run to completion, where [`Endpoint::poll_dma`] makes one
-    /// step per call. A job of another function is stepped as a plain polled job (its groups
-    /// wake its IOMMU's queue thread: this engine helps only its own).
+    /// step per call. A job of another function is stepped the same way, but its groups are
+    /// sent as a plain polled job's are (they wake its IOMMU's queue thread: this engine helps
+    /// only its own).
     pub fn poll(&self, job: &mut DmaJob) -> DmaPoll {
         let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
         Endpoint::poll_job(job, mine, true)

@@ -53,7 +53,8 @@
 //! promised to do both itself. Only when there is nothing left to do does it spin briefly
 //! (`SPIN_WAIT`, 20 µs: an answer from another running thread) and then park until the
 //! response, a reset or the deadline. Nothing polls with `sched_yield` (it cost ~0.75 µs a
-//! call here and became a real context switch under load); the queue thread and IOPF workers
+//! call here and became a real context switch under load; the one yield left is on the
+//! overflow path, when the queue is full and another thread reports it); the queue thread and IOPF workers
 //! sleep until someone who will not do the work itself hands them some. With one DMA at a
 //! time the whole fault path runs on the DMA's thread with no handoff at all.
 //!

@@ -10,14 +10,12 @@ use iommu_bench::e2e::{E2e, Pages};
 use iommu_bench::fault_fd::FdRoundTrip;
 use iommu_bench::floor::{Handoff, MemoryFloor, RoutingFloor};
 
-use super::Figure;
+use super::{median, Figure, RUNS};
 
 /// Groups in flight of the end-to-end figures.
 pub const IN_FLIGHT: [usize; 5] = [1, 4, 16, 64, 256];
 /// Records per read/write of the fault fd figures.
 pub const FD_BATCHES: [usize; 3] = [1, 16, 256];
-/// Repetitions of each measurement: floors keep the minimum, figures the median.
-pub const REPS: usize = 5;
 /// Pages per chunk of the end-to-end runs (mapped before, unmapped after, untimed).
 const CHUNK: u64 = 4096;
 
@@ -51,18 +49,9 @@ pub struct FaultFigures {
     pub fd: Vec<f64>,
 }
 
+/// The minimum of [`RUNS`] runs of `run` (floors keep the minimum; figures the median).
 fn min_of(mut run: impl FnMut() -> f64) -> f64 {
-    (0..REPS).map(|_| run()).fold(f64::INFINITY, f64::min)
-}
-
-fn median_of(mut run: impl FnMut() -> f64) -> f64 {
-    median((0..REPS).map(|_| run()).collect())
-}
-
-/// The median of `v` (not empty).
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (0..RUNS).map(|_| run()).fold(f64::INFINITY, f64::min)
 }
 
 /// The routing floor with `in_flight` groups at a time: ns per group (minimum of runs).
@@ -110,11 +99,11 @@ fn handoff_floor_ns(iters: u64) -> f64 {
         t.elapsed().as_nanos() as f64 / iters as f64
     };
     run();
-    (0..4 * REPS).map(|_| run()).fold(f64::INFINITY, f64::min)
+    (0..4 * RUNS).map(|_| run()).fold(f64::INFINITY, f64::min)
 }
 
 /// End-to-end groups with each of [`IN_FLIGHT`] groups in flight: ns per group, the median of
-/// [`REPS`] runs. The runs are interleaved (every in-flight count once per round) so that a
+/// [`RUNS`] runs. The runs are interleaved (every in-flight count once per round) so that a
 /// burst of noise on this shared machine spreads over the counts instead of skewing one of
 /// them, and the figures of different counts stay comparable.
 fn e2e_ns(pages: Pages, groups: u64) -> Vec<f64> {
@@ -122,8 +111,8 @@ fn e2e_ns(pages: Pages, groups: u64) -> Vec<f64> {
     for n in IN_FLIGHT {
         w.run(groups / 4, n, None);
     }
-    let mut runs = vec![Vec::with_capacity(REPS); IN_FLIGHT.len()];
-    for _ in 0..REPS {
+    let mut runs = vec![Vec::with_capacity(RUNS); IN_FLIGHT.len()];
+    for _ in 0..RUNS {
         for (i, n) in IN_FLIGHT.into_iter().enumerate() {
             runs[i].push(w.run(groups, n, None).as_nanos() as f64 / groups as f64);
         }
@@ -151,18 +140,9 @@ fn latency(groups: u64) -> Latency {
 fn fd_ns(records: u64, batch: usize) -> f64 {
     let mut w = FdRoundTrip::new(batch);
     let rounds = (records / batch as u64).max(1);
-    for _ in 0..rounds / 10 {
-        w.round();
-    }
-    let ns = median_of(|| {
-        let t = Instant::now();
-        for _ in 0..rounds {
-            w.round();
-        }
-        t.elapsed().as_nanos() as f64 / (rounds * batch as u64) as f64
-    });
+    let per_round = super::measure(rounds, |_| w.round());
     w.finish();
-    ns
+    per_round / batch as f64
 }
 
 /// Measures every figure; `scale` multiplies the iteration counts (1: `--quick`).

@@ -51,9 +51,13 @@ impl Figure {
 
 /// The median of [`RUNS`] runs of `run`, each returning ns per operation.
 fn median_of_runs(mut run: impl FnMut() -> f64) -> f64 {
-    let mut runs: Vec<f64> = (0..RUNS).map(|_| run()).collect();
-    runs.sort_by(f64::total_cmp);
-    runs[RUNS / 2]
+    median((0..RUNS).map(|_| run()).collect())
+}
+
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Times `iters` calls of `op` per run, after a warm-up of a tenth as many; returns median ns
