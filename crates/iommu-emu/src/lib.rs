@@ -58,7 +58,6 @@ pub mod mm;
 pub mod phys;
 mod prq;
 mod psc;
-mod seqslot;
 pub mod spec;
 mod tlb;
 pub mod trace;

@@ -12,11 +12,11 @@
 //! have removed it. Like hardware, it is flushed whole rather than by range.
 //!
 //! Direct-mapped, 256 entries, each one cache line of atomic words under a per-slot sequence
-//! counter ([`SeqSlot`], as the IOTLB's); a fill that finds its slot being written skips it.
+//! counter (the seqlock of [`crate::tlb`]); a fill that finds its slot being written skips it.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use iommu_pt::{LeafTable, Pfn};
-
-use crate::seqslot::SeqSlot;
 
 /// Entries (a power of two).
 const ENTRIES: usize = 256;
@@ -24,12 +24,20 @@ const ENTRIES: usize = 256;
 /// Bits of the address below one last-level table's span (2 MiB).
 pub(crate) const SPAN_SHIFT: u32 = 21;
 
-/// A slot's words: root table frame + 1 (0 = empty), the span (`iova >> SPAN_SHIFT`), the
-/// IOTLB invalidation count when filled, then the [`LeafTable`]: table frame, AND, OR. One
-/// cache line each.
 #[derive(Default)]
 #[repr(align(64))]
-struct Slot(SeqSlot<6>);
+struct Slot {
+    seq: AtomicU64,
+    /// Root table frame + 1; 0 = empty.
+    root: AtomicU64,
+    /// The address's span (`iova >> SPAN_SHIFT`).
+    span: AtomicU64,
+    /// The IOTLB invalidation count when filled.
+    generation: AtomicU64,
+    table: AtomicU64,
+    all: AtomicU64,
+    any: AtomicU64,
+}
 
 /// A paging-structure cache (see the module documentation).
 pub(crate) struct Psc {
@@ -44,28 +52,55 @@ impl Psc {
     }
 
     #[inline]
-    fn slot(&self, root: Pfn, span: u64) -> &SeqSlot<6> {
+    fn slot(&self, root: Pfn, span: u64) -> &Slot {
         let h = (span ^ root.0.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.slots[(h >> 32) as usize & (ENTRIES - 1)].0
+        &self.slots[(h >> 32) as usize & (ENTRIES - 1)]
     }
 
     /// The last-level table cached for `span` under `root`, if filled at `generation`.
     #[inline]
     pub fn lookup(&self, root: Pfn, span: u64, generation: u64) -> Option<LeafTable> {
-        let [r, s, g, table, all, any] = self.slot(root, span).read()?;
-        ((r, s, g) == (root.0 + 1, span, generation)).then_some(LeafTable {
-            table: Pfn(table),
-            all,
-            any,
-        })
+        let s = self.slot(root, span);
+        let seq = s.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let found = (
+            s.root.load(Ordering::Relaxed),
+            s.span.load(Ordering::Relaxed),
+            s.generation.load(Ordering::Relaxed),
+        );
+        let at = LeafTable {
+            table: Pfn(s.table.load(Ordering::Relaxed)),
+            all: s.all.load(Ordering::Relaxed),
+            any: s.any.load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        let consistent = s.seq.load(Ordering::Relaxed) == seq;
+        (consistent && found == (root.0 + 1, span, generation)).then_some(at)
     }
 
     /// Caches `at` for `span` under `root`, filled at `generation`, evicting whatever shared
     /// its slot; skipped if another thread is writing the slot.
     #[inline]
     pub fn insert(&self, root: Pfn, span: u64, generation: u64, at: LeafTable) {
-        self.slot(root, span)
-            .try_store([root.0 + 1, span, generation, at.table.0, at.all, at.any]);
+        let s = self.slot(root, span);
+        let seq = s.seq.load(Ordering::Relaxed);
+        if seq & 1 != 0
+            || s.seq
+                .compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        fence(Ordering::Release);
+        s.root.store(root.0 + 1, Ordering::Relaxed);
+        s.span.store(span, Ordering::Relaxed);
+        s.generation.store(generation, Ordering::Relaxed);
+        s.table.store(at.table.0, Ordering::Relaxed);
+        s.all.store(at.all, Ordering::Relaxed);
+        s.any.store(at.any, Ordering::Relaxed);
+        s.seq.store(seq + 2, Ordering::Release);
     }
 }
 

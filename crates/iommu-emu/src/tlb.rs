@@ -1,8 +1,11 @@
 //! A translation cache shared by the IOMMU's IOTLB and an endpoint's ATS device TLB: [`Tlb`].
 //!
-//! Direct-mapped, fixed capacity, lock-free for readers. Each slot is three words (key, tag,
-//! value) under a per-slot sequence counter ([`SeqSlot`]): fills and invalidations of one slot
-//! from two DMA threads serialise on that slot alone.
+//! Direct-mapped, fixed capacity, lock-free for readers. Each slot is four atomic words under a
+//! per-slot sequence counter (a seqlock made of atomics only, so no `unsafe`): a reader loads the
+//! counter, the three words, then the counter again, and uses the slot only if the counter was
+//! even and unchanged. Writers (fills and invalidations) take the slot by moving the counter
+//! from even to odd with a compare-exchange, so concurrent fills of one slot from two DMA
+//! threads serialise on that slot alone.
 //!
 //! Only 4 KiB translations are cached (a 2 MiB or 1 GiB leaf is cached per 4 KiB page it is used
 //! for): invalidation by range then never has to reason about entry sizes.
@@ -12,9 +15,7 @@
 //! invalidates while holding the write side, so a fill can never land after the invalidation
 //! that should have removed it (see `iommu/mod.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::seqslot::SeqSlot;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Bits of a cached entry's permission field (low bits of the value word).
 pub(crate) const P_READ: u64 = 1;
@@ -62,22 +63,14 @@ pub(crate) fn pkey(pasid: Option<u32>) -> u32 {
     pasid.map_or(0, |p| p + 1)
 }
 
-/// A slot's words: `vpn + 1` (0 = empty), the packed tag, page-aligned physical address |
-/// permission bits.
-type Slot = SeqSlot<3>;
-const KEY: usize = 0;
-const TAG: usize = 1;
-const VAL: usize = 2;
-
-/// The entry a slot's words hold, if any.
-#[inline(always)]
-fn entry([key, tag, val]: [u64; 3]) -> Option<Entry> {
-    (key != 0).then(|| Entry {
-        vpn: key - 1,
-        tag: Tag::unpack(tag),
-        pa: val & !0xfff,
-        perms: val & 0xfff,
-    })
+#[derive(Default)]
+struct Slot {
+    seq: AtomicU64,
+    /// `vpn + 1`; 0 = empty.
+    key: AtomicU64,
+    tag: AtomicU64,
+    /// Page-aligned physical address | permission bits.
+    val: AtomicU64,
 }
 
 /// A cached translation.
@@ -137,7 +130,24 @@ impl Tlb {
     /// Reads slot `i` consistently; `None` if empty or being written.
     #[inline]
     fn read(&self, i: usize) -> Option<Entry> {
-        entry(self.slots[i].read()?)
+        let s = &self.slots[i];
+        let s1 = s.seq.load(Ordering::Acquire);
+        if s1 & 1 != 0 {
+            return None;
+        }
+        let key = s.key.load(Ordering::Relaxed);
+        let tag = s.tag.load(Ordering::Relaxed);
+        let val = s.val.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if s.seq.load(Ordering::Relaxed) != s1 || key == 0 {
+            return None;
+        }
+        Some(Entry {
+            vpn: key - 1,
+            tag: Tag::unpack(tag),
+            pa: val & !0xfff,
+            perms: val & 0xfff,
+        })
     }
 
     /// Looks up the translation of page `vpn` for (`sid`, `pkey`), whatever its domain ID.
@@ -147,14 +157,38 @@ impl Tlb {
         (e.vpn == vpn && e.tag.sid == sid && e.tag.pkey == pkey).then_some(e)
     }
 
+    /// Runs `f` with slot `i` held for writing.
+    #[inline]
+    fn with_slot(&self, i: usize, f: impl FnOnce(&Slot)) {
+        let s = &self.slots[i];
+        let mut cur = s.seq.load(Ordering::Relaxed);
+        loop {
+            if cur & 1 != 0 {
+                std::hint::spin_loop();
+                cur = s.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match s
+                .seq
+                .compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        fence(Ordering::Release);
+        f(s);
+        s.seq.store(cur + 2, Ordering::Release);
+    }
+
     /// Caches a translation, evicting whatever shared its slot.
     #[inline]
     pub fn insert(&self, e: Entry) {
         let i = self.index(e.tag.sid, e.tag.pkey, e.vpn);
-        self.slots[i].write(|w| {
-            w[KEY].store(e.vpn + 1, Ordering::Relaxed);
-            w[TAG].store(e.tag.pack(), Ordering::Relaxed);
-            w[VAL].store(e.pa | e.perms, Ordering::Relaxed);
+        self.with_slot(i, |s| {
+            s.key.store(e.vpn + 1, Ordering::Relaxed);
+            s.tag.store(e.tag.pack(), Ordering::Relaxed);
+            s.val.store(e.pa | e.perms, Ordering::Relaxed);
         });
     }
 
@@ -168,8 +202,8 @@ impl Tlb {
         for i in 0..self.slots.len() {
             // Cheap optimistic check first; a slot being written is re-checked under the lock.
             let s = &self.slots[i];
-            let busy = s.busy();
-            if !busy && s.peek(KEY) == 0 {
+            let busy = s.seq.load(Ordering::Relaxed) & 1 != 0;
+            if !busy && s.key.load(Ordering::Relaxed) == 0 {
                 continue;
             }
             match self.read(i) {
@@ -177,10 +211,20 @@ impl Tlb {
                 None if !busy => continue,
                 _ => {}
             }
-            s.write(|w| {
-                let words = std::array::from_fn(|j| w[j].load(Ordering::Relaxed));
-                if entry(words).is_some_and(|e| pred(&e)) {
-                    w[KEY].store(0, Ordering::Relaxed);
+            self.with_slot(i, |s| {
+                let key = s.key.load(Ordering::Relaxed);
+                if key == 0 {
+                    return;
+                }
+                let val = s.val.load(Ordering::Relaxed);
+                let e = Entry {
+                    vpn: key - 1,
+                    tag: Tag::unpack(s.tag.load(Ordering::Relaxed)),
+                    pa: val & !0xfff,
+                    perms: val & 0xfff,
+                };
+                if pred(&e) {
+                    s.key.store(0, Ordering::Relaxed);
                     n += 1;
                 }
             });
