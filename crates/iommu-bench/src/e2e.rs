@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iommu_emu::{DmaJob, DmaKind, DmaPoll, EndpointConfig, PhysMem, Prot, Zeroing};
+use iommu_emu::{DmaJob, DmaKind, DmaPoll, Endpoint, EndpointConfig, PhysMem, Prot, Zeroing};
 
 use crate::fault_path::{Handler, SvaStack};
 
@@ -118,52 +118,71 @@ impl E2e {
             let len = jobs * 4096;
             let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
             let start = Instant::now();
-            let engine = ep.engine();
-            let mut next = 0u64;
-            let mut done = 0u64;
-            while done < jobs {
-                // Before the polls: a response that lands during them is news to `wait`.
-                let seen = engine.responses();
-                let mut progressed = false;
-                for (job, t, busy) in slots.iter_mut() {
-                    if !*busy && next < jobs {
-                        let kind = DmaKind::Fill(0x5a);
-                        job.restart(pasid, va + next * 4096, bytes, kind)
-                            .expect("a finished job restarts");
-                        *t = if latency.is_some() {
-                            Instant::now()
-                        } else {
-                            start
-                        };
-                        *busy = true;
-                        next += 1;
-                    }
-                    if !*busy {
-                        continue;
-                    }
-                    match engine.poll(job) {
-                        DmaPoll::Ready(r) => {
-                            r.expect("dma");
-                            if let Some(l) = latency.as_mut() {
-                                l(t.elapsed().as_nanos() as u64);
-                            }
-                            *busy = false;
-                            done += 1;
-                            progressed = true;
-                        }
-                        DmaPoll::Pending if !job.is_waiting() => progressed = true,
-                        DmaPoll::Pending => {}
-                    }
-                }
-                if !progressed {
-                    // Does the fault-path work first; sleeps only if there was none.
-                    engine.wait(seen, Duration::from_millis(1));
-                }
-            }
+            drive(ep, pasid, va, jobs, bytes, &mut slots, start, &mut latency);
             total += start.elapsed();
             mm.munmap(va, len).expect("munmap");
             left -= jobs;
         }
         total
+    }
+}
+
+/// The timed part of [`E2e::run`] for one chunk of `jobs` pages at `va`: the jobs of `slots`
+/// restarted and polled until every page is written. Never inlined, so an instruction counter
+/// (`scripts/fault-path-instructions`) finds the fault path's whole cost under one function
+/// whatever the build inlines.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    ep: &Endpoint,
+    pasid: Option<u32>,
+    va: u64,
+    jobs: u64,
+    bytes: u64,
+    slots: &mut [(DmaJob, Instant, bool)],
+    start: Instant,
+    latency: &mut Option<&mut dyn FnMut(u64)>,
+) {
+    let engine = ep.engine();
+    let mut next = 0u64;
+    let mut done = 0u64;
+    while done < jobs {
+        // Before the polls: a response that lands during them is news to `wait`.
+        let seen = engine.responses();
+        let mut progressed = false;
+        for (job, t, busy) in slots.iter_mut() {
+            if !*busy && next < jobs {
+                let kind = DmaKind::Fill(0x5a);
+                job.restart(pasid, va + next * 4096, bytes, kind)
+                    .expect("a finished job restarts");
+                *t = if latency.is_some() {
+                    Instant::now()
+                } else {
+                    start
+                };
+                *busy = true;
+                next += 1;
+            }
+            if !*busy {
+                continue;
+            }
+            match engine.poll(job) {
+                DmaPoll::Ready(r) => {
+                    r.expect("dma");
+                    if let Some(l) = latency.as_mut() {
+                        l(t.elapsed().as_nanos() as u64);
+                    }
+                    *busy = false;
+                    done += 1;
+                    progressed = true;
+                }
+                DmaPoll::Pending if !job.is_waiting() => progressed = true,
+                DmaPoll::Pending => {}
+            }
+        }
+        if !progressed {
+            // Does the fault-path work first; sleeps only if there was none.
+            engine.wait(seen, Duration::from_millis(1));
+        }
     }
 }
