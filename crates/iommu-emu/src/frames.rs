@@ -11,7 +11,8 @@
 //! * exhaustion is an error value, never a panic.
 //!
 //! Freed frames are reused last-in first-out: the most recently freed frame is the one most
-//! likely still in the host's caches.
+//! likely still in the host's caches. `PhysMem` frees the frames of one release (an unmapped
+//! range) highest first, so they come back lowest first, in ascending order.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -215,11 +215,11 @@ impl Mm {
         }
         let tables = inner.clear_ptes(addr, end);
         self.invalidate_secondary(addr, end);
-        for (vpn, _) in resident {
-            if let Some(pfn) = inner.pages.remove(vpn) {
-                self.phys.release_frame(pfn);
-            }
-        }
+        let frames = resident
+            .into_iter()
+            .filter_map(|(vpn, _)| inner.pages.remove(vpn))
+            .collect();
+        self.phys.release_frames(frames);
         inner.pt.free_tables(tables);
         Ok(())
     }
@@ -272,9 +272,7 @@ impl Mm {
         }
         let tables = inner.clear_ptes(0, USER_TOP);
         self.invalidate_secondary(0, USER_TOP);
-        for pfn in inner.pages.take_all() {
-            self.phys.release_frame(pfn);
-        }
+        self.phys.release_frames(inner.pages.take_all());
         inner.pt.free_tables(tables);
     }
 
@@ -342,9 +340,7 @@ impl Drop for Mm {
     fn drop(&mut self) {
         // No SVA domain can exist any more (each holds the mm), so no IOMMU caches it.
         let inner = self.inner.get_mut();
-        for pfn in inner.pages.take_all() {
-            self.phys.release_frame(pfn);
-        }
+        self.phys.release_frames(inner.pages.take_all());
         // The page table frees its own table pages when dropped.
     }
 }

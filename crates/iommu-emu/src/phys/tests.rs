@@ -133,3 +133,34 @@ fn an_empty_memory_hands_out_nothing() {
     assert_eq!(mem.alloc_frame().unwrap_err().errno_name(), "ENOMEM");
     assert!(mem.table(ArenaTableMem::DEFAULT_BASE).is_none());
 }
+
+#[test]
+fn frames_released_together_come_back_lowest_first_and_zeroed() {
+    for zeroing in [Zeroing::OnAlloc, Zeroing::OnFree] {
+        let m = PhysMem::with_zeroing(8, zeroing).unwrap();
+        let frames: Vec<Pfn> = (0..6).map(|_| m.alloc_frame().unwrap()).collect();
+        for f in &frames {
+            m.fill(f.addr(), 4096, 0xa5).unwrap();
+        }
+        // Released in a scrambled order (as a range whose frames were handed out downwards).
+        let released = vec![
+            frames[3], frames[0], frames[5], frames[1], frames[4], frames[2],
+        ];
+
+        m.release_frames(released);
+
+        let again: Vec<Pfn> = (0..6).map(|_| m.alloc_frame().unwrap()).collect();
+        assert_eq!(
+            again, frames,
+            "{zeroing:?}: lowest first, in ascending order"
+        );
+        for f in &again {
+            let mut page = [1u8; 4096];
+            m.read(f.addr(), &mut page).unwrap();
+            assert!(
+                page.iter().all(|&b| b == 0),
+                "{zeroing:?}: a reused frame is zero"
+            );
+        }
+    }
+}
