@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use iommu_core::PageResponseCode;
 use iommu_pt::{Access, PhysAddr};
-use smallvec::SmallVec;
 
+use super::pages::Pages;
 use super::pri::{Deadline, Group, Outstanding};
 use super::{DmaError, Endpoint, MAX_AUTO_ROUNDS, MAX_ROUNDS_WITHOUT_PROGRESS};
 use crate::iommu::{DmaWindow, FaultRecord, TranslationFault};
@@ -17,9 +17,6 @@ use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag};
 
 /// Pages processed per DMA window before the engine lets writers (invalidations) in.
 const PASS_PAGES: usize = 512;
-
-/// Page lists of a job: a few pages inline, so a job whose groups are small allocates nothing.
-type Pages = SmallVec<[u64; 8]>;
 
 /// The DMA engine: the state of one job, stepped by the blocking calls (which build it
 /// `block`ing: it waits for credits and responses itself, with the response timeout) and by
@@ -194,7 +191,7 @@ impl Machine {
             self.stale_rounds += 1;
             if self.stale_rounds > MAX_ROUNDS_WITHOUT_PROGRESS {
                 return Err(DmaError::RetryLimit {
-                    iova: self.faulted[0] << PAGE_SHIFT,
+                    iova: self.faulted.as_slice()[0] << PAGE_SHIFT,
                 });
             }
         }
@@ -216,29 +213,31 @@ impl Machine {
         } else {
             Access::READ.user()
         };
-        let (iova, end) = (self.iova, self.end);
+        let (iova, end, pasid, last) = (self.iova, self.end, self.pasid, self.last);
         let mut progressed = false;
         let win = sh.iommu.dma_window();
         let mut budget = PASS_PAGES;
         // Retried pages first, in order; those this pass does not reach stay in `retry`.
+        let retry = self.retry.as_slice();
         let mut retried = 0;
+        let mut faulted = self.faulted.len();
         let result = loop {
-            if budget == 0 || self.faulted.len() >= self.group_cap {
+            if budget == 0 || faulted >= self.group_cap {
                 break Ok(progressed);
             }
-            let vpn = match self.retry.get(retried) {
+            let vpn = match retry.get(retried) {
                 Some(&v) => {
                     retried += 1;
                     v
                 }
-                None if self.cursor <= self.last => {
+                None if self.cursor <= last => {
                     self.cursor += 1;
                     self.cursor - 1
                 }
                 None => break Ok(progressed),
             };
             budget -= 1;
-            match ep.translate_page(&win, self.pasid, vpn, access) {
+            match ep.translate_page(&win, pasid, vpn, access) {
                 Ok(pa) => {
                     let page = vpn << PAGE_SHIFT;
                     let lo = page.max(iova);
@@ -248,22 +247,25 @@ impl Machine {
                     }
                     progressed = true;
                 }
-                Err(f) if f.recoverable && sh.cfg.ats => self.faulted.push(vpn),
+                Err(f) if f.recoverable && sh.cfg.ats => {
+                    self.faulted.push(vpn);
+                    faulted += 1;
+                }
                 Err(f) => {
                     // Untranslated request (no ATS) or unfixable fault: nothing for PRI.
                     let f = TranslationFault {
                         recoverable: false,
                         ..f
                     };
-                    break Err(ep.unrecoverable(self.pasid, self.write, f));
+                    break Err(ep.unrecoverable(pasid, self.write, f));
                 }
             }
         };
         // Usually every page to retry was reached: no shifting of what is left.
-        if retried == self.retry.len() {
+        if retried == retry.len() {
             self.retry.clear();
         } else if retried > 0 {
-            self.retry.drain(..retried);
+            self.retry.remove_front(retried);
         }
         result
     }
@@ -283,12 +285,13 @@ impl Machine {
         } else {
             None
         };
-        let Some(o) = ep.alloc_group(self.pasid, &self.faulted, self.write, deadline)? else {
+        let faulted = self.faulted.as_slice();
+        let Some(o) = ep.alloc_group(self.pasid, faulted, self.write, deadline)? else {
             self.credit_wait = true;
             return Ok(false);
         };
         self.credit_wait = false;
-        let pages = &self.faulted[..o.pages as usize];
+        let pages = &faulted[..o.pages as usize];
         match ep.send_group(self.pasid, pages, self.write, o, self.helper)? {
             Pushed::Queued => {
                 self.outstanding = Some(o);
@@ -302,7 +305,7 @@ impl Machine {
     #[inline]
     fn answered(&mut self, ep: &Endpoint, g: Group) -> Result<bool, DmaError> {
         self.deadline = None;
-        let first_iova = self.faulted[0] << PAGE_SHIFT;
+        let first_iova = self.faulted.as_slice()[0] << PAGE_SHIFT;
         match g {
             Group::Answered(PageResponseCode::Success) => {
                 self.auto_rounds = 0;
@@ -332,13 +335,7 @@ impl Machine {
             }
         }
         // Answered pages are retried first; pages left out of the group (credit cap) too.
-        if self.retry.is_empty() {
-            // The common case (every earlier page was retried): the group's pages become the
-            // retry list as they are, and the old list's storage the next group's.
-            std::mem::swap(&mut self.retry, &mut self.faulted);
-        } else {
-            self.retry.append(&mut self.faulted);
-        }
+        self.retry.append(&mut self.faulted);
         Ok(false)
     }
 }

@@ -102,6 +102,7 @@ mod config;
 mod dma;
 mod error;
 mod job;
+mod pages;
 mod pri;
 mod stats;
 
