@@ -1,7 +1,9 @@
 //! Zeroing and writing frames through `PhysMem` in ascending and descending frame order (a
-//! recycled frame comes back in the reverse order of frees), beside the memory floor
+//! frame freed on its own comes back in the reverse order of frees; a released range, since
+//! `PhysMem::release_frames`, in ascending order), beside the memory floor
 //! ([`iommu_bench::floor::MemoryFloor`]): what a fresh-page fault's memory work costs through
-//! `vm-memory` (two copies: it has no `memset`).
+//! `vm-memory`, which has no `memset` of its own (the zeroing is a copy from a zero page that
+//! the optimiser may turn into one).
 //! `cargo run --release -p iommu-bench --example mem_probe`.
 
 use iommu_emu::PhysMem;

@@ -10,9 +10,10 @@
 //!   bug in the caller, and continuing would let two owners share one frame;
 //! * exhaustion is an error value, never a panic.
 //!
-//! Freed frames are reused last-in first-out: the most recently freed frame is the one most
-//! likely still in the host's caches. `PhysMem` frees the frames of one release (an unmapped
-//! range) highest first, so they come back lowest first, in ascending order.
+//! Freed frames are reused last-in first-out: a frame freed on its own is the one most likely
+//! still in the host's caches. `PhysMem` frees the frames of one release (an unmapped range)
+//! highest first, so they come back lowest first, in ascending order: for a range, the order
+//! the host's prefetcher streams matters more than which frame is warm.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

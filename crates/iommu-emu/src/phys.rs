@@ -247,17 +247,20 @@ impl PhysMem {
     }
 
     /// [`PhysMem::release_frame`] for many frames at once (an unmapped range, an exited
-    /// process), handed out again lowest first: frames freed together are zeroed in ascending
-    /// order and freed in descending order, so the allocator's last-in-first-out list returns
-    /// them in ascending order. Whatever order a range's frames had, refaulting it then walks
-    /// memory upwards, which the host's prefetcher streams: `mem_probe` zeroes and fills a page
-    /// in 148 ns going up against 255 ns going down (BENCHMARKS.md).
+    /// process): sorted, zeroed in ascending order when this memory zeroes on free, then freed
+    /// highest first, so the allocator's last-in-first-out list hands them out again lowest
+    /// first. A refaulted range then gets its data frames in ascending order (page-table frames
+    /// its caller frees afterwards come out before them) and walks memory upwards, which the
+    /// host's prefetcher streams: `mem_probe` zeroes and fills a page in 148 ns going up
+    /// against 255 ns going down (BENCHMARKS.md). A frame that cannot be zeroed is leaked, as
+    /// [`PhysMem::release_frame`] leaks one that cannot be freed.
     pub(crate) fn release_frames(&self, mut pfns: Vec<Pfn>) {
         pfns.sort_unstable_by_key(|p| p.0);
-        for &pfn in &pfns {
+        pfns.retain(|&pfn| {
             let zeroed = self.zero_on_free(pfn);
             debug_assert!(zeroed.is_ok(), "{zeroed:?}");
-        }
+            zeroed.is_ok()
+        });
         for &pfn in pfns.iter().rev() {
             let freed = self.free_index(pfn);
             debug_assert!(freed.is_ok(), "{freed:?}");

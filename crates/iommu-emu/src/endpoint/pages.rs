@@ -11,7 +11,6 @@ pub(super) const INLINE: usize = 8;
 
 /// A list of page numbers, contiguous: the first `len` of `inline` while `len <= INLINE`,
 /// else all of `heap`.
-#[derive(Default)]
 pub(super) struct Pages {
     len: usize,
     inline: [u64; INLINE],
