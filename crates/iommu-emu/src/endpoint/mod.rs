@@ -322,8 +322,7 @@ impl Endpoint {
         }
         crate::counter::add_locked(&sh.counters.abandoned, abandoned);
         // Spinning waiters look at this counter: the reset is news to them too.
-        sh.responses
-            .store(sh.responses.load(Relaxed).wrapping_add(1), Release);
+        sh.note_response(&st);
         st.credits = sh.cfg.pri_credits;
         st.stopped.clear();
         sh.any_stopped.store(false, Release);

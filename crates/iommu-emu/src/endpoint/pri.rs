@@ -437,6 +437,15 @@ impl EpShared {
         self.pri_cv.notify_all();
     }
 
+    /// Moves the response count on ([`super::DmaEngine::responses`]: what spinning and
+    /// parked waiters watch). Written only under the PRI lock (`_st` proves it is held): a
+    /// plain store, not a locked read-modify-write; `Release`, so a waiter that sees the new
+    /// count sees the state it announces.
+    pub(super) fn note_response(&self, _st: &PriState) {
+        self.responses
+            .store(self.responses.load(Relaxed).wrapping_add(1), Release);
+    }
+
     /// A page response arrived for this function (routed by the IOMMU).
     pub(super) fn on_page_response(&self, resp: PageResponse) {
         let c = &self.counters;
@@ -463,9 +472,7 @@ impl EpShared {
                         add_locked(&c.failure, 1)
                     }
                 };
-                // Written under the PRI lock only: a store, not a locked RMW.
-                self.responses
-                    .store(self.responses.load(Relaxed).wrapping_add(1), Release);
+                self.note_response(&st);
                 self.pri_cv.notify_all();
                 true
             }
