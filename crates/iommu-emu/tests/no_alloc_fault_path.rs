@@ -88,7 +88,12 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
         // reuses its descriptors (and as `iommu-sim bench` drives its jobs).
         let slots = std::cell::RefCell::new(
             (0..64)
-                .map(|_| ep.start_dma(pasid, 0, 0, DmaKind::Fill(1)))
+                .map(|_| {
+                    // An empty job, polled once: finished, so it can be restarted.
+                    let mut job = ep.start_dma(pasid, 0, 0, DmaKind::Fill(1));
+                    let _ = ep.poll_dma(&mut job);
+                    job
+                })
                 .collect::<Vec<_>>(),
         );
         let restarted = |va: u64| {
@@ -101,7 +106,6 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
                 let mut moved = false;
                 for (job, busy) in slots.iter_mut().zip(busy.iter_mut()) {
                     if !*busy && next < PAGES {
-                        let _ = engine.poll(job); // reports the previous transfer's result
                         job.restart(pasid, va + next * 4096, 4096, DmaKind::Fill(1))
                             .expect("a finished job restarts");
                         (*busy, next) = (true, next + 1);

@@ -438,7 +438,8 @@ impl EpShared {
     }
 
     /// Moves the response count on ([`super::DmaEngine::responses`]: what spinning and
-    /// parked waiters watch). Written only under the PRI lock (`_st` proves it is held): a
+    /// parked waiters watch). Written only under the PRI lock (`_st` says so; it does not
+    /// prove it): a
     /// plain store, not a locked read-modify-write; `Release`, so a waiter that sees the new
     /// count sees the state it announces.
     pub(super) fn note_response(&self, _st: &PriState) {
