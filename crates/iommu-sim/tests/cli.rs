@@ -64,6 +64,7 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         "iommu-pt map 2 MiB",
         "iommu-pt unmap 2 MiB",
         "map+unmap 2 MiB range",
+        "end-to-end runs behind each median, fastest-slowest",
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
@@ -89,6 +90,14 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
     }
     for f in ["routing", "memory", "handoff"] {
         assert!(positive(&v["floors_ns"][f]), "floors_ns.{f}");
+    }
+    // The fastest and slowest run behind each end-to-end median, in that order.
+    for kind in ["routing", "fresh"] {
+        for n in ["1", "4", "16", "64", "256"] {
+            let r = &v["e2e_runs_ns"][kind][n];
+            let (lo, hi) = (r[0].as_f64().unwrap_or(0.0), r[1].as_f64().unwrap_or(0.0));
+            assert!(lo > 0.0 && lo <= hi, "e2e_runs_ns.{kind}.{n} in {v}");
+        }
     }
     assert_eq!(v["load"], serde_json::json!(false));
 }

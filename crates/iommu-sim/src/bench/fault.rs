@@ -43,6 +43,11 @@ pub struct FaultFigures {
     pub routing: Vec<f64>,
     /// End-to-end groups with fresh zeroed pages, at each of [`IN_FLIGHT`].
     pub fresh: Vec<f64>,
+    /// The fastest and slowest of the runs behind each `routing` median: how far this
+    /// machine's noise moved the figure within the one pass.
+    pub routing_runs: Vec<(f64, f64)>,
+    /// The same for `fresh`.
+    pub fresh_runs: Vec<(f64, f64)>,
     /// One fault at a time.
     pub latency: Latency,
     /// Fault fd records (read and answered), at each of [`FD_BATCHES`].
@@ -103,10 +108,10 @@ fn handoff_floor_ns(iters: u64) -> f64 {
 }
 
 /// End-to-end groups with each of [`IN_FLIGHT`] groups in flight: ns per group, the median of
-/// [`RUNS`] runs. The runs are interleaved (every in-flight count once per round) so that a
-/// burst of noise on this shared machine spreads over the counts instead of skewing one of
-/// them, and the figures of different counts stay comparable.
-fn e2e_ns(pages: Pages, groups: u64) -> Vec<f64> {
+/// [`RUNS`] runs, and the fastest and slowest run. The runs are interleaved (every in-flight
+/// count once per round) so that a burst of noise on this shared machine spreads over the
+/// counts instead of skewing one of them, and the figures of different counts stay comparable.
+fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
     let w = E2e::new(pages, CHUNK);
     for n in IN_FLIGHT {
         w.run(groups / 4, n, None);
@@ -117,7 +122,14 @@ fn e2e_ns(pages: Pages, groups: u64) -> Vec<f64> {
             runs[i].push(w.run(groups, n, None).as_nanos() as f64 / groups as f64);
         }
     }
-    runs.into_iter().map(median).collect()
+    let spread = runs
+        .iter()
+        .map(|r| {
+            let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+            (lo, r.iter().copied().fold(lo, f64::max))
+        })
+        .collect();
+    (runs.into_iter().map(median).collect(), spread)
 }
 
 /// The latency of one fault, one at a time, pages prepared off the path.
@@ -148,6 +160,8 @@ fn fd_ns(records: u64, batch: usize) -> f64 {
 /// Measures every figure; `scale` multiplies the iteration counts (1: `--quick`).
 pub fn measure(scale: u64) -> FaultFigures {
     let groups = 20_000 * scale;
+    let (routing, routing_runs) = e2e_ns(Pages::Prepared, groups);
+    let (fresh, fresh_runs) = e2e_ns(Pages::Fresh, groups);
     FaultFigures {
         routing_floor: IN_FLIGHT
             .iter()
@@ -155,8 +169,10 @@ pub fn measure(scale: u64) -> FaultFigures {
             .collect(),
         memory_floor: memory_floor_ns(groups),
         handoff_floor: handoff_floor_ns(500 * scale),
-        routing: e2e_ns(Pages::Prepared, groups),
-        fresh: e2e_ns(Pages::Fresh, groups),
+        routing,
+        fresh,
+        routing_runs,
+        fresh_runs,
         latency: latency(groups),
         fd: FD_BATCHES.iter().map(|&b| fd_ns(groups * 2, b)).collect(),
     }
@@ -175,7 +191,34 @@ fn keyed(keys: &[usize], ns: &[f64]) -> serde_json::Value {
         .into()
 }
 
+/// `[fastest, slowest]` ns per group of each in-flight count's runs, keyed by the count.
+fn runs_keyed(runs: &[(f64, f64)]) -> serde_json::Value {
+    IN_FLIGHT
+        .iter()
+        .zip(runs)
+        .map(|(k, &(lo, hi))| (k.to_string(), serde_json::json!([lo, hi])))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 impl FaultFigures {
+    /// One line per page kind: the fastest and slowest run behind each end-to-end median.
+    pub fn spread_lines(&self) -> String {
+        let mut out = String::new();
+        for (kind, runs) in [
+            ("prepared", &self.routing_runs),
+            ("fresh", &self.fresh_runs),
+        ] {
+            let each: Vec<String> = IN_FLIGHT
+                .iter()
+                .zip(runs)
+                .map(|(n, (lo, hi))| format!("{n}: {lo:.0}-{hi:.0}"))
+                .collect();
+            out += &format!("  {kind:<9} {}\n", each.join(", "));
+        }
+        out
+    }
+
     /// The figures under their stable JSON names (see BENCHMARKS.md).
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -187,6 +230,10 @@ impl FaultFigures {
                 "p999": self.latency.p999,
             },
             "fd_records_per_s": keyed(&FD_BATCHES, &self.fd),
+            "e2e_runs_ns": {
+                "routing": runs_keyed(&self.routing_runs),
+                "fresh": runs_keyed(&self.fresh_runs),
+            },
             "floors_ns": {
                 "routing": self.routing_floor[0],
                 "memory": self.memory_floor,

@@ -291,7 +291,7 @@ fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures
         out += &format!(" {:>12} {:>8}", "loaded ns", "× quiet");
     }
     out += "\n";
-    let loaded = loaded.map(fault::FaultFigures::figures);
+    let loaded_figures = loaded.map(fault::FaultFigures::figures);
     let mut last_floor = None;
     for (i, f) in quiet.figures().iter().enumerate() {
         let ratio = f.ratio().map_or("-".into(), |r| format!("{r:.2}"));
@@ -301,7 +301,7 @@ fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures
             f.ns_per_op,
             f.ops_per_s()
         );
-        if let Some(l) = &loaded {
+        if let Some(l) = &loaded_figures {
             let lns = l[i].ns_per_op;
             out += &format!(" {lns:>12.1} {:>8.2}", lns / f.ns_per_op);
         }
@@ -317,6 +317,15 @@ fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures
     out += "× floor: ns/op ÷ the floor's ns/op measured in this run (prepared pages against the \
             routing floor at the same groups in flight, fresh pages against the memory floor). \
             Floors: minimum of runs; figures: median.\n";
+    // The median hides how much the machine moved under it: a loaded figure below its quiet
+    // one is that noise, not the load helping.
+    out += &format!(
+        "end-to-end runs behind each median, fastest-slowest ns per group by groups in flight:\n{}",
+        quiet.spread_lines()
+    );
+    if let Some(l) = loaded {
+        out += &format!("  under --load:\n{}", l.spread_lines());
+    }
     out
 }
 
