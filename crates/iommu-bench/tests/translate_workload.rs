@@ -7,26 +7,24 @@ use iommu_pt::Access;
 #[test]
 fn strided_misses_hit_the_paging_structure_cache_and_cold_ones_miss_every_cache() {
     let w = Translate::new();
-    let win = w.iommu.dma_window();
     let n = 100_000u64;
-    let before = w.iommu.stats();
-    for i in 0..n {
-        win.translate_source(w.sid, None, stride(i), Access::READ)
-            .expect("mapped");
-    }
-    drop(win);
-    let mid = w.iommu.stats();
-    let win = w.iommu.dma_window();
-    for i in 0..n {
-        win.translate_source(w.sid, None, cold_span(i), Access::READ)
-            .expect("mapped");
-    }
-    drop(win);
-    let after = w.iommu.stats();
-    let strided_hits = mid.iotlb_hits - before.iotlb_hits;
-    let strided_psc = mid.psc_hits - before.psc_hits;
-    let cold_hits = after.iotlb_hits - mid.iotlb_hits;
-    let cold_psc = after.psc_hits - mid.psc_hits;
+    // (IOTLB hits, walks from the paging-structure cache) over `n` translations of `iova(i)`.
+    let hits = |iova: fn(u64) -> u64| {
+        let before = w.iommu.stats();
+        let win = w.iommu.dma_window();
+        for i in 0..n {
+            win.translate_source(w.sid, None, iova(i), Access::READ)
+                .expect("mapped");
+        }
+        drop(win);
+        let after = w.iommu.stats();
+        (
+            after.iotlb_hits - before.iotlb_hits,
+            after.psc_hits - before.psc_hits,
+        )
+    };
+    let (strided_hits, strided_psc) = hits(stride);
+    let (cold_hits, cold_psc) = hits(cold_span);
     assert!(strided_hits < n / 100, "strided IOTLB hits: {strided_hits}");
     assert!(
         strided_psc > n * 3 / 4,
