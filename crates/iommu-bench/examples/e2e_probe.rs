@@ -26,9 +26,9 @@ fn main() {
             if only.is_some_and(|o| o != in_flight) {
                 continue;
             }
-            // Memory holds two chunks of 4,096 pages: with THREADS faulting at once, each
-            // thread's chunk is its share of one.
-            let w = E2e::new(pages, 4096 / threads as u64);
+            // With THREADS faulting at once, each thread's chunk is its share of 4,096 pages,
+            // and the memory holds one chunk per thread (and one to spare).
+            let w = E2e::with_runners(pages, 4096 / threads as u64, threads);
             w.run(n / 10, in_flight, None);
             let mut best = f64::MAX;
             for _ in 0..3 {

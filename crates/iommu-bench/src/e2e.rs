@@ -55,12 +55,19 @@ impl E2e {
     /// Builds the stack; each chunk of `chunk` pages is mapped before and unmapped after it
     /// is faulted in, untimed.
     pub fn new(pages: Pages, chunk: u64) -> Self {
+        Self::with_runners(pages, chunk, 1)
+    }
+
+    /// [`E2e::new`] with memory for `runners` threads running it at once, each faulting in a
+    /// chunk of its own (plus one chunk and the page tables to spare).
+    pub fn with_runners(pages: Pages, chunk: u64, runners: usize) -> Self {
         let zeroing = match pages {
             Pages::Prepared => Zeroing::OnFree,
             Pages::Fresh => Zeroing::OnAlloc,
         };
         let phys = Arc::new(
-            PhysMem::with_zeroing(2 * chunk as usize + 512, zeroing).expect("physical memory"),
+            PhysMem::with_zeroing((runners.max(1) + 1) * chunk as usize + 512, zeroing)
+                .expect("physical memory"),
         );
         // Host first-touch faults are not the emulator's cost.
         phys.prefault();
