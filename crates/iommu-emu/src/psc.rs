@@ -22,7 +22,7 @@ use iommu_pt::{LeafTable, Pfn};
 const ENTRIES: usize = 256;
 
 /// Bits of the address below one last-level table's span (2 MiB).
-pub(crate) const SPAN_SHIFT: u32 = 21;
+pub(crate) const SPAN_SHIFT: u32 = iommu_pt::level_size(1).trailing_zeros();
 
 #[derive(Default)]
 #[repr(align(64))]

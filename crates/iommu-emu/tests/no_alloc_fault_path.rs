@@ -75,7 +75,8 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
                             );
                             next += 1;
                         }
-                        DmaPoll::Pending => moved |= !job.is_waiting(),
+                        // A DMA engine's poll returns Pending only once the job waits.
+                        DmaPoll::Pending => assert!(job.is_waiting()),
                     }
                 }
                 if !moved {
@@ -118,7 +119,8 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
                             r.unwrap();
                             (*busy, done, moved) = (false, done + 1, true);
                         }
-                        DmaPoll::Pending => moved |= !job.is_waiting(),
+                        // A DMA engine's poll returns Pending only once the job waits.
+                        DmaPoll::Pending => assert!(job.is_waiting()),
                     }
                 }
                 if !moved {

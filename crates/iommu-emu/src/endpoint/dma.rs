@@ -47,7 +47,7 @@ pub(super) struct Machine {
     deadline: Option<Deadline>,
     pub outstanding: Option<Outstanding>,
     /// Polled: the last attempt to send the group found no PRG index or credit.
-    pub credit_wait: bool,
+    credit_wait: bool,
 }
 
 impl Machine {
@@ -220,9 +220,8 @@ impl Machine {
         // Retried pages first, in order; those this pass does not reach stay in `retry`.
         let retry = self.retry.as_slice();
         let mut retried = 0;
-        let mut faulted = self.faulted.len();
         let result = loop {
-            if budget == 0 || faulted >= self.group_cap {
+            if budget == 0 || self.faulted.len() >= self.group_cap {
                 break Ok(progressed);
             }
             let vpn = match retry.get(retried) {
@@ -247,10 +246,7 @@ impl Machine {
                     }
                     progressed = true;
                 }
-                Err(f) if f.recoverable && sh.cfg.ats => {
-                    self.faulted.push(vpn);
-                    faulted += 1;
-                }
+                Err(f) if f.recoverable && sh.cfg.ats => self.faulted.push(vpn),
                 Err(f) => {
                     // Untranslated request (no ATS) or unfixable fault: nothing for PRI.
                     let f = TranslationFault {

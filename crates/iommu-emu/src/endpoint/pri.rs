@@ -438,11 +438,10 @@ impl EpShared {
     }
 
     /// Moves the response count on ([`super::DmaEngine::responses`]: what spinning and
-    /// parked waiters watch). Written only under the PRI lock (`_st` says so; it does not
-    /// prove it): a
-    /// plain store, not a locked read-modify-write; `Release`, so a waiter that sees the new
-    /// count sees the state it announces.
-    pub(super) fn note_response(&self, _st: &PriState) {
+    /// parked waiters watch). Written only under the PRI lock, whose guard `_st` is: a plain
+    /// store, not a locked read-modify-write; `Release`, so a waiter that sees the new count
+    /// sees the state it announces.
+    pub(super) fn note_response(&self, _st: &parking_lot::MutexGuard<'_, PriState>) {
         self.responses
             .store(self.responses.load(Relaxed).wrapping_add(1), Release);
     }

@@ -31,6 +31,7 @@ impl Mm {
         }
         let tables = inner.clear_ptes(addr, end);
         self.invalidate_secondary(addr, end);
+        let mut frames = Vec::with_capacity(victims.len());
         for &(vpn, pfn) in &victims {
             let mut saved = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
             // A frame of the page map is always inside memory; if it were not, the page is
@@ -39,8 +40,9 @@ impl Mm {
                 inner.swapped.insert(vpn, saved);
             }
             inner.pages.remove(vpn);
-            self.phys.release_frame(pfn);
+            frames.push(pfn);
         }
+        self.phys.release_frames(frames);
         inner.pt.free_tables(tables);
         Ok(victims.len())
     }
