@@ -91,12 +91,21 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
     for f in ["routing", "memory", "handoff"] {
         assert!(positive(&v["floors_ns"][f]), "floors_ns.{f}");
     }
-    // The fastest and slowest run behind each end-to-end median, in that order.
-    for kind in ["routing", "fresh"] {
+    // The fastest and slowest run behind each end-to-end median, in that order, and the
+    // median (written as groups per second, rounded) between them.
+    for (kind, rate) in [
+        ("routing", "e2e_routing_groups_per_s"),
+        ("fresh", "e2e_fresh_groups_per_s"),
+    ] {
         for n in ["1", "4", "16", "64", "256"] {
             let r = &v["e2e_runs_ns"][kind][n];
             let (lo, hi) = (r[0].as_f64().unwrap_or(0.0), r[1].as_f64().unwrap_or(0.0));
             assert!(lo > 0.0 && lo <= hi, "e2e_runs_ns.{kind}.{n} in {v}");
+            let median = 1e9 / v[rate][n].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                median >= lo * 0.999 && median <= hi * 1.001,
+                "{rate}.{n}: {median} ns outside its runs {lo}-{hi}"
+            );
         }
     }
     assert_eq!(v["load"], serde_json::json!(false));

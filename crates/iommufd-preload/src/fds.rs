@@ -85,9 +85,18 @@ mod tests {
             assert!(lookup(fd).is_none());
             assert!(register(fd, ctx()).is_none());
             assert!(matches!(lookup(fd), Some(Entry::Ctx(_))), "{fd}");
+            assert!(
+                maybe_ours(fd),
+                "a registered fd is marked (or past the bitmap)"
+            );
             assert!(lookup(fd + 1).is_none(), "a neighbour is not ours");
             assert!(unregister(fd).is_some());
             assert!(lookup(fd).is_none());
+            if mark(fd).is_some() {
+                // The fast path skips the table for these: the mark must be gone.
+                assert!(!maybe_ours(fd), "{fd} still marked after unregister");
+                assert!(!maybe_ours(fd + 1), "{} marked", fd + 1);
+            }
             assert!(unregister(fd).is_none());
         }
         assert!(lookup(-1).is_none());
