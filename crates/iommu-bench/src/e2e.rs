@@ -125,7 +125,7 @@ impl E2e {
             let len = jobs * 4096;
             let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
             let start = Instant::now();
-            drive(ep, pasid, va, jobs, bytes, &mut slots, start, &mut latency);
+            drive(ep, pasid, va, jobs, bytes, &mut slots, &mut latency);
             total += start.elapsed();
             mm.munmap(va, len).expect("munmap");
             left -= jobs;
@@ -139,7 +139,6 @@ impl E2e {
 /// (`scripts/fault-path-instructions`) finds the fault path's whole cost under one function
 /// whatever the build inlines.
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
 fn drive(
     ep: &Endpoint,
     pasid: Option<u32>,
@@ -147,7 +146,6 @@ fn drive(
     jobs: u64,
     bytes: u64,
     slots: &mut [(DmaJob, Instant, bool)],
-    start: Instant,
     latency: &mut Option<&mut dyn FnMut(u64)>,
 ) {
     let engine = ep.engine();
@@ -162,11 +160,9 @@ fn drive(
                 let kind = DmaKind::Fill(0x5a);
                 job.restart(pasid, va + next * 4096, bytes, kind)
                     .expect("a finished job restarts");
-                *t = if latency.is_some() {
-                    Instant::now()
-                } else {
-                    start
-                };
+                if latency.is_some() {
+                    *t = Instant::now();
+                }
                 *busy = true;
                 next += 1;
             }
