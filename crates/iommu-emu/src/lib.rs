@@ -55,6 +55,7 @@ mod frames;
 mod hash;
 pub mod iommu;
 pub mod mm;
+mod percpu;
 pub mod phys;
 mod prq;
 mod psc;
