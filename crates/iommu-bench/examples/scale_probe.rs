@@ -3,11 +3,13 @@
 //! thread, then by two at once, each driving its own SVA-bound function. Best of 3 runs; the
 //! figure is groups per second of all devices together.
 //!
-//! `cargo run --release -p iommu-bench --example scale_probe -- [GROUPS] [shared|independent]`
+//! `cargo run --release -p iommu-bench --example scale_probe -- [GROUPS] [shared|units|independent]`
 //! - `shared` (default): the second function sits behind the same IOMMU, IOPF queue and
 //!   physical memory as the first ([`E2e::sibling`]): one machine with two devices.
+//! - `units`: the second function sits behind an IOMMU unit and IOPF queue of its own, over the
+//!   same physical memory ([`E2e::other_unit`]): one machine with two IOMMU units.
 //! - `independent`: a second, separate stack (its own IOMMU, queue and memory): what two CPUs
-//!   give when nothing is shared, the ceiling for `shared`.
+//!   give when nothing is shared, the ceiling for the other two.
 
 use iommu_bench::e2e::{E2e, Pages};
 
@@ -16,23 +18,20 @@ const IN_FLIGHT: usize = 64;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300_000);
-    let shared = match args.get(2).map(String::as_str) {
-        None | Some("shared") => true,
-        Some("independent") => false,
-        Some(other) => {
-            eprintln!("scale_probe: unknown mode {other:?} (shared or independent)");
-            std::process::exit(2);
-        }
-    };
+    let mode = args.get(2).map_or("shared", String::as_str);
+    if !["shared", "units", "independent"].contains(&mode) {
+        eprintln!("scale_probe: unknown mode {mode:?} (shared, units or independent)");
+        std::process::exit(2);
+    }
     let chunk = 8192;
     for devices in [1usize, 2] {
         let first = E2e::new(Pages::Prepared, chunk);
         let mut stacks = vec![];
         if devices == 2 {
-            stacks.push(if shared {
-                first.sibling("dev1")
-            } else {
-                E2e::new(Pages::Prepared, chunk)
+            stacks.push(match mode {
+                "shared" => first.sibling("dev1"),
+                "units" => first.other_unit(),
+                _ => E2e::new(Pages::Prepared, chunk),
             });
         }
         stacks.push(first);
@@ -55,9 +54,13 @@ fn main() {
             });
             best = best.min(slowest.as_nanos() as f64 / (n * devices as u64) as f64);
         }
+        let setting = match mode {
+            "shared" => "one IOMMU,",
+            "units" => "one IOMMU unit each, one memory,",
+            _ => "independent stacks,",
+        };
         println!(
-            "{} {devices} device(s), {IN_FLIGHT} in flight each: {best:.0} ns/group ({:.2} M groups/s)",
-            if shared { "shared IOMMU," } else { "independent stacks," },
+            "{setting} {devices} device(s), {IN_FLIGHT} in flight each: {best:.0} ns/group ({:.2} M groups/s)",
             1e3 / best
         );
     }

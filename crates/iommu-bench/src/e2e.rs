@@ -96,6 +96,19 @@ impl E2e {
         }
     }
 
+    /// Another function bound to its own process, behind an IOMMU unit and IOPF queue of its
+    /// own but over the same physical memory: a machine with two IOMMU units (a server has one
+    /// per PCIe root complex, and Linux one IOPF queue per unit). Memory as for
+    /// [`E2e::sibling`]: at most one such second function fits.
+    pub fn other_unit(&self) -> Self {
+        let phys = self.stack.iommu.phys().clone();
+        Self {
+            stack: SvaStack::new(&phys, Handler::Queue(1), engine_config()),
+            pages: self.pages,
+            chunk: self.chunk,
+        }
+    }
+
     /// Runs `groups` single-page fault groups with up to `in_flight` jobs outstanding and
     /// returns the time spent in them. With `latency`, each job's time from start to
     /// completion (ns) is passed to it.
