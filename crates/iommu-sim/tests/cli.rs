@@ -65,6 +65,8 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         "iommu-pt unmap 2 MiB",
         "map+unmap 2 MiB range",
         "end-to-end runs behind each median, fastest-slowest",
+        "e2e, 2 devices on 2 IOMMU units, 64 in flight each",
+        "two units 64 each: ",
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
@@ -82,6 +84,17 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
             assert!(positive(&v[key][n]), "{key}.{n} in {v}");
         }
     }
+    assert!(
+        positive(&v["e2e_two_units_groups_per_s"]),
+        "two units in {v}"
+    );
+    let r = &v["e2e_runs_ns"]["two_units"];
+    let (lo, hi) = (r[0].as_f64().unwrap_or(0.0), r[1].as_f64().unwrap_or(0.0));
+    let median = 1e9 / v["e2e_two_units_groups_per_s"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        lo > 0.0 && median >= lo * 0.999 && median <= hi * 1.001,
+        "two units: {median} ns outside its runs {lo}-{hi}"
+    );
     for p in ["p50", "p99", "p999"] {
         assert!(positive(&v["latency_ns"][p]), "latency_ns.{p} in {v}");
     }

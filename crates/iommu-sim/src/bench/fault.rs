@@ -1,6 +1,7 @@
 //! The fault path's figures (issue 10): its floors, end-to-end groups with 1 to 256 in flight
-//! (pages prepared off the path, and fresh zeroed pages), the latency of one fault, and the
-//! iommufd fault fd — each measured in the same run as its floor, quiet or under load.
+//! (pages prepared off the path, and fresh zeroed pages), two devices on two CPUs behind two
+//! IOMMU units, the latency of one fault, and the iommufd fault fd — each measured in the same
+//! run as its floor, quiet or under load.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -18,6 +19,8 @@ pub const IN_FLIGHT: [usize; 5] = [1, 4, 16, 64, 256];
 pub const FD_BATCHES: [usize; 3] = [1, 16, 256];
 /// Pages per chunk of the end-to-end runs (mapped before, unmapped after, untimed).
 const CHUNK: u64 = 4096;
+/// Groups in flight on each device of the two-unit figure.
+pub const UNITS_IN_FLIGHT: usize = 64;
 
 /// Latency percentiles of one fault, in ns.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,6 +51,12 @@ pub struct FaultFigures {
     pub routing_runs: Vec<(f64, f64)>,
     /// The same for `fresh`.
     pub fresh_runs: Vec<(f64, f64)>,
+    /// Two devices driven at once from two threads, each behind an IOMMU unit of its own over
+    /// one physical memory, [`UNITS_IN_FLIGHT`] groups in flight each, pages prepared off the
+    /// path: ns per group of both together (the machine's throughput, not one device's).
+    pub two_units: f64,
+    /// The fastest and slowest of the runs behind `two_units`.
+    pub two_units_runs: (f64, f64),
     /// One fault at a time.
     pub latency: Latency,
     /// Fault fd records (read and answered), at each of [`FD_BATCHES`].
@@ -132,6 +141,34 @@ fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
     (runs.into_iter().map(median).collect(), spread)
 }
 
+/// Two devices on two IOMMU units over one memory, driven at once from two threads: ns per
+/// group of both together, the median of [`RUNS`] runs, and the fastest and slowest run. Each
+/// thread times only its fault groups; the runs overlap, so the slower thread's time is the
+/// time of all.
+fn two_units_ns(groups: u64) -> (f64, (f64, f64)) {
+    let first = E2e::with_runners(Pages::Prepared, CHUNK, 2);
+    let second = first.other_unit();
+    let devices = [&first, &second];
+    let run = |groups: u64| {
+        let slowest = std::thread::scope(|s| {
+            let hs: Vec<_> = devices
+                .iter()
+                .map(|w| s.spawn(move || w.run(groups, UNITS_IN_FLIGHT, None)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("a device thread"))
+                .max()
+                .unwrap_or_default()
+        });
+        slowest.as_nanos() as f64 / (groups * devices.len() as u64) as f64
+    };
+    run(groups / 4);
+    let runs: Vec<f64> = (0..RUNS).map(|_| run(groups)).collect();
+    let lo = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = runs.iter().copied().fold(lo, f64::max);
+    (median(runs), (lo, hi))
+}
+
 /// The latency of one fault, one at a time, pages prepared off the path.
 fn latency(groups: u64) -> Latency {
     let w = E2e::new(Pages::Prepared, CHUNK);
@@ -162,6 +199,7 @@ pub fn measure(scale: u64) -> FaultFigures {
     let groups = 20_000 * scale;
     let (routing, routing_runs) = e2e_ns(Pages::Prepared, groups);
     let (fresh, fresh_runs) = e2e_ns(Pages::Fresh, groups);
+    let (two_units, two_units_runs) = two_units_ns(groups);
     FaultFigures {
         routing_floor: IN_FLIGHT
             .iter()
@@ -173,6 +211,8 @@ pub fn measure(scale: u64) -> FaultFigures {
         fresh,
         routing_runs,
         fresh_runs,
+        two_units,
+        two_units_runs,
         latency: latency(groups),
         fd: FD_BATCHES.iter().map(|&b| fd_ns(groups * 2, b)).collect(),
     }
@@ -216,6 +256,8 @@ impl FaultFigures {
                 .collect();
             out += &format!("  {kind:<9} {}\n", each.join(", "));
         }
+        let (lo, hi) = self.two_units_runs;
+        out += &format!("  two units {UNITS_IN_FLIGHT} each: {lo:.0}-{hi:.0}\n");
         out
     }
 
@@ -224,6 +266,7 @@ impl FaultFigures {
         serde_json::json!({
             "e2e_routing_groups_per_s": keyed(&IN_FLIGHT, &self.routing),
             "e2e_fresh_groups_per_s": keyed(&IN_FLIGHT, &self.fresh),
+            "e2e_two_units_groups_per_s": per_s(self.two_units).round(),
             "latency_ns": {
                 "p50": self.latency.p50,
                 "p99": self.latency.p99,
@@ -233,6 +276,7 @@ impl FaultFigures {
             "e2e_runs_ns": {
                 "routing": runs_keyed(&self.routing_runs),
                 "fresh": runs_keyed(&self.fresh_runs),
+                "two_units": [self.two_units_runs.0, self.two_units_runs.1],
             },
             "floors_ns": {
                 "routing": self.routing_floor[0],
@@ -283,6 +327,17 @@ impl FaultFigures {
                 )),
             });
         }
+        out.push(Figure {
+            name: format!("e2e, 2 devices on 2 IOMMU units, {UNITS_IN_FLIGHT} in flight each"),
+            ns_per_op: self.two_units,
+            floor: Some((
+                format!("routing floor, {UNITS_IN_FLIGHT} in flight"),
+                self.routing_floor[IN_FLIGHT
+                    .iter()
+                    .position(|&n| n == UNITS_IN_FLIGHT)
+                    .unwrap_or(0)],
+            )),
+        });
         for (i, n) in IN_FLIGHT.iter().enumerate() {
             out.push(fig(
                 format!("e2e fault group, fresh zeroed pages, {n} in flight"),

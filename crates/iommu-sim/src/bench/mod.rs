@@ -315,8 +315,9 @@ fn render_fault(quiet: &fault::FaultFigures, loaded: Option<&fault::FaultFigures
         last_floor = f.floor.as_ref().map(|(n, _)| n);
     }
     out += "× floor: ns/op ÷ the floor's ns/op measured in this run (prepared pages against the \
-            routing floor at the same groups in flight, fresh pages against the memory floor). \
-            Floors: minimum of runs; figures: median.\n";
+            routing floor at the same groups in flight, fresh pages against the memory floor; \
+            two devices on two IOMMU units: ns per group of both together against the one-thread \
+            routing floor at 64 in flight). Floors: minimum of runs; figures: median.\n";
     // The median hides how much the machine moved under it: a loaded figure below its quiet
     // one is that noise, not the load helping.
     out += &format!(
