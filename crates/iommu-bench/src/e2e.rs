@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iommu_emu::{DmaJob, DmaKind, DmaPoll, Endpoint, EndpointConfig, PhysMem, Prot, Zeroing};
+use iommu_emu::{DmaJob, DmaKind, Endpoint, EndpointConfig, PhysMem, Prot, Zeroing};
 
 use crate::fault_path::{Handler, SvaStack};
 
@@ -125,53 +125,63 @@ impl E2e {
         let mut total = Duration::ZERO;
         let mut left = groups;
         // One job per slot, made before timing and restarted in place for each transfer, as a
-        // DMA engine reuses its descriptors.
-        let mut slots: Vec<(DmaJob, Instant, bool)> = (0..in_flight)
+        // DMA engine reuses its descriptors; beside each, its start time and whether it is busy.
+        let mut jobs: Vec<DmaJob> = (0..in_flight)
             .map(|_| {
                 let mut job = ep.start_dma(pasid, 0, 0, DmaKind::Fill(0));
                 let _ = ep.poll_dma(&mut job);
-                (job, Instant::now(), false)
+                job
             })
             .collect();
+        let mut slots: Vec<(Instant, bool)> = vec![(Instant::now(), false); in_flight];
         while left > 0 {
-            let jobs = left.min(self.chunk);
-            let len = jobs * 4096;
+            let n = left.min(self.chunk);
+            let len = n * 4096;
             let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
             let start = Instant::now();
-            drive(ep, pasid, va, jobs, bytes, &mut slots, &mut latency);
+            let chunk = Chunk {
+                pasid,
+                va,
+                pages: n,
+                bytes,
+            };
+            drive(ep, chunk, &mut jobs, &mut slots, &mut latency);
             total += start.elapsed();
             mm.munmap(va, len).expect("munmap");
-            left -= jobs;
+            left -= n;
         }
         total
     }
 }
 
-/// The timed part of [`E2e::run`] for one chunk of `jobs` pages at `va`: the jobs of `slots`
-/// restarted and polled until every page is written. Never inlined, so an instruction counter
-/// (`scripts/fault-path-instructions`) finds the fault path's whole cost under one function
-/// whatever the build inlines.
+/// One chunk of [`E2e::run`]: `pages` untouched pages at `va`, `bytes` written into each.
+struct Chunk {
+    pasid: Option<u32>,
+    va: u64,
+    pages: u64,
+    bytes: u64,
+}
+
+/// The timed part of [`E2e::run`] for one chunk: the `jobs` restarted (those not busy, by
+/// `slots`) and swept by the engine until every page is written. Never inlined, so an
+/// instruction counter (`scripts/fault-path-instructions`) finds the fault path's whole cost
+/// under one function whatever the build inlines.
 #[inline(never)]
 fn drive(
     ep: &Endpoint,
-    pasid: Option<u32>,
-    va: u64,
-    jobs: u64,
-    bytes: u64,
-    slots: &mut [(DmaJob, Instant, bool)],
+    c: Chunk,
+    jobs: &mut [DmaJob],
+    slots: &mut [(Instant, bool)],
     latency: &mut Option<&mut dyn FnMut(u64)>,
 ) {
     let engine = ep.engine();
     let mut next = 0u64;
     let mut done = 0u64;
-    while done < jobs {
-        // Before the polls: a response that lands during them is news to `wait`.
-        let seen = engine.responses();
-        let mut progressed = false;
-        for (job, t, busy) in slots.iter_mut() {
-            if !*busy && next < jobs {
+    while done < c.pages {
+        for (job, (t, busy)) in jobs.iter_mut().zip(slots.iter_mut()) {
+            if !*busy && next < c.pages {
                 let kind = DmaKind::Fill(0x5a);
-                job.restart(pasid, va + next * 4096, bytes, kind)
+                job.restart(c.pasid, c.va + next * 4096, c.bytes, kind)
                     .expect("a finished job restarts");
                 if latency.is_some() {
                     *t = Instant::now();
@@ -179,26 +189,23 @@ fn drive(
                 *busy = true;
                 next += 1;
             }
-            if !*busy {
-                continue;
-            }
-            match engine.poll(job) {
-                DmaPoll::Ready(r) => {
-                    r.expect("dma");
-                    if let Some(l) = latency.as_mut() {
-                        l(t.elapsed().as_nanos() as u64);
-                    }
-                    *busy = false;
-                    done += 1;
-                    progressed = true;
-                }
-                DmaPoll::Pending if !job.is_waiting() => progressed = true,
-                DmaPoll::Pending => {}
-            }
         }
-        if !progressed {
+        // Before the sweep: a response that lands during it is news to `wait`.
+        let seen = engine.responses();
+        if engine.poll_all(jobs) == 0 {
             // Does the fault-path work first; sleeps only if there was none.
             engine.wait(seen, Duration::from_millis(1));
+            continue;
+        }
+        for (job, (t, busy)) in jobs.iter_mut().zip(slots.iter_mut()) {
+            if let (true, Some(r)) = (*busy, job.outcome()) {
+                r.expect("dma");
+                if let Some(l) = latency.as_mut() {
+                    l(t.elapsed().as_nanos() as u64);
+                }
+                *busy = false;
+                done += 1;
+            }
         }
     }
 }

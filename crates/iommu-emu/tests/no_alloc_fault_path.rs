@@ -1,6 +1,7 @@
 //! The SVA fault path allocates nothing per fault group in steady state (issue 10): a counting
 //! global allocator watches a device fault pages in, one group at a time and with many groups
-//! in flight (new jobs, and jobs restarted in place as `iommu-sim bench` drives them), after
+//! in flight (new jobs, jobs restarted in place, and jobs swept in one DMA window as `iommu-sim
+//! bench` drives them), after
 //! one warm-up round has sized every buffer the path reuses.
 //!
 //! One test in this binary on purpose: the allocator counts every thread of the process.
@@ -128,10 +129,39 @@ fn sva_fault_groups_allocate_nothing_in_steady_state() {
                 }
             }
         };
+        // The same, every job swept in one DMA window (`DmaEngine::poll_all`), as `iommu-sim
+        // bench` drives them.
+        let swept = |va: u64| {
+            let mut slots = slots.borrow_mut();
+            let engine = ep.engine();
+            let mut busy = [false; 64];
+            let (mut next, mut done) = (0, 0);
+            while done < PAGES {
+                for (job, busy) in slots.iter_mut().zip(busy.iter_mut()) {
+                    if !*busy && next < PAGES {
+                        job.restart(pasid, va + next * 4096, 4096, DmaKind::Fill(1))
+                            .expect("a finished job restarts");
+                        (*busy, next) = (true, next + 1);
+                    }
+                }
+                let seen = engine.responses();
+                if engine.poll_all(&mut slots) == 0 {
+                    engine.wait(seen, std::time::Duration::from_millis(1));
+                    continue;
+                }
+                for (job, busy) in slots.iter_mut().zip(busy.iter_mut()) {
+                    if let (true, Some(r)) = (*busy, job.outcome()) {
+                        r.unwrap();
+                        (*busy, done) = (false, done + 1);
+                    }
+                }
+            }
+        };
         for (name, run) in [
             ("one at a time", &one_at_a_time as &dyn Fn(u64)),
             ("64 in flight", &pipelined),
             ("64 in flight, jobs restarted in place", &restarted),
+            ("64 in flight, swept in one window", &swept),
         ] {
             // Warm-up: sizes the page map, the queues' rings and the frame free list.
             let va = mm.mmap(PAGES * 4096, Prot::READ_WRITE).unwrap();

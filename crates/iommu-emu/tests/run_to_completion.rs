@@ -1,6 +1,7 @@
 //! Stress of the run-to-completion execution model (issue 10): a blocking DMA thread (which
 //! reports the page request queue and runs IOPF work itself while it waits), a DMA engine with
-//! many jobs in flight (the same, between polls), and a thread polling jobs without helping
+//! many jobs in flight (the same, between polls), another sweeping its jobs in one DMA window
+//! (`DmaEngine::poll_all`), and a thread polling jobs without helping
 //! (which relies on the queue thread and the IOPF worker being woken) share one IOMMU, one
 //! IOPF queue and one process. Every job completes, every group is answered exactly once, and
 //! nobody sleeps on work nobody will do: a watchdog fails the test instead of hanging it.
@@ -30,7 +31,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
             }
         })
     };
-    let phys = Arc::new(PhysMem::new(4 * PAGES as usize + 1024).unwrap());
+    let phys = Arc::new(PhysMem::new(5 * PAGES as usize + 1024).unwrap());
     let iommu = EmuIommu::new("rtc", &phys, EmuIommuConfig::default()).unwrap();
     let queue = IopfQueue::new("rtc", 1).unwrap();
     let mm = Mm::new(&phys).unwrap();
@@ -38,7 +39,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
         pri_credits: 64,
         ..EndpointConfig::default()
     };
-    let eps: Vec<_> = (0..3)
+    let eps: Vec<_> = (0..4)
         .map(|i| {
             let group = Group::new(iommu.driver(), format!("g{i}"));
             let ep = iommu
@@ -53,7 +54,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
         .map(|ep| sva_bind_device(ep.device(), &mm.as_address_space()).unwrap())
         .collect();
     let pasid = Some(bonds[0].pasid());
-    let regions: Vec<u64> = (0..3)
+    let regions: Vec<u64> = (0..4)
         .map(|_| mm.mmap(PAGES * 4096, Prot::READ_WRITE).unwrap())
         .collect();
 
@@ -98,6 +99,40 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
                 }
             }
         });
+        // A DMA engine sweeping 16 jobs in one window at a time, restarted in place.
+        s.spawn(|| {
+            let ep = &eps[3];
+            let engine = ep.engine();
+            let mut jobs: Vec<_> = (0..16)
+                .map(|_| {
+                    let mut job = ep.start_dma(pasid, 0, 0, DmaKind::Fill(4));
+                    let _ = ep.poll_dma(&mut job);
+                    job
+                })
+                .collect();
+            let mut busy = [false; 16];
+            let (mut next, mut finished) = (0, 0);
+            while finished < PAGES {
+                for (job, busy) in jobs.iter_mut().zip(busy.iter_mut()) {
+                    if !*busy && next < PAGES {
+                        let va = regions[3] + next * 4096;
+                        job.restart(pasid, va, 64, DmaKind::Fill(4)).unwrap();
+                        (*busy, next) = (true, next + 1);
+                    }
+                }
+                let seen = engine.responses();
+                if engine.poll_all(&mut jobs) == 0 {
+                    engine.wait(seen, Duration::from_millis(10));
+                    continue;
+                }
+                for (job, busy) in jobs.iter_mut().zip(busy.iter_mut()) {
+                    if let (true, Some(r)) = (*busy, job.outcome()) {
+                        r.unwrap();
+                        (*busy, finished) = (false, finished + 1);
+                    }
+                }
+            }
+        });
         // Plain polling: never helps, so the queue thread and the worker must be woken.
         s.spawn(|| {
             let ep = &eps[2];
@@ -131,7 +166,7 @@ fn helpers_engines_and_plain_pollers_share_the_fault_path() {
         mm.read(regions[k] + (PAGES - 1) * 4096, &mut b).unwrap();
         assert_eq!(b, [k as u8 + 1; 64], "dev{k}: the data landed");
     }
-    assert_eq!(mm.stats().faults, 3 * PAGES);
+    assert_eq!(mm.stats().faults, 4 * PAGES);
 }
 
 /// A job of another function polled through an engine is stepped as a plain polled job: its
@@ -173,4 +208,82 @@ fn an_engine_polling_a_foreign_job_does_not_strand_its_requests() {
     let mut b = [0u8; 64];
     mm.read(va, &mut b).unwrap();
     assert_eq!(b, [7; 64]);
+
+    // The same through a sweep: the foreign job runs in windows of its own IOMMU, beside a job
+    // of the engine's own function, whose page is already there.
+    let va2 = mm.mmap(4096, Prot::READ_WRITE).unwrap();
+    let bond0 = sva_bind_device(eps[0].device(), &mm.as_address_space()).unwrap();
+    mm.write(va, &[1; 64]).unwrap();
+    let mut jobs = [
+        eps[1].start_dma(Some(bond.pasid()), va2, 64, DmaKind::Fill(8)),
+        eps[0].start_dma(Some(bond0.pasid()), va, 64, DmaKind::Fill(9)),
+    ];
+    let mut ready = 0;
+    while ready < jobs.len() {
+        ready += engine.poll_all(&mut jobs);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a swept foreign job's group was never reported"
+        );
+        std::thread::yield_now();
+    }
+    assert!(jobs.iter().all(|j| j.outcome() == Some(Ok(()))));
+    mm.read(va2, &mut b).unwrap();
+    assert_eq!(b, [8; 64]);
+    mm.read(va, &mut b).unwrap();
+    assert_eq!(b, [9; 64]);
+}
+
+/// A sweep gives its window back after each pass's worth of pages: an invalidation waiting
+/// for the hardware lock gets in many times during one long sweep, not once after it.
+#[test]
+fn a_long_sweep_lets_invalidations_in_between_windows() {
+    use std::sync::atomic::AtomicU64;
+    const JOB_PAGES: u64 = 8192;
+    let phys = Arc::new(PhysMem::new(2 * JOB_PAGES as usize + 1024).unwrap());
+    let iommu = EmuIommu::new("sweep", &phys, EmuIommuConfig::default()).unwrap();
+    let queue = IopfQueue::new("sweep", 1).unwrap();
+    let group = Group::new(iommu.driver(), "g");
+    let ep = iommu
+        .add_endpoint(&group, "dev", 1 << 20, EndpointConfig::default())
+        .unwrap();
+    iopf_queue_add_device(&queue, ep.device()).unwrap();
+    let mm = Mm::new(&phys).unwrap();
+    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let va = mm.mmap(JOB_PAGES * 4096, Prot::READ_WRITE).unwrap();
+    // Every page present first (a CPU touch), so the sweep below is pure DMA, no faults.
+    for i in 0..JOB_PAGES {
+        mm.write(va + i * 4096, &[1]).unwrap();
+    }
+    let (started, finished) = (AtomicBool::new(false), AtomicBool::new(false));
+    let during = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !started.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            while !finished.load(Ordering::Acquire) {
+                iommu.flush_pasid(ep.device(), Some(bond.pasid()));
+                if !finished.load(Ordering::Acquire) {
+                    during.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let engine = ep.engine();
+        // Four jobs of 8 MiB each, 4 KiB written per page: each pass is a window's worth.
+        let mut jobs: Vec<_> = (0..4)
+            .map(|_| ep.start_dma(Some(bond.pasid()), va, JOB_PAGES * 4096, DmaKind::Fill(2)))
+            .collect();
+        started.store(true, Ordering::Release);
+        let mut ready = 0;
+        while ready < jobs.len() {
+            ready += engine.poll_all(&mut jobs);
+        }
+        finished.store(true, Ordering::Release);
+        assert!(jobs.iter().all(|j| j.outcome() == Some(Ok(()))));
+    });
+    // 64 windows in the sweep: a writer waiting at each boundary gets in at most of them (one
+    // window for the whole sweep would let it in at most once, at the very end).
+    let n = during.load(Ordering::Relaxed);
+    assert!(n >= 8, "only {n} invalidations got in during the sweep");
 }

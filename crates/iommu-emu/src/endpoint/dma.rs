@@ -16,7 +16,7 @@ use crate::prq::Pushed;
 use crate::tlb::{perm_bits, perms_allow, pkey, Entry, Tag};
 
 /// Pages processed per DMA window before the engine lets writers (invalidations) in.
-const PASS_PAGES: usize = 512;
+pub(super) const PASS_PAGES: usize = 512;
 
 /// The DMA engine: the state of one job, stepped by the blocking calls (which build it
 /// `block`ing: it waits for credits and responses itself, with the response timeout) and by
@@ -136,16 +136,27 @@ impl Machine {
     /// One [`Machine::step`], or — with `until_waiting` — steps until the job is done, fails
     /// or waits ([`Machine::is_waiting`]): a DMA engine's poll, without returning to its caller
     /// between a pass that faulted and sending the group, or between a response and the retry.
+    /// With `win`, the caller's DMA window, every step runs in it (none opens its own), and the
+    /// steps also stop once `PASS_PAGES` pages went through the window.
     #[inline]
     pub(super) fn steps(
         &mut self,
         ep: &Endpoint,
         until_waiting: bool,
+        win: Option<&DmaWindow<'_>>,
         op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<bool, DmaError> {
         loop {
-            match self.step(ep, op) {
-                Ok(false) if until_waiting && !self.is_waiting() => continue,
+            match self.step(ep, win, op) {
+                // A window the caller holds is given back once a pass's worth of pages went
+                // through it (`DmaEngine::poll_all` opens the next).
+                Ok(false)
+                    if until_waiting
+                        && !self.is_waiting()
+                        && win.is_none_or(|w| w.pages() < PASS_PAGES as u64) =>
+                {
+                    continue
+                }
                 r => return r,
             }
         }
@@ -157,6 +168,7 @@ impl Machine {
     pub(super) fn step(
         &mut self,
         ep: &Endpoint,
+        win: Option<&DmaWindow<'_>>,
         op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<bool, DmaError> {
         if let Some(o) = self.outstanding {
@@ -175,10 +187,10 @@ impl Machine {
             return self.answered(ep, r?);
         }
         if !self.faulted.is_empty() {
-            return self.send_group(ep);
+            return self.send_group(ep, win);
         }
         ep.check_pasid(self.pasid)?;
-        let progressed = self.pass(ep, op)?;
+        let progressed = self.pass(ep, win, op)?;
         if self.faulted.is_empty() {
             return Ok(self.retry.is_empty() && self.cursor > self.last);
         }
@@ -205,6 +217,7 @@ impl Machine {
     fn pass(
         &mut self,
         ep: &Endpoint,
+        win: Option<&DmaWindow<'_>>,
         op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
     ) -> Result<bool, DmaError> {
         let sh = &*ep.sh;
@@ -215,7 +228,14 @@ impl Machine {
         };
         let (iova, end, pasid, last) = (self.iova, self.end, self.pasid, self.last);
         let mut progressed = false;
-        let win = sh.iommu.dma_window();
+        let own;
+        let win = match win {
+            Some(w) => w,
+            None => {
+                own = sh.iommu.dma_window();
+                &own
+            }
+        };
         let mut budget = PASS_PAGES;
         // Retried pages first, in order; those this pass does not reach stay in `retry`.
         let retry = self.retry.as_slice();
@@ -236,7 +256,7 @@ impl Machine {
                 None => break Ok(progressed),
             };
             budget -= 1;
-            match ep.translate_page(&win, pasid, vpn, access) {
+            match ep.translate_page(win, pasid, vpn, access) {
                 Ok(pa) => {
                     let page = vpn << PAGE_SHIFT;
                     let lo = page.max(iova);
@@ -257,6 +277,7 @@ impl Machine {
                 }
             }
         };
+        win.note_pages((PASS_PAGES - budget) as u64);
         // Usually every page to retry was reached: no shifting of what is left.
         if retried == retry.len() {
             self.retry.clear();
@@ -270,7 +291,7 @@ impl Machine {
     /// request group. Every page of `faulted` is retried once the group is answered; pages
     /// left out of the group simply fault again into the next group.
     #[inline]
-    fn send_group(&mut self, ep: &Endpoint) -> Result<bool, DmaError> {
+    fn send_group(&mut self, ep: &Endpoint, win: Option<&DmaWindow<'_>>) -> Result<bool, DmaError> {
         let deadline = if self.block {
             let timeout = ep.sh.cfg.response_timeout;
             Some(
@@ -288,7 +309,7 @@ impl Machine {
         };
         self.credit_wait = false;
         let pages = &faulted[..o.pages as usize];
-        match ep.send_group(self.pasid, pages, self.write, o, self.helper)? {
+        match ep.send_group(self.pasid, pages, self.write, o, self.helper, win)? {
             Pushed::Queued => {
                 self.outstanding = Some(o);
                 Ok(false)
@@ -432,7 +453,7 @@ impl Endpoint {
         let Some(mut m) = Machine::new(self, pasid, iova, len, write, true)? else {
             return Ok(());
         };
-        while !m.step(self, &mut op)? {}
+        while !m.step(self, None, &mut op)? {}
         Ok(())
     }
     /// Device TLB, then the IOMMU (an ATS translation request, or an untranslated access).

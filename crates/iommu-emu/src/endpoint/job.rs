@@ -3,9 +3,10 @@
 
 use std::fmt;
 
-use super::dma::Machine;
 use super::dma::{dma_fill_chunk, dma_read_chunk, dma_write_chunk};
+use super::dma::{Machine, PASS_PAGES};
 use super::{DmaError, Endpoint};
+use crate::iommu::DmaWindow;
 use std::sync::Arc;
 
 #[cfg(doc)]
@@ -107,6 +108,15 @@ impl DmaJob {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The job's result once a poll has returned [`DmaPoll::Ready`] for it (what that poll
+    /// returned), `None` before.
+    pub fn outcome(&self) -> Option<Result<(), DmaError>> {
+        match self.state {
+            JobState::Done(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 impl DmaJob {
@@ -195,7 +205,44 @@ impl DmaEngine<'_> {
     /// only its own).
     pub fn poll(&self, job: &mut DmaJob) -> DmaPoll {
         let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
-        Endpoint::poll_job(job, mine, true)
+        Endpoint::poll_job(job, mine, true, None)
+    }
+
+    /// [`DmaEngine::poll`] for every job of `jobs`, in as few DMA windows as it can: one for a
+    /// sweep of up to `PASS_PAGES` pages over many jobs instead of one per pass and one per
+    /// group sent, so invalidations still get in between batches (a window is the read side of
+    /// the IOMMU's hardware lock; see "DMA engine" in the module documentation). Jobs already
+    /// `Ready` are left as they are. Returns how many jobs became `Ready` in this call; a job's
+    /// result is then [`DmaJob::outcome`]. Nothing of the caller runs inside the window.
+    pub fn poll_all(&self, jobs: &mut [DmaJob]) -> usize {
+        let iommu = &self.ep.sh.iommu;
+        let mut ready = 0;
+        let mut i = 0;
+        while i < jobs.len() {
+            let win = iommu.dma_window();
+            while let Some(job) = jobs.get_mut(i) {
+                if win.pages() >= PASS_PAGES as u64 {
+                    break;
+                }
+                if matches!(job.state, JobState::Done(_)) {
+                    i += 1;
+                    continue;
+                }
+                let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
+                // Another IOMMU's job opens its own windows.
+                let w = Arc::ptr_eq(&job.ep.sh.iommu, iommu).then_some(&win);
+                match Endpoint::poll_job(job, mine, true, w) {
+                    DmaPoll::Ready(_) => ready += 1,
+                    // The window's pages are spent mid-job: the job goes on in the next one.
+                    DmaPoll::Pending if !job.is_waiting() && win.pages() >= PASS_PAGES as u64 => {
+                        break
+                    }
+                    DmaPoll::Pending => {}
+                }
+                i += 1;
+            }
+        }
+        ready
     }
 
     /// The work between this function's page requests and their responses, here
@@ -290,13 +337,18 @@ impl Endpoint {
     /// [`DmaError::ResponseTimeout`], and its IOMMU-answered (overflow) rounds are bounded by
     /// [`MAX_AUTO_ROUNDS`] instead of the response timeout.
     pub fn poll_dma(&self, job: &mut DmaJob) -> DmaPoll {
-        Self::poll_job(job, false, false)
+        Self::poll_job(job, false, false, None)
     }
 
     /// One step of `job` — or, with `until_waiting`, steps until it is done or waits
     /// ([`DmaEngine::poll`]); `helper`: the caller reports the page request queue itself before
     /// it blocks ([`DmaEngine`]).
-    fn poll_job(job: &mut DmaJob, helper: bool, until_waiting: bool) -> DmaPoll {
+    fn poll_job(
+        job: &mut DmaJob,
+        helper: bool,
+        until_waiting: bool,
+        win: Option<&DmaWindow<'_>>,
+    ) -> DmaPoll {
         let DmaJob {
             ep,
             op,
@@ -313,14 +365,14 @@ impl Endpoint {
                 let phys = ep.sh.iommu.phys();
                 let u = until_waiting;
                 let stepped = match *op {
-                    JobOp::Read => m.steps(ep, u, &mut |pa, done, n| {
+                    JobOp::Read => m.steps(ep, u, win, &mut |pa, done, n| {
                         dma_read_chunk(phys, pa, &mut buf[done..done + n])
                     }),
-                    JobOp::Write => m.steps(ep, u, &mut |pa, done, n| {
+                    JobOp::Write => m.steps(ep, u, win, &mut |pa, done, n| {
                         dma_write_chunk(phys, pa, &buf[done..done + n])
                     }),
                     JobOp::Fill(b) => {
-                        m.steps(ep, u, &mut |pa, _, n| dma_fill_chunk(phys, pa, n, b))
+                        m.steps(ep, u, win, &mut |pa, _, n| dma_fill_chunk(phys, pa, n, b))
                     }
                 };
                 match stepped {

@@ -14,6 +14,13 @@
 //! or sending one group, or taking one response. The blocking calls step it in a loop, and it
 //! waits itself where a step cannot complete (credits, response).
 //!
+//! A [`DmaEngine`] driving many jobs can sweep them all in one window instead
+//! ([`DmaEngine::poll_all`]): every pass and every group sent during the sweep goes through the
+//! same window, which is closed and opened again after each `PASS_PAGES` (512) pages, so
+//! invalidations wait no longer than behind one pass. With 64 single-page jobs that is two
+//! windows per 64 groups instead of three per group: the read side of the hardware lock, a
+//! cache line every CPU's DMA writes, is taken once per sweep.
+//!
 //! # Polled DMA (deterministic scheduling)
 //! [`Endpoint::start_dma`] creates a [`DmaJob`] and [`Endpoint::poll_dma`] advances it by
 //! one step on the calling thread, never blocking: where the blocking engine would wait for

@@ -244,13 +244,17 @@ impl Endpoint {
         write: bool,
         o: Outstanding,
         helper: bool,
+        win: Option<&crate::iommu::DmaWindow<'_>>,
     ) -> Result<Pushed, DmaError> {
         let sh = &*self.sh;
         let n = pages.len();
         let reqs = PageRequests::new(pasid, pages, write, o.grpid);
-        let pushed = {
-            let win = sh.iommu.dma_window();
-            win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
+        let pushed = match win {
+            Some(win) => win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper),
+            None => {
+                let win = sh.iommu.dma_window();
+                win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
+            }
         };
         if pushed.is_some() {
             sh.counters.groups_sent.fetch_add(1, Relaxed);

@@ -19,7 +19,13 @@
 //!   waits for it.
 //!
 //! Windows are short (a bounded number of pages) and are never held while a DMA waits for a
-//! page response, so writers wait at most one pass.
+//! page response, so writers wait at most one pass. A DMA engine's sweep
+//! (`DmaEngine::poll_all`) keeps one window over many jobs' passes, groups sent and responses
+//! taken, up to the same number of pages. Inside a window the endpoint's PRI lock and the
+//! page request queue's lock may be taken; nothing that holds either of them opens a window
+//! or takes the write side (a reset, a stopped PASID and a disabled PASID capability drop the
+//! PRI lock before they invalidate the device TLB), and a window is never opened inside
+//! another on one thread (a read side taken twice would wait behind a queued writer).
 //!
 //! # IOTLB
 //! A combined context/IOTLB cache (`tlb.rs`): entries are tagged with source ID, PASID and
@@ -120,6 +126,19 @@ pub struct DmaWindow<'a> {
     hits: Cell<u64>,
     misses: Cell<u64>,
     psc_hits: Cell<u64>,
+    pages: Cell<u64>,
+}
+
+impl DmaWindow<'_> {
+    /// Pages DMA passes went through in this window so far: how long it has been open.
+    pub(crate) fn pages(&self) -> u64 {
+        self.pages.get()
+    }
+
+    /// Counts `n` more pages gone through in this window.
+    pub(crate) fn note_pages(&self, n: u64) {
+        self.pages.set(self.pages.get() + n);
+    }
 }
 
 impl Drop for DmaWindow<'_> {
@@ -245,6 +264,7 @@ impl EmuIommu {
             hits: Cell::new(0),
             misses: Cell::new(0),
             psc_hits: Cell::new(0),
+            pages: Cell::new(0),
         }
     }
 
