@@ -175,21 +175,27 @@ fn drive(
     latency: &mut Option<&mut dyn FnMut(u64)>,
 ) {
     let engine = ep.engine();
+    let timed = latency.is_some();
     let mut next = 0u64;
     let mut done = 0u64;
-    while done < c.pages {
-        for (job, (t, busy)) in jobs.iter_mut().zip(slots.iter_mut()) {
-            if !*busy && next < c.pages {
-                let kind = DmaKind::Fill(0x5a);
-                job.restart(c.pasid, c.va + next * 4096, c.bytes, kind)
-                    .expect("a finished job restarts");
-                if latency.is_some() {
-                    *t = Instant::now();
-                }
-                *busy = true;
-                next += 1;
-            }
+    // Restarts a finished job on the next page, if there is one; returns whether it did.
+    let mut start = |job: &mut DmaJob, t: &mut Instant| {
+        if next >= c.pages {
+            return false;
         }
+        let kind = DmaKind::Fill(0x5a);
+        job.restart(c.pasid, c.va + next * 4096, c.bytes, kind)
+            .expect("a finished job restarts");
+        if timed {
+            *t = Instant::now();
+        }
+        next += 1;
+        true
+    };
+    for (job, (t, busy)) in jobs.iter_mut().zip(slots.iter_mut()) {
+        *busy = start(job, t);
+    }
+    while done < c.pages {
         // Before the sweep: a response that lands during it is news to `wait`.
         let seen = engine.responses();
         if engine.poll_all(jobs) == 0 {
@@ -203,8 +209,8 @@ fn drive(
                 if let Some(l) = latency.as_mut() {
                     l(t.elapsed().as_nanos() as u64);
                 }
-                *busy = false;
                 done += 1;
+                *busy = start(job, t);
             }
         }
     }
