@@ -28,7 +28,11 @@
 //! robin over the lists (there are twice as many as CPUs), not by asking which CPU it is on for
 //! every frame; two threads that share a list are correct, only slower. Frames are never lost
 //! in the lists: when the shared stack and the never-used frames are both exhausted, an
-//! allocation drains every list back before it answers `None`.
+//! allocation drains every list back before it answers `None` (one drain at a time, so two
+//! threads running out together do not each find the other's drained frames gone). A thread
+//! whose list and the shared stack are empty takes a never-used frame before it takes frames
+//! other threads' lists hold: at most 96 a list, so the host may back that many frames per list
+//! more than the old single stack needed.
 //!
 //! Which frames are allocated is one bit per frame, set and cleared with one atomic operation
 //! outside any lock: of two frees of one frame, exactly one clears the bit, and only that one
@@ -81,6 +85,8 @@ pub(crate) struct FrameAllocator {
     /// Frames handed out from `next` (never used before), written under `shared`'s lock.
     fresh: AtomicUsize,
     lists: PerCpu<FrameList>,
+    /// Held while the lists are drained back on exhaustion (taken with no other lock held).
+    draining: Mutex<()>,
     /// One bit per frame, set while it is allocated; a block of bits is made when the first
     /// frame in it is handed out, so a large budget costs nothing until used.
     live: Box<[OnceLock<Box<[AtomicU64]>>]>,
@@ -105,6 +111,7 @@ impl FrameAllocator {
                 frames: Mutex::new(Vec::new()),
                 net: AtomicIsize::new(0),
             }),
+            draining: Mutex::new(()),
             live: (0..capacity.div_ceil(BLOCK_FRAMES))
                 .map(|_| OnceLock::new())
                 .collect(),
@@ -117,10 +124,12 @@ impl FrameAllocator {
     }
 
     /// Frames currently allocated. Exact when no allocation or free is running at the same
-    /// time; a count taken during them may be off by the frames in motion.
+    /// time; a count taken during them may be off by the frames in motion (never below 0 nor
+    /// above the capacity).
     pub fn in_use(&self) -> usize {
         let listed: isize = self.lists.iter().map(|l| l.net.load(Relaxed)).sum();
-        (self.fresh.load(Relaxed) as isize + listed).max(0) as usize
+        let n = (self.fresh.load(Relaxed) as isize + listed).max(0) as usize;
+        n.min(self.capacity)
     }
 
     /// The calling thread's list.
@@ -183,16 +192,23 @@ impl FrameAllocator {
             self.set_live(index);
             return Some((index, false));
         }
-        // Lists are locked after the shared stack only here, one at a time and never the
-        // other way round (a list's holder takes the shared lock): no lock-order cycle, as the
-        // shared lock is dropped first.
         drop(shared);
-        let mut drained = Vec::new();
-        for l in self.lists.iter() {
-            drained.append(&mut l.frames.lock());
+        // One drain at a time; it takes the lists and the shared stack one after another,
+        // never two at once, and nobody holding either takes `draining`: no lock-order cycle.
+        let _draining = self.draining.lock();
+        let mut shared = self.shared.lock();
+        // A drain just before this one may have left frames on the shared stack.
+        if shared.free.is_empty() {
+            drop(shared);
+            let mut drained = Vec::new();
+            for l in self.lists.iter() {
+                drained.append(&mut l.frames.lock());
+            }
+            shared = self.shared.lock();
+            shared.free.append(&mut drained);
         }
-        let index = drained.pop()?;
-        self.shared.lock().free.append(&mut drained);
+        let index = shared.free.pop()?;
+        drop(shared);
         let list = self.my_list();
         let held = list.frames.lock();
         list.net.store(list.net.load(Relaxed) + 1, Relaxed);
@@ -292,17 +308,28 @@ mod tests {
     fn frames_left_in_another_threads_list_are_not_lost() {
         let n = HIGH / 2;
         let a = FrameAllocator::with_lists(n, 4);
-        // Slot numbers come round robin, so of two threads one may share our list: take
-        // threads until one has a list other than ours (with four lists, one of three does).
         let got: Vec<usize> = (0..n).map(|_| a.alloc().unwrap().0).collect();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for &i in &got {
-                    a.free(i).unwrap();
-                }
-            });
+        // Freed by a thread with a list other than ours (slot numbers are handed out round
+        // robin, and other tests take some: try threads until one lands elsewhere).
+        let mine = crate::percpu::thread_slot() % 4;
+        let freed = (0..64).any(|_| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    if crate::percpu::thread_slot() % 4 == mine {
+                        return false;
+                    }
+                    for &i in &got {
+                        a.free(i).unwrap();
+                    }
+                    true
+                })
+                .join()
+                .unwrap()
+            })
         });
+        assert!(freed, "no thread landed on another list");
         assert_eq!(a.in_use(), 0);
+        // Every frame sits in the other thread's list: ours and the shared stack are empty.
         let back: Vec<usize> = (0..n).map(|_| a.alloc().unwrap().0).collect();
         let (mut sorted, mut want) = (back.clone(), got.clone());
         sorted.sort_unstable();
@@ -313,6 +340,39 @@ mod tests {
         );
         assert_eq!(a.alloc(), None);
         assert_eq!(a.in_use(), n);
+    }
+
+    #[test]
+    fn threads_running_out_together_all_find_the_frames_other_lists_hold() {
+        // Two threads' lists hold every frame; two other threads then allocate them all at
+        // once. Each allocation that finds its list and the shared stack empty drains the
+        // lists; one drain must not leave the other thread answering None.
+        for _ in 0..300 {
+            let n = 40;
+            let a = FrameAllocator::with_lists(n, 64);
+            let got: Vec<usize> = (0..n).map(|_| a.alloc().unwrap().0).collect();
+            std::thread::scope(|s| {
+                for half in got.chunks(n / 2) {
+                    let a = &a;
+                    s.spawn(move || half.iter().for_each(|&i| a.free(i).unwrap()));
+                }
+            });
+            let taken: usize = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut k = 0;
+                            while k < n / 2 && a.alloc().is_some() {
+                                k += 1;
+                            }
+                            k
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).sum()
+            });
+            assert_eq!(taken, n, "an allocation failed while frames were free");
+        }
     }
 
     #[test]

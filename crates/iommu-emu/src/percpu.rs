@@ -31,11 +31,6 @@ pub(crate) struct PerCpu<T> {
 }
 
 impl<T> PerCpu<T> {
-    /// [`default_copies`] copies, each made by `make`.
-    pub fn new(make: impl FnMut() -> T) -> Self {
-        Self::with_copies(default_copies(), make)
-    }
-
     /// `n` copies (at least one), each made by `make`.
     pub fn with_copies(n: usize, mut make: impl FnMut() -> T) -> Self {
         PerCpu {
@@ -52,12 +47,6 @@ impl<T> PerCpu<T> {
     /// Every copy, to sum them or drain them.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.copies.iter().map(|c| &**c)
-    }
-}
-
-impl<T: Default> Default for PerCpu<T> {
-    fn default() -> Self {
-        Self::new(T::default)
     }
 }
 

@@ -184,7 +184,9 @@ impl PhysMem {
         self.frames.capacity()
     }
 
-    /// Frames currently allocated (data and page tables).
+    /// Frames currently allocated (data and page tables). Exact when no thread allocates or
+    /// frees at the same time; a count taken during that may be off by the frames in motion
+    /// (never above [`PhysMem::capacity`]).
     pub fn frames_in_use(&self) -> usize {
         self.frames.in_use()
     }
