@@ -235,21 +235,44 @@ fn an_engine_polling_a_foreign_job_does_not_strand_its_requests() {
 }
 
 /// A sweep gives its window back after each pass's worth of pages: an invalidation waiting
-/// for the hardware lock gets in many times during one long sweep, not once after it.
+/// for the hardware lock gets in many times during one long sweep, not once after it. And a
+/// job behind another IOMMU runs with none of the engine's IOMMU's windows open.
 #[test]
 fn a_long_sweep_lets_invalidations_in_between_windows() {
+    flushes_during_a_long_sweep(false);
+    flushes_during_a_long_sweep(true);
+}
+
+/// Sweeps four 8 MiB jobs of resident pages with an engine of another function, behind the
+/// same IOMMU (`foreign` false) or another one, while a thread flushes the engine's IOMMU.
+fn flushes_during_a_long_sweep(foreign: bool) {
     use std::sync::atomic::AtomicU64;
     const JOB_PAGES: u64 = 8192;
     let phys = Arc::new(PhysMem::new(2 * JOB_PAGES as usize + 1024).unwrap());
-    let iommu = EmuIommu::new("sweep", &phys, EmuIommuConfig::default()).unwrap();
+    let mut keep: Vec<Arc<EmuIommu>> = Vec::new();
+    let mut eps = Vec::new();
+    for i in 0..2 {
+        let iommu = if i == 1 && !foreign {
+            keep[0].clone()
+        } else {
+            EmuIommu::new(&format!("sweep{i}"), &phys, EmuIommuConfig::default()).unwrap()
+        };
+        let group = Group::new(iommu.driver(), format!("g{i}"));
+        let ep = iommu
+            .add_endpoint(
+                &group,
+                &format!("dev{i}"),
+                1 << 20,
+                EndpointConfig::default(),
+            )
+            .unwrap();
+        keep.push(iommu);
+        eps.push(ep);
+    }
     let queue = IopfQueue::new("sweep", 1).unwrap();
-    let group = Group::new(iommu.driver(), "g");
-    let ep = iommu
-        .add_endpoint(&group, "dev", 1 << 20, EndpointConfig::default())
-        .unwrap();
-    iopf_queue_add_device(&queue, ep.device()).unwrap();
+    iopf_queue_add_device(&queue, eps[1].device()).unwrap();
     let mm = Mm::new(&phys).unwrap();
-    let bond = sva_bind_device(ep.device(), &mm.as_address_space()).unwrap();
+    let bond = sva_bind_device(eps[1].device(), &mm.as_address_space()).unwrap();
     let va = mm.mmap(JOB_PAGES * 4096, Prot::READ_WRITE).unwrap();
     // Every page present first (a CPU touch), so the sweep below is pure DMA, no faults.
     for i in 0..JOB_PAGES {
@@ -263,16 +286,17 @@ fn a_long_sweep_lets_invalidations_in_between_windows() {
                 std::hint::spin_loop();
             }
             while !finished.load(Ordering::Acquire) {
-                iommu.flush_pasid(ep.device(), Some(bond.pasid()));
+                // The engine's IOMMU: the one its windows are of.
+                keep[0].flush_pasid(eps[0].device(), None);
                 if !finished.load(Ordering::Acquire) {
                     during.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
-        let engine = ep.engine();
+        let engine = eps[0].engine();
         // Four jobs of 8 MiB each, 4 KiB written per page: each pass is a window's worth.
         let mut jobs: Vec<_> = (0..4)
-            .map(|_| ep.start_dma(Some(bond.pasid()), va, JOB_PAGES * 4096, DmaKind::Fill(2)))
+            .map(|_| eps[1].start_dma(Some(bond.pasid()), va, JOB_PAGES * 4096, DmaKind::Fill(2)))
             .collect();
         started.store(true, Ordering::Release);
         let mut ready = 0;
@@ -282,8 +306,12 @@ fn a_long_sweep_lets_invalidations_in_between_windows() {
         finished.store(true, Ordering::Release);
         assert!(jobs.iter().all(|j| j.outcome() == Some(Ok(()))));
     });
-    // 64 windows in the sweep: a writer waiting at each boundary gets in at most of them (one
-    // window for the whole sweep would let it in at most once, at the very end).
+    // 64 windows in the sweep (or none of the engine's IOMMU, for a foreign job): a writer
+    // waiting at each boundary gets in at most of them (one window for the whole sweep would
+    // let it in at most once, at the very end).
     let n = during.load(Ordering::Relaxed);
-    assert!(n >= 8, "only {n} invalidations got in during the sweep");
+    assert!(
+        n >= 8,
+        "foreign {foreign}: only {n} invalidations got in during the sweep"
+    );
 }

@@ -229,14 +229,15 @@ impl Machine {
         let (iova, end, pasid, last) = (self.iova, self.end, self.pasid, self.last);
         let mut progressed = false;
         let own;
-        let win = match win {
-            Some(w) => w,
+        // In the caller's window a pass gets what is left of the window's pages.
+        let (win, mut budget) = match win {
+            Some(w) => (w, PASS_PAGES.saturating_sub(w.pages() as usize)),
             None => {
                 own = sh.iommu.dma_window();
-                &own
+                (&own, PASS_PAGES)
             }
         };
-        let mut budget = PASS_PAGES;
+        let full = budget;
         // Retried pages first, in order; those this pass does not reach stay in `retry`.
         let retry = self.retry.as_slice();
         let mut retried = 0;
@@ -277,7 +278,7 @@ impl Machine {
                 }
             }
         };
-        win.note_pages((PASS_PAGES - budget) as u64);
+        win.note_pages((full - budget) as u64);
         // Usually every page to retry was reached: no shifting of what is left.
         if retried == retry.len() {
             self.retry.clear();

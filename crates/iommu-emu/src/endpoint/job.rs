@@ -209,40 +209,56 @@ impl DmaEngine<'_> {
     }
 
     /// [`DmaEngine::poll`] for every job of `jobs`, in as few DMA windows as it can: one for a
-    /// sweep of up to `PASS_PAGES` pages over many jobs instead of one per pass and one per
-    /// group sent, so invalidations still get in between batches (a window is the read side of
-    /// the IOMMU's hardware lock; see "DMA engine" in the module documentation). Jobs already
-    /// `Ready` are left as they are. Returns how many jobs became `Ready` in this call; a job's
-    /// result is then [`DmaJob::outcome`]. Nothing of the caller runs inside the window.
+    /// sweep of many jobs instead of one per pass and one per group sent (a window is the read
+    /// side of the IOMMU's hardware lock; see "DMA engine" in the module documentation). A
+    /// window is given back once `PASS_PAGES` (512) pages went through it — a job visited counts
+    /// as one page — so invalidations wait no longer than they would behind one pass. A job
+    /// behind another IOMMU is polled between windows, never inside one. Jobs already `Ready`
+    /// are left as they are. Returns how many jobs became `Ready` in this call; a job's result is
+    /// then [`DmaJob::outcome`]. Nothing of the caller runs inside the window.
     pub fn poll_all(&self, jobs: &mut [DmaJob]) -> usize {
         let iommu = &self.ep.sh.iommu;
+        let budget = PASS_PAGES as u64;
         let mut ready = 0;
         let mut i = 0;
-        while i < jobs.len() {
+        let unfinished = |job: &DmaJob| !matches!(job.state, JobState::Done(_));
+        loop {
+            // Finished jobs need no window.
+            while jobs.get(i).is_some_and(|j| !unfinished(j)) {
+                i += 1;
+            }
+            let Some(job) = jobs.get_mut(i) else {
+                return ready;
+            };
+            if !Arc::ptr_eq(&job.ep.sh.iommu, iommu) {
+                // Another IOMMU's job opens its own windows, with none of ours open: a read
+                // side held across another's could wait behind a writer forever.
+                if let DmaPoll::Ready(_) = Endpoint::poll_job(job, false, true, None) {
+                    ready += 1;
+                }
+                i += 1;
+                continue;
+            }
             let win = iommu.dma_window();
             while let Some(job) = jobs.get_mut(i) {
-                if win.pages() >= PASS_PAGES as u64 {
+                if win.pages() >= budget || !Arc::ptr_eq(&job.ep.sh.iommu, iommu) {
                     break;
                 }
-                if matches!(job.state, JobState::Done(_)) {
+                if !unfinished(job) {
                     i += 1;
                     continue;
                 }
+                win.note_pages(1);
                 let mine = Arc::ptr_eq(&job.ep.sh, &self.ep.sh);
-                // Another IOMMU's job opens its own windows.
-                let w = Arc::ptr_eq(&job.ep.sh.iommu, iommu).then_some(&win);
-                match Endpoint::poll_job(job, mine, true, w) {
+                match Endpoint::poll_job(job, mine, true, Some(&win)) {
                     DmaPoll::Ready(_) => ready += 1,
-                    // The window's pages are spent mid-job: the job goes on in the next one.
-                    DmaPoll::Pending if !job.is_waiting() && win.pages() >= PASS_PAGES as u64 => {
-                        break
-                    }
+                    // The window is spent mid-job: the job goes on in the next one.
+                    DmaPoll::Pending if !job.is_waiting() && win.pages() >= budget => break,
                     DmaPoll::Pending => {}
                 }
                 i += 1;
             }
         }
-        ready
     }
 
     /// The work between this function's page requests and their responses, here

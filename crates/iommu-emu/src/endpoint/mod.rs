@@ -16,8 +16,9 @@
 //!
 //! A [`DmaEngine`] driving many jobs can sweep them all in one window instead
 //! ([`DmaEngine::poll_all`]): every pass and every group sent during the sweep goes through the
-//! same window, which is closed and opened again after each `PASS_PAGES` (512) pages, so
-//! invalidations wait no longer than behind one pass. With 64 single-page jobs that is two
+//! same window, which is closed and opened again after each `PASS_PAGES` (512) pages (a job
+//! visited counts as one), so invalidations wait no longer than behind one pass; a job behind
+//! another IOMMU is polled between windows. With 64 single-page jobs that is two
 //! windows per 64 groups instead of three per group: the read side of the hardware lock, a
 //! cache line every CPU's DMA writes, is taken once per sweep.
 //!
