@@ -7,7 +7,8 @@
 //! `iommu-sim bench` runs the `e2e`, `floor` and `fault_fd` workloads (the fault path against
 //! its floors) and the `pt`, `lookup` and `translate` building blocks; `fault_path`, `memory`
 //! and `vmm` run under criterion only. The `examples/` time single workloads quickly while
-//! profiling (`e2e_probe`, `fd_probe`, `mem_probe`), what one atomic operation costs
+//! profiling (`e2e_probe`, `fd_probe`, `mem_probe`, `lat_probe` for the latency tail), what one
+//! atomic operation costs
 //! (`atomics_probe`), and how two devices scale on two CPUs (`scale_probe`).
 //!
 //! Workloads `expect` success: each is built so that every call succeeds, and a failure is a
