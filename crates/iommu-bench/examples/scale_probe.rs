@@ -38,20 +38,10 @@ fn main() {
         for s in &stacks {
             s.run(n / 10, IN_FLIGHT, None);
         }
+        let stacks: Vec<&E2e> = stacks.iter().collect();
         let mut best = f64::MAX;
         for _ in 0..3 {
-            // Each thread times only its fault groups (not its untimed munmaps); the runs
-            // overlap, so the slowest thread's time is the time of all.
-            let slowest = std::thread::scope(|scope| {
-                let runs: Vec<_> = stacks
-                    .iter()
-                    .map(|s| scope.spawn(move || s.run(n, IN_FLIGHT, None)))
-                    .collect();
-                runs.into_iter()
-                    .map(|r| r.join().expect("run"))
-                    .max()
-                    .unwrap_or_default()
-            });
+            let slowest = E2e::run_at_once(&stacks, n, IN_FLIGHT);
             best = best.min(slowest.as_nanos() as f64 / (n * devices as u64) as f64);
         }
         let setting = match mode {

@@ -109,6 +109,25 @@ impl E2e {
         }
     }
 
+    /// [`E2e::run`] on every one of `devices` at once, each from a thread of its own, with up
+    /// to `in_flight` jobs outstanding per device. Returns the slowest thread's time in its
+    /// fault groups: each thread times only those (mapping and unmapping its chunks is
+    /// untimed), and the runs overlap, so that stands for the time of all — though one
+    /// thread's untimed unmapping may run beside another's timed groups.
+    pub fn run_at_once(devices: &[&E2e], groups: u64, in_flight: usize) -> Duration {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = devices
+                .iter()
+                .map(|w| s.spawn(move || w.run(groups, in_flight, None)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a device thread"))
+                .max()
+                .unwrap_or_default()
+        })
+    }
+
     /// Runs `groups` single-page fault groups with up to `in_flight` jobs outstanding and
     /// returns the time spent in them. With `latency`, each job's time from start to
     /// completion (ns) is passed to it.

@@ -145,27 +145,16 @@ fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
 }
 
 /// Two devices on two IOMMU units over one memory, driven at once from two threads: ns per
-/// group of both together, the median of [`RUNS`] runs, and the fastest and slowest run. Each
-/// thread times only its fault groups, as the one-device figures do (mapping and unmapping
-/// its chunks is untimed), and the slower thread's total is taken as the time of both: the
-/// runs overlap, though one thread's untimed unmapping (and its zeroing of freed frames) may
-/// run beside the other's timed groups, so the figure is the fault path's rate when both
-/// devices fault, not the wall-clock rate of the whole workload.
+/// group of both together, the median of [`RUNS`] runs, and the fastest and slowest run
+/// ([`E2e::run_at_once`]: the slower thread's time in its fault groups, so the figure is the
+/// fault path's rate while both devices fault, not the wall-clock rate of the whole workload,
+/// whose unmapping and zeroing of freed frames is untimed as in the one-device figures).
 fn two_units_ns(groups: u64) -> (f64, (f64, f64)) {
     let first = E2e::with_runners(Pages::Prepared, CHUNK, 2);
     let second = first.other_unit();
     let devices = [&first, &second];
     let run = |groups: u64| {
-        let slowest = std::thread::scope(|s| {
-            let hs: Vec<_> = devices
-                .iter()
-                .map(|w| s.spawn(move || w.run(groups, UNITS_IN_FLIGHT, None)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("a device thread"))
-                .max()
-                .unwrap_or_default()
-        });
+        let slowest = E2e::run_at_once(&devices, groups, UNITS_IN_FLIGHT);
         slowest.as_nanos() as f64 / (groups * devices.len() as u64) as f64
     };
     run(groups / 4);
