@@ -10,6 +10,7 @@
 //! fault zeroes its frame and the job writes the whole 4 KiB page, so the figure includes the
 //! memory work a demand-zero fault must do.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,15 +111,25 @@ impl E2e {
     }
 
     /// [`E2e::run`] on every one of `devices` at once, each from a thread of its own, with up
-    /// to `in_flight` jobs outstanding per device. Returns the slowest thread's time in its
-    /// fault groups: each thread times only those (mapping and unmapping its chunks is
-    /// untimed), and the runs overlap, so that stands for the time of all — though one
-    /// thread's untimed unmapping may run beside another's timed groups.
+    /// to `in_flight` jobs outstanding per device, all devices faulting each chunk together:
+    /// every thread maps its chunk (untimed), then all start at once and the chunk's time runs
+    /// until the last of them has finished it; unmapping (and zeroing freed frames) is
+    /// untimed, as in [`E2e::run`]. Returns the sum of those times: the wall-clock time the
+    /// devices spent faulting side by side. Every device must have the same chunk size (they
+    /// do when made by [`E2e::sibling`] or [`E2e::other_unit`]); panics otherwise.
     pub fn run_at_once(devices: &[&E2e], groups: u64, in_flight: usize) -> Duration {
+        assert!(
+            devices.iter().all(|d| d.chunk == devices[0].chunk),
+            "run_at_once: devices with different chunk sizes cannot fault their chunks together"
+        );
+        let together = SpinBarrier::new(devices.len());
         std::thread::scope(|s| {
             let threads: Vec<_> = devices
                 .iter()
-                .map(|w| s.spawn(move || w.run(groups, in_flight, None)))
+                .map(|w| {
+                    let together = &together;
+                    s.spawn(move || w.run_chunks(groups, in_flight, None, Some(together)))
+                })
                 .collect();
             threads
                 .into_iter()
@@ -135,7 +146,19 @@ impl E2e {
         &self,
         groups: u64,
         in_flight: usize,
+        latency: Option<&mut dyn FnMut(u64)>,
+    ) -> Duration {
+        self.run_chunks(groups, in_flight, latency, None)
+    }
+
+    /// [`E2e::run`]; with `together`, each chunk's faulting starts when every thread sharing
+    /// the barrier has mapped its chunk and its time ends when every one has finished.
+    fn run_chunks(
+        &self,
+        groups: u64,
+        in_flight: usize,
         mut latency: Option<&mut dyn FnMut(u64)>,
+        together: Option<&SpinBarrier>,
     ) -> Duration {
         let in_flight = in_flight.clamp(1, 512);
         let SvaStack { bond, mm, ep, .. } = &self.stack;
@@ -157,6 +180,9 @@ impl E2e {
             let n = left.min(self.chunk);
             let len = n * 4096;
             let va = mm.mmap(len, Prot::READ_WRITE).expect("mmap");
+            if let Some(b) = together {
+                b.wait();
+            }
             let start = Instant::now();
             let chunk = Chunk {
                 pasid,
@@ -165,11 +191,54 @@ impl E2e {
                 bytes,
             };
             drive(ep, chunk, &mut jobs, &mut slots, &mut latency);
+            if let Some(b) = together {
+                b.wait();
+            }
             total += start.elapsed();
             mm.munmap(va, len).expect("munmap");
             left -= n;
         }
         total
+    }
+}
+
+/// A barrier for threads that each have a CPU: they spin (yielding after a while, in case one
+/// of them lost its CPU) instead of sleeping, so passing it costs well under a microsecond and
+/// does not blur what is timed between two of them.
+pub(crate) struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    /// Bumped each time the last thread arrives: the others wait for it to move.
+    round: AtomicUsize,
+}
+
+impl SpinBarrier {
+    pub(crate) fn new(threads: usize) -> Self {
+        SpinBarrier {
+            threads: threads.max(1),
+            arrived: AtomicUsize::new(0),
+            round: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until all `threads` have called it in this round.
+    pub(crate) fn wait(&self) {
+        let round = self.round.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            // Reset before releasing: a released thread may arrive for the next round at once.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.round.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.round.load(Ordering::Acquire) == round {
+            spins += 1;
+            if spins < 10_000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
@@ -232,5 +301,37 @@ fn drive(
                 *busy = start(job, t);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpinBarrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn nobody_passes_the_barrier_before_everybody_reached_it() {
+        const THREADS: usize = 3;
+        const ROUNDS: usize = 2_000;
+        let barrier = SpinBarrier::new(THREADS);
+        // Each thread bumps its round count, waits, and then checks every other thread has
+        // reached the same round; it waits again before the next bump.
+        let reached: Vec<AtomicUsize> = (0..THREADS).map(|_| AtomicUsize::new(0)).collect();
+        std::thread::scope(|s| {
+            for me in 0..THREADS {
+                let (barrier, reached) = (&barrier, &reached);
+                s.spawn(move || {
+                    for round in 1..=ROUNDS {
+                        reached[me].store(round, Ordering::Relaxed);
+                        barrier.wait();
+                        for (other, r) in reached.iter().enumerate() {
+                            let r = r.load(Ordering::Relaxed);
+                            assert!(r >= round, "thread {other} at {r} when {me} passed {round}");
+                        }
+                        barrier.wait();
+                    }
+                });
+            }
+        });
     }
 }
