@@ -190,16 +190,17 @@ impl Machine {
             return self.send_group(ep, win);
         }
         ep.check_pasid(self.pasid)?;
-        let progressed = self.pass(ep, win, op)?;
+        let (progressed, cut_short) = self.pass(ep, win, op)?;
         if self.faulted.is_empty() {
             return Ok(self.retry.is_empty() && self.cursor > self.last);
         }
         // Rounds answered by the IOMMU on overflow are not the handler's verdict: they are
         // bounded separately (time when blocking, MAX_AUTO_ROUNDS when polled), not counted
-        // as rounds without progress.
+        // as rounds without progress. Nor is a pass the caller's window cut short before it
+        // reached every page: a full pass would have tried them.
         if progressed || self.auto_rounds > 0 {
             self.stale_rounds = 0;
-        } else {
+        } else if !cut_short {
             self.stale_rounds += 1;
             if self.stale_rounds > MAX_ROUNDS_WITHOUT_PROGRESS {
                 return Err(DmaError::RetryLimit {
@@ -212,14 +213,15 @@ impl Machine {
 
     /// One pass over up to `PASS_PAGES` pages inside a DMA window: copies the pages that
     /// translate, collects those that fault (recoverably) into `faulted`, up to the group cap.
-    /// Returns whether a page completed.
+    /// Returns whether a page completed, and whether the caller's window had fewer than
+    /// `PASS_PAGES` pages left and ran out before the pass reached every page.
     #[inline]
     fn pass(
         &mut self,
         ep: &Endpoint,
         win: Option<&DmaWindow<'_>>,
         op: &mut impl FnMut(u64, usize, usize) -> Result<(), DmaError>,
-    ) -> Result<bool, DmaError> {
+    ) -> Result<(bool, bool), DmaError> {
         let sh = &*ep.sh;
         let access = if self.write {
             Access::WRITE.user()
@@ -278,6 +280,8 @@ impl Machine {
                 }
             }
         };
+        let cut_short =
+            full < PASS_PAGES && budget == 0 && (retried < retry.len() || self.cursor <= last);
         win.note_pages((full - budget) as u64);
         // Usually every page to retry was reached: no shifting of what is left.
         if retried == retry.len() {
@@ -285,7 +289,7 @@ impl Machine {
         } else if retried > 0 {
             self.retry.remove_front(retried);
         }
-        result
+        result.map(|progressed| (progressed, cut_short))
     }
 
     /// Sends as many pages of `faulted` as the free credits allow (at least one) as one page
