@@ -233,7 +233,7 @@ impl SpinBarrier {
         let mut spins = 0u32;
         while self.round.load(Ordering::Acquire) == round {
             spins += 1;
-            if spins < 10_000 {
+            if spins < 200 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
