@@ -146,9 +146,9 @@ fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
 
 /// Two devices on two IOMMU units over one memory, driven at once from two threads: ns per
 /// group of both together, the median of [`RUNS`] runs, and the fastest and slowest run
-/// ([`E2e::run_at_once`]: the slower thread's time in its fault groups, so the figure is the
-/// fault path's rate while both devices fault, not the wall-clock rate of the whole workload,
-/// whose unmapping and zeroing of freed frames is untimed as in the one-device figures).
+/// ([`E2e::run_at_once`]: both devices fault each chunk together and the chunks' wall-clock
+/// time counts; mapping, unmapping and zeroing freed frames are untimed, as in the one-device
+/// figures).
 fn two_units_ns(groups: u64) -> (f64, (f64, f64)) {
     let first = E2e::with_runners(Pages::Prepared, CHUNK, 2);
     let second = first.other_unit();
