@@ -700,3 +700,54 @@ fn a_finished_job_restarts_in_place_and_a_running_one_refuses() {
         "each transfer counted once"
     );
 }
+
+/// Answers every group Success without making a page present: the device's retries fault
+/// again, every round.
+struct Liar;
+
+impl IopfHandler for Liar {
+    fn name(&self) -> &str {
+        "liar"
+    }
+    fn handle_iopf(&self, g: IopfGroup) -> Result<(), IopfGroup> {
+        g.respond(PageResponseCode::Success);
+        Ok(())
+    }
+}
+
+/// A handler that answers Success but never maps: the DMA gives up with `RetryLimit` after a
+/// bounded number of rounds — blocking, and in a DMA engine's sweep, where a page that faults
+/// again is still a round without progress. Run on a thread of its own with a deadline, so a
+/// DMA that never gives up fails the test instead of hanging it.
+#[test]
+fn success_without_a_mapping_ends_in_retry_limit_blocking_and_swept() {
+    init();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let fx = Fx::new();
+        let ep = fx.endpoint("dev0", EndpointConfig::default());
+        let domain = Domain::alloc(
+            ep.device(),
+            DomainRequest::Paging { dma_api: false },
+            Some(Arc::new(Liar)),
+        )
+        .unwrap();
+        let _a = attach_device_pasid(&domain, ep.device(), PASID, ()).unwrap();
+        let blocking = ep.dma_write(Some(PASID), VA, &[1; 64]);
+        let engine = ep.engine();
+        let mut jobs = [ep.start_dma(Some(PASID), VA + 4096, 64, DmaKind::Fill(2))];
+        loop {
+            let seen = engine.responses();
+            if engine.poll_all(&mut jobs) > 0 {
+                break;
+            }
+            engine.wait(seen, Duration::from_millis(10));
+        }
+        let _ = tx.send((blocking, jobs[0].outcome()));
+    });
+    let (blocking, swept) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a DMA never gave up retrying");
+    assert_eq!(blocking, Err(DmaError::RetryLimit { iova: VA }));
+    assert_eq!(swept, Some(Err(DmaError::RetryLimit { iova: VA + 4096 })));
+}
