@@ -132,11 +132,6 @@ impl FrameAllocator {
         n.min(self.capacity)
     }
 
-    /// The calling thread's list.
-    fn my_list(&self) -> &FrameList {
-        self.lists.mine()
-    }
-
     /// The word and bit of frame `index` in the allocated-bits map, if its block exists.
     fn live_bit(&self, index: usize) -> Option<(&AtomicU64, u64)> {
         let block = self.live.get(index / BLOCK_FRAMES)?.get()?;
@@ -157,7 +152,7 @@ impl FrameAllocator {
     /// before (so its contents must be zeroed; a never-used frame of a fresh anonymous mapping
     /// is already zero). `None` when every frame is allocated.
     pub fn alloc(&self) -> Option<(usize, bool)> {
-        let list = self.my_list();
+        let list = self.lists.mine();
         let mut frames = list.frames.lock();
         if frames.is_empty() {
             let mut shared = self.shared.lock();
@@ -209,7 +204,7 @@ impl FrameAllocator {
         }
         let index = shared.free.pop()?;
         drop(shared);
-        let list = self.my_list();
+        let list = self.lists.mine();
         let held = list.frames.lock();
         list.net.store(list.net.load(Relaxed) + 1, Relaxed);
         drop(held);
@@ -235,7 +230,7 @@ impl FrameAllocator {
         if word.fetch_and(!bit, Relaxed) & bit == 0 {
             return Err(FreeError::NotAllocated);
         }
-        let list = self.my_list();
+        let list = self.lists.mine();
         let mut frames = list.frames.lock();
         frames.push(index);
         list.net.store(list.net.load(Relaxed) - 1, Relaxed);

@@ -249,12 +249,17 @@ impl Endpoint {
         let sh = &*self.sh;
         let n = pages.len();
         let reqs = PageRequests::new(pasid, pages, write, o.grpid);
-        let pushed = match win {
-            Some(win) => win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper),
-            None => {
-                let win = sh.iommu.dma_window();
-                win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
-            }
+        // In the caller's window, or in one of its own closed right after the write.
+        let pushed = {
+            let own;
+            let win = match win {
+                Some(w) => w,
+                None => {
+                    own = sh.iommu.dma_window();
+                    &own
+                }
+            };
+            win.page_request(sh.sid, &sh.dev, pasid, reqs, o.epoch, helper)
         };
         if pushed.is_some() {
             sh.counters.groups_sent.fetch_add(1, Relaxed);

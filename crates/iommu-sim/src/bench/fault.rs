@@ -134,14 +134,14 @@ fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
             runs[i].push(w.run(groups, n, None).as_nanos() as f64 / groups as f64);
         }
     }
-    let spread = runs
-        .iter()
-        .map(|r| {
-            let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-            (lo, r.iter().copied().fold(lo, f64::max))
-        })
-        .collect();
+    let spread = runs.iter().map(|r| spread(r)).collect();
     (runs.into_iter().map(median).collect(), spread)
+}
+
+/// The fastest and slowest of `runs` (ns).
+fn spread(runs: &[f64]) -> (f64, f64) {
+    let lo = runs.iter().copied().fold(f64::INFINITY, f64::min);
+    (lo, runs.iter().copied().fold(lo, f64::max))
 }
 
 /// Two devices on two IOMMU units over one memory, driven at once from two threads: ns per
@@ -159,9 +159,8 @@ fn two_units_ns(groups: u64) -> (f64, (f64, f64)) {
     };
     run(groups / 4);
     let runs: Vec<f64> = (0..RUNS).map(|_| run(groups)).collect();
-    let lo = runs.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = runs.iter().copied().fold(lo, f64::max);
-    (median(runs), (lo, hi))
+    let spread = spread(&runs);
+    (median(runs), spread)
 }
 
 /// The latency of one fault, one at a time, pages prepared off the path.
