@@ -67,6 +67,7 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
         "end-to-end runs behind each median, fastest-slowest",
         "e2e, 2 devices on 2 IOMMU units, 64 in flight each",
         "two units 64 each: ",
+        "latency p99.9 (ns of one fault): ",
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
@@ -98,6 +99,14 @@ fn quick_bench_prints_every_figure_with_its_ratio() {
     for p in ["p50", "p99", "p999"] {
         assert!(positive(&v["latency_ns"][p]), "latency_ns.{p} in {v}");
     }
+    // The median p99.9 lies within its runs' lowest and highest.
+    let r = &v["latency_runs_ns"]["p999"];
+    let (lo, hi) = (r[0].as_f64().unwrap_or(0.0), r[1].as_f64().unwrap_or(0.0));
+    let p999 = v["latency_ns"]["p999"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        lo > 0.0 && lo <= p999 && p999 <= hi,
+        "latency p99.9 {p999} ns outside its runs {lo}-{hi}"
+    );
     for n in ["1", "16", "256"] {
         assert!(positive(&v["fd_records_per_s"][n]), "fd_records_per_s.{n}");
     }
