@@ -69,7 +69,8 @@ struct State {
     /// The one thread reporting a batch right now (requests are reported in ring order, so
     /// one reporter at a time; a nested drain must not wait for itself).
     reporter: Option<ThreadId>,
-    /// The batch buffer between batches (kept for its capacity: no allocation per batch).
+    /// The batch buffer between batches (kept for its capacity: no allocation per batch). A
+    /// batch that takes the whole ring trades buffers with it, so it is as large as the ring.
     spare: VecDeque<Entry>,
     /// Nobody reports ([`Prq::set_stalled`]): the requests pile up as behind a starved IRQ
     /// thread.
@@ -129,12 +130,12 @@ impl Prq {
             manual,
             state: Mutex::new(State {
                 ring: VecDeque::with_capacity(depth.clamp(1, 4096)),
+                spare: VecDeque::with_capacity(depth.clamp(1, 4096)),
                 overflow: false,
                 enqueued: 0,
                 taken: 0,
                 consumed: 0,
                 reporter: None,
-                spare: VecDeque::with_capacity(BATCH),
                 stalled: false,
                 sleeping: false,
                 shutdown: false,
@@ -356,12 +357,17 @@ impl Prq {
         debug_assert!(st.reporter.is_none());
         let n = st.ring.len().min(max);
         let mut batch = std::mem::take(&mut st.spare);
-        batch.extend(st.ring.drain(..n));
+        if n == st.ring.len() {
+            // The whole ring: it and the empty spare trade places instead of moving entries.
+            std::mem::swap(&mut st.ring, &mut batch);
+        } else {
+            batch.extend(st.ring.drain(..n));
+        }
         st.taken += n as u64;
         let overflow = st.overflow && st.ring.is_empty();
         st.reporter = Some(this_thread());
         drop(st);
-        for e in batch.drain(..) {
+        while let Some(e) = batch.pop_front() {
             // An error means the core already answered the request (SPEC §4.2 "bad").
             let _ = report_device_fault(&e.dev, e.desc.decode());
         }
