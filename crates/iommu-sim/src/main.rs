@@ -66,8 +66,9 @@ enum Command {
     /// overflows and process exits: counts lost, doubled and late responses (all must be 0)
     /// and checks that memory stays flat after warm-up.
     Soak {
-        /// Stop after this many page request groups (both devices).
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Stop once this many page request groups were sent (both devices; at least 1;
+        /// checked every 20 ms, so up to 20 ms' worth more, a few thousand).
+        #[arg(long, default_value_t = 1_000_000, value_parser = parse_groups)]
         groups: u64,
         /// Stop after this many seconds even if fewer groups were sent.
         #[arg(long)]
@@ -101,6 +102,14 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
         tenants: u64,
     },
+}
+
+fn parse_groups(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("a soak needs at least 1 group".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_disruption(s: &str) -> Result<iommu_sim::soak::Disruption, String> {

@@ -39,3 +39,43 @@ fn soak_refuses_out_of_range_inflight() {
         assert!(e.contains("inflight"), "{e}");
     }
 }
+
+#[test]
+fn soak_refuses_zero_groups() {
+    let e = run(&Config {
+        groups: 0,
+        ..Config::default()
+    })
+    .unwrap_err();
+    assert!(e.contains("groups"), "{e}");
+}
+
+/// A soak too short to sample memory in two tenths says so instead of comparing a tenth no
+/// sample fell into (which reads 0) with one that has a sample, and a soak without
+/// disruptions says "none".
+#[test]
+fn a_tiny_soak_reports_what_it_could_not_measure() {
+    let r = run(&Config {
+        groups: 1,
+        disrupt_one_in: 0,
+        ..Config::default()
+    })
+    .expect("soak world builds");
+    let text = r.text();
+    assert!(r.passed(), "{text}");
+    assert!(text.contains("  disruptions    none\n"), "{text}");
+    let rss = text
+        .lines()
+        .find(|l| l.starts_with("  rss"))
+        .expect("rss line");
+    assert!(
+        !rss.contains(" 0.0 "),
+        "a tenth without a sample shown as 0 MiB: {rss}"
+    );
+    let sampled = r.rss_windows.iter().filter(|&&b| b > 0).count();
+    if sampled < 2 {
+        assert!(rss.contains("too short to compare"), "{rss}");
+    } else {
+        assert!(rss.contains("within 10 %"), "{rss}");
+    }
+}

@@ -63,7 +63,9 @@ const IOVA_BASE: u64 = 1 << 30;
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Stop once this many page request groups were sent (both devices together).
+    /// Stop once this many page request groups were sent (both devices together; at least
+    /// 1). The count is checked every 20 ms, so the soak sends more than this, by up to 20 ms'
+    /// worth of groups (a few thousand even for 1).
     pub groups: u64,
     /// Stop after this long even if fewer groups were sent.
     pub time_limit: Option<Duration>,
@@ -129,6 +131,9 @@ impl Shared {
 
 /// Runs a soak. `Err` only when the world cannot be built.
 pub fn run(cfg: &Config) -> Result<Report, String> {
+    if cfg.groups == 0 {
+        return Err("groups must be at least 1: a soak of no groups checks nothing".into());
+    }
     if cfg.inflight == 0 || cfg.inflight > 256 {
         return Err(format!(
             "inflight {} is out of range: 1..=256 jobs per cycle",

@@ -104,22 +104,39 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
-        s += &format!("  disruptions    {}\n", d.join(", "));
+        s += &format!(
+            "  disruptions    {}\n",
+            if d.is_empty() {
+                "none".into()
+            } else {
+                d.join(", ")
+            }
+        );
         s += &format!(
             "  dma jobs       {} ok, {} failed in disrupted cycles\n",
             self.dma_ok, self.dma_failed_expected
         );
+        // A tenth no sample fell into (sampling is every 20 ms) shows as "-", not as 0 MiB.
         let windows: Vec<String> = self
             .rss_windows
             .iter()
-            .map(|&b| format!("{:.1}", mib(b)))
+            .map(|&b| {
+                if b == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.1}", mib(b))
+                }
+            })
             .collect();
+        let sampled = self.rss_windows.iter().filter(|&&b| b > 0).count();
         s += &format!(
             "  rss            {:.1} MiB at start; highest per tenth after warm-up: {} MiB ({}); {:.1} MiB at end\n",
             mib(self.rss_start),
-            windows.join(" "),
-            if self.rss_flat() {
-                "last within 10 % of first"
+            if windows.is_empty() { "-".into() } else { windows.join(" ") },
+            if sampled < 2 {
+                "fewer than two tenths sampled: too short to compare"
+            } else if self.rss_flat() {
+                "the last sampled tenth within 10 % of the first"
             } else {
                 "GREW more than 10 %"
             },
