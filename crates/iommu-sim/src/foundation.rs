@@ -13,7 +13,7 @@
 //! * at the end nothing is attached, every PASID is freed, and the driver saw no contract
 //!   violation.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -175,7 +175,8 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     let groups = rig.groups.clone();
     let done = Arc::new(AtomicBool::new(false));
 
-    let readers = spawn_readers(cfg.readers, &tenants, &groups, &done);
+    let ready = Arc::new(AtomicUsize::new(0));
+    let readers = spawn_readers(cfg.readers, &tenants, &groups, &done, &ready);
     let readers = match readers {
         Ok(r) => r,
         Err((started, e)) => {
@@ -185,6 +186,12 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
             return Err(format!("starting reader {} of {}: {e}", n + 1, cfg.readers));
         }
     };
+    // The rounds start once every reader has looked every tenant up once, so every reader
+    // races the configuration: a short run used to end before a reader had started, and
+    // reported "all held" over 0 lookups. A reader that ended (panicked) is not waited for.
+    while ready.load(SeqCst) < readers.len() && !readers.iter().any(|r| r.is_finished()) {
+        thread::yield_now();
+    }
 
     let devs: [&Arc<Device>; 2] = [&rig.nics[1], &rig.gpu];
     let doms: Vec<[Arc<Domain>; 2]> = devs
@@ -235,13 +242,15 @@ fn spawn_readers(
     tenants: &Arc<Vec<Tenant>>,
     groups: &[Arc<Group>; 2],
     done: &Arc<AtomicBool>,
+    ready: &Arc<AtomicUsize>,
 ) -> Result<Readers, (Readers, std::io::Error)> {
     let mut started = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tenants, groups, done) = (tenants.clone(), groups.clone(), done.clone());
+        let (tenants, groups, done, ready) =
+            (tenants.clone(), groups.clone(), done.clone(), ready.clone());
         match thread::Builder::new()
             .name("fault-path".into())
-            .spawn(move || read_loop(&tenants, &groups, &done))
+            .spawn(move || read_loop(&tenants, &groups, &done, &ready))
         {
             Ok(h) => started.push(h),
             Err(e) => return Err((started, e)),
@@ -337,9 +346,15 @@ fn check(report: &mut Report, what: &str, res: iommu_core::Result<()>) {
 
 type ReaderTally = (u64, u64, u64, Vec<String>);
 
-fn read_loop(tenants: &[Tenant], groups: &[Arc<Group>; 2], done: &AtomicBool) -> ReaderTally {
+fn read_loop(
+    tenants: &[Tenant],
+    groups: &[Arc<Group>; 2],
+    done: &AtomicBool,
+    ready: &AtomicUsize,
+) -> ReaderTally {
     let (mut hit, mut enoent, mut ebusy, mut violations) = (0, 0, 0, Vec::new());
-    while !done.load(SeqCst) {
+    let mut first = true;
+    loop {
         for (i, t) in tenants.iter().enumerate() {
             let floor = t.retired.load(SeqCst);
             let pasid = t.pasid.get();
@@ -370,6 +385,14 @@ fn read_loop(tenants: &[Tenant], groups: &[Arc<Group>; 2], done: &AtomicBool) ->
                 Err(e) if e.errno_name() == "EBUSY" => ebusy += 1,
                 Err(_) => enoent += 1,
             }
+        }
+        if first {
+            // Every tenant looked up once: the configuration rounds may start.
+            ready.fetch_add(1, SeqCst);
+            first = false;
+        }
+        if done.load(SeqCst) {
+            break;
         }
     }
     (hit, enoent, ebusy, violations)
@@ -414,5 +437,25 @@ mod tests {
         }
         let r = run(&ok).unwrap();
         assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    /// However short the configuration, every reader races it: it looks every tenant up (the
+    /// right owner type and the wrong one) at least once before the rounds start.
+    #[test]
+    fn a_one_round_run_still_has_every_reader_looking_up() {
+        let cfg = Config {
+            rounds: 1,
+            readers: 2,
+            tenants: 3,
+        };
+        let r = run(&cfg).unwrap();
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        let lookups = r.lookups_hit + r.lookups_enoent + r.lookups_ebusy;
+        assert!(
+            lookups >= (cfg.readers * cfg.tenants * 2) as u64,
+            "{lookups} lookups by {} readers of {} tenants",
+            cfg.readers,
+            cfg.tenants
+        );
     }
 }

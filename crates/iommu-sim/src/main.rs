@@ -104,6 +104,15 @@ enum Command {
     },
 }
 
+/// "s" unless `n` is 1.
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 fn parse_groups(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(0) => Err("a soak needs at least 1 group".into()),
@@ -315,8 +324,13 @@ fn main() -> ExitCode {
         },
     };
     println!(
-        "iommu-sim: foundation scenario — {} tenants, {} rounds, {} fault-path readers",
-        cfg.tenants, cfg.rounds, cfg.readers
+        "iommu-sim: foundation scenario — {} tenant{}, {} round{}, {} fault-path reader{}",
+        cfg.tenants,
+        plural(cfg.tenants as u64),
+        cfg.rounds,
+        plural(cfg.rounds),
+        cfg.readers,
+        plural(cfg.readers as u64)
     );
     let r = match foundation::run(&cfg) {
         Ok(r) => r,
@@ -327,8 +341,12 @@ fn main() -> ExitCode {
     };
     let lookups = r.lookups_hit + r.lookups_enoent + r.lookups_ebusy;
     println!(
-        "  configuration: {} attaches, {} replaces, {} detaches, {} bad calls refused as expected",
-        r.attaches, r.replaces, r.detaches, r.rejected_as_expected
+        "  configuration: {} attaches, {} replaces, {} detaches, {} bad call{} refused as expected",
+        r.attaches,
+        r.replaces,
+        r.detaches,
+        r.rejected_as_expected,
+        plural(r.rejected_as_expected)
     );
     println!(
         "  typed lookups: {lookups} ({} hit, {} ENOENT, {} EBUSY wrong owner type), {:.1} M/s",
