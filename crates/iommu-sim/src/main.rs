@@ -229,6 +229,14 @@ fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
             seed: args.seed.unwrap_or(scenario.seed),
         },
     };
+    // The output files are made before the run: a path that cannot be written fails at once,
+    // not after the whole scenario ran.
+    for p in [&args.json, &args.plot, &args.trace].into_iter().flatten() {
+        if let Err(e) = std::fs::File::create(p) {
+            eprintln!("iommu-sim run: cannot write {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
     println!("iommu-sim: running {}", iommu_sim::report::escape(&name));
     let opts = iommu_sim::engine::RunOptions {
         scale: args.scale,

@@ -211,6 +211,26 @@ fn deterministic_runs_write_the_same_event_log_hash_for_the_same_seed() {
     }
 }
 
+/// An output path that cannot be written is refused before the scenario runs (it used to run
+/// the whole scenario and fail at the end).
+#[test]
+fn run_refuses_output_paths_it_cannot_write_before_running() {
+    for flag in ["--json", "--plot", "--trace"] {
+        let out = iommu_sim(["run", "--no-progress", flag, "/nonexistent-dir/out"]);
+        assert!(!out.status.success(), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot write /nonexistent-dir/out"),
+            "{flag}: {err}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("invariants"),
+            "{flag}: the scenario ran:\n{text}"
+        );
+    }
+}
+
 #[test]
 fn a_seed_without_deterministic_mode_is_refused() {
     assert!(refused(["run", "--seed", "1"]).contains("--mode deterministic"));
