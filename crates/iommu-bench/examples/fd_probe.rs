@@ -2,13 +2,21 @@
 //! best of 5. `cargo run --release -p iommu-bench --example fd_probe -- [BATCH]`.
 
 use iommu_bench::fault_fd::FdRoundTrip;
+use iommu_bench::probe_args::Probe;
+
+/// Records per timed run.
+const RECORDS: usize = 4_000_000;
+
+const PROBE: Probe = Probe {
+    name: "fd_probe",
+    usage: "[BATCH 1-4000000]",
+};
+
 fn main() {
-    let batch: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(256);
+    let batch: usize = PROBE.arg(1, "BATCH", 256, 1..=RECORDS);
+    PROBE.at_most(1);
     let mut w = FdRoundTrip::new(batch);
-    let rounds = 4_000_000 / batch;
+    let rounds = RECORDS / batch;
     for _ in 0..rounds / 10 {
         w.round();
     }

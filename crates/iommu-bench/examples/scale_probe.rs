@@ -12,17 +12,21 @@
 //!   give when nothing is shared, the ceiling for the other two.
 
 use iommu_bench::e2e::{E2e, Pages};
+use iommu_bench::probe_args::Probe;
 
 const IN_FLIGHT: usize = 64;
 
+const PROBE: Probe = Probe {
+    name: "scale_probe",
+    usage: "[GROUPS] [shared|units|independent]",
+};
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(300_000);
-    let mode = args.get(2).map_or("shared", String::as_str);
-    if !["shared", "units", "independent"].contains(&mode) {
-        eprintln!("scale_probe: unknown mode {mode:?} (shared, units or independent)");
-        std::process::exit(2);
-    }
+    let n: u64 = PROBE.arg(1, "GROUPS", 300_000, 1..=10_000_000_000);
+    let mode = PROBE
+        .word(2, "the mode", &["shared", "units", "independent"])
+        .unwrap_or("shared");
+    PROBE.at_most(2);
     let chunk = 8192;
     for devices in [1usize, 2] {
         let first = E2e::new(Pages::Prepared, chunk);

@@ -25,6 +25,7 @@
 //! * [`floor`]: the floors of the fault path: a minimal routing pipeline, a frame's memory
 //!   work, a cross-thread handoff.
 //! * [`vmm`]: rust-vmm device DMA through vm-memory's `IommuMemory` over the emulated IOMMU.
+//! * [`probe_args`]: the probes' argument checks (a bad value ends a probe with its usage).
 
 pub mod e2e;
 pub mod fault_fd;
@@ -32,6 +33,7 @@ pub mod fault_path;
 pub mod floor;
 pub mod lookup;
 pub mod memory;
+pub mod probe_args;
 pub mod pt;
 pub mod translate;
 pub mod vmm;
