@@ -11,7 +11,7 @@ use iommu_pt::{ArenaTableMem, PhysAddr};
 fn main() {
     let n = 4096u64;
     let phys = PhysMem::new(n as usize).unwrap();
-    phys.prefault();
+    phys.prefault().expect("host memory for the emulated RAM");
     let base = ArenaTableMem::DEFAULT_BASE.addr().0;
     let zero = [0u8; 4096];
     let data = [0x5au8; 4096];

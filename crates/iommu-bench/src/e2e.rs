@@ -71,7 +71,7 @@ impl E2e {
                 .expect("physical memory"),
         );
         // Host first-touch faults are not the emulator's cost.
-        phys.prefault();
+        phys.prefault().expect("host memory for the emulated RAM");
         let stack = SvaStack::new(&phys, Handler::Queue(1), engine_config());
         Self {
             stack,

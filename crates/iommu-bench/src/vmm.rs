@@ -30,7 +30,10 @@ impl VmmDma {
     pub fn new() -> Self {
         let world = SvaWorld::new(1024, EndpointConfig::default()).expect("SVA world");
         // Measure the emulator, not the host's first-touch faults.
-        world.phys.prefault();
+        world
+            .phys
+            .prefault()
+            .expect("host memory for the emulated RAM");
         let va = world
             .mm
             .mmap(Self::BYTES as u64, Prot::READ_WRITE)

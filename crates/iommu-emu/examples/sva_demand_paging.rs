@@ -8,10 +8,16 @@
 use iommu_emu::demo::{run_sva_demand_paging, DemoConfig};
 
 fn main() {
-    let mib: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(64);
+    // Up to 1 TiB per device (the emulated memory's limit); more than the host has available
+    // is refused when the memory is backed.
+    let mib: u64 = match std::env::args().nth(1).map(|a| a.parse::<u64>()) {
+        None => 64,
+        Some(Ok(m)) if (1..=1 << 20).contains(&m) => m,
+        Some(_) => {
+            eprintln!("usage: sva_demand_paging [MiB per device, 1 to 1048576]");
+            std::process::exit(2);
+        }
+    };
     let cfg = DemoConfig {
         bytes_per_device: mib << 20,
         ..DemoConfig::default()

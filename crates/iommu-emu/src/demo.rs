@@ -104,7 +104,7 @@ pub fn run_sva_demand_paging(cfg: &DemoConfig) -> Result<DemoReport, String> {
         .unwrap_or(usize::MAX);
     let phys = Arc::new(PhysMem::new(frames).map_err(errno)?);
     // Back the emulated RAM before timing: the host's first-touch faults are not the emulator's.
-    phys.prefault();
+    phys.prefault().map_err(errno)?;
     let (iommu, queue) = iommu_and_queue(&phys, cfg)?;
     let eps = add_endpoints(&iommu, &queue, cfg)?;
     let mm = Mm::new(&phys).map_err(errno)?;

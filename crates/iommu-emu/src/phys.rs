@@ -168,7 +168,20 @@ impl PhysMem {
     /// Touches every frame once, so the host backs the whole memory now rather than on first
     /// access (the mapping is lazy). Benchmarks call it so they measure the emulator, not the
     /// host's first-touch page faults. Contents are unchanged.
-    pub fn prefault(&self) {
+    ///
+    /// `ENOMEM` (touching nothing) when the host has less memory available than this memory's
+    /// capacity (`MemAvailable` in `/proc/meminfo`, where it can be read): touching it all would
+    /// get the process killed by the host's out-of-memory killer instead.
+    pub fn prefault(&self) -> Result<()> {
+        let bytes = self.capacity() as u64 * PAGE_SIZE;
+        if let Some(available) = host_memory_available() {
+            if bytes > available {
+                return Err(enomem_v(
+                    "the host has less memory available than the emulated memory to back (bytes)",
+                    bytes,
+                ));
+            }
+        }
         for i in 0..self.capacity() as u64 {
             if let Some(t) = self.frame_table(Pfn(ArenaTableMem::DEFAULT_BASE.0 + i)) {
                 // A write (a read would only map the host's shared zero page); compare-exchange
@@ -177,6 +190,7 @@ impl PhysMem {
                 let _ = t.compare_exchange(0, w, w);
             }
         }
+        Ok(())
     }
 
     /// The most frames this memory holds.
@@ -433,6 +447,14 @@ impl core::fmt::Debug for PhysMem {
             .field("frames_in_use", &self.frames_in_use())
             .finish()
     }
+}
+
+/// The host's `MemAvailable` in bytes, from `/proc/meminfo`; `None` where it cannot be read.
+fn host_memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

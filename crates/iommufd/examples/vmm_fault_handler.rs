@@ -211,7 +211,7 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
     let frames = usize::try_from(pages.saturating_add(pages / 256).saturating_add(256))
         .unwrap_or(usize::MAX);
     let phys = Arc::new(PhysMem::new(frames).map_err(e("physical memory"))?);
-    phys.prefault();
+    phys.prefault().map_err(e("physical memory"))?;
 
     // 1. The platform: an IOMMU with PRI/ATS, a group, one PRI-capable endpoint.
     let iommu = EmuIommu::new("dmar0", &phys, EmuIommuConfig::default()).map_err(e("iommu"))?;
@@ -365,9 +365,9 @@ pub fn run_vmm_with(bytes: u64, guest_ram_bytes: u64) -> Result<VmmReport, Strin
 fn main() {
     let mib: u64 = match std::env::args().nth(1).map(|a| a.parse()) {
         None => 4,
-        Some(Ok(m)) if m > 0 => m,
+        Some(Ok(m)) if (1..=1 << 20).contains(&m) => m,
         Some(_) => {
-            eprintln!("usage: vmm_fault_handler [MiB > 0]");
+            eprintln!("usage: vmm_fault_handler [MiB, 1 to 1048576]");
             std::process::exit(2);
         }
     };

@@ -164,3 +164,17 @@ fn frames_released_together_come_back_lowest_first_and_zeroed() {
         }
     }
 }
+
+/// Backing more memory than the host has available is refused before a frame is touched (it
+/// used to get the process killed by the out-of-memory killer); what fits is backed.
+#[test]
+fn prefault_refuses_more_memory_than_the_host_has() {
+    let small = PhysMem::new(16).unwrap();
+    small.prefault().unwrap();
+    let available = host_memory_available().expect("/proc/meminfo has MemAvailable");
+    let frames = (available / PAGE_SIZE + 1) as usize;
+    let big = PhysMem::new(frames.min(PhysMem::MAX_FRAMES)).unwrap();
+    if big.capacity() as u64 * PAGE_SIZE > available {
+        assert_eq!(big.prefault().unwrap_err().errno_name(), "ENOMEM");
+    }
+}
