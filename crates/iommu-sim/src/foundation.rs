@@ -72,9 +72,22 @@ pub const MAX_TENANTS: usize = 4096;
 pub const MAX_ROUNDS: u64 = u32::MAX as u64;
 
 impl Config {
-    /// Refuses knobs beyond their limits, naming the knob, its value and the limit.
+    /// Refuses knobs beyond their limits, naming the knob, its value and the limit; and zero
+    /// rounds, readers or tenants, with which the run would check nothing and report that
+    /// every invariant held.
     pub fn validate(&self) -> Result<(), String> {
         let over = |what: &str, v: u64, max: u64| format!("{what} {v} is above the limit {max}");
+        for (what, v) in [
+            ("rounds", self.rounds),
+            ("readers", self.readers as u64),
+            ("tenants", self.tenants as u64),
+        ] {
+            if v == 0 {
+                return Err(format!(
+                    "{what} must be at least 1: with none the run checks nothing"
+                ));
+            }
+        }
         if self.readers > MAX_READERS {
             return Err(over("readers", self.readers as u64, MAX_READERS as u64));
         }
@@ -416,6 +429,20 @@ mod tests {
                     ..ok.clone()
                 },
                 "readers",
+            ),
+            (
+                Config {
+                    readers: 0,
+                    ..ok.clone()
+                },
+                "readers",
+            ),
+            (
+                Config {
+                    rounds: 0,
+                    ..ok.clone()
+                },
+                "rounds",
             ),
             (
                 Config {

@@ -93,11 +93,11 @@ enum Command {
     /// replace and detach on many tenants' PASIDs.
     Foundation {
         /// Configuration rounds: attach, replace and detach on every tenant's PASID.
-        #[arg(long, default_value_t = 2_000)]
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
         rounds: u64,
         /// Reader threads playing the fault path (typed attach-handle lookups).
-        #[arg(long, default_value_t = 2)]
-        readers: usize,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
+        readers: u64,
         /// Tenants (processes and VMMs), one PASID each.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=4096))]
         tenants: u64,
@@ -327,7 +327,7 @@ fn main() -> ExitCode {
             tenants,
         } => foundation::Config {
             rounds,
-            readers,
+            readers: readers as usize,
             tenants: tenants as usize,
         },
     };

@@ -146,7 +146,13 @@ impl Report {
             let heap: Vec<String> = self
                 .heap_windows
                 .iter()
-                .map(|&b| format!("{:.2}", mib(b)))
+                .map(|&b| {
+                    if b == 0 {
+                        "-".into()
+                    } else {
+                        format!("{:.2}", mib(b))
+                    }
+                })
                 .collect();
             s += &format!(
                 "  heap           highest live per tenth after warm-up: {} MiB\n",
