@@ -29,25 +29,34 @@ fn short_soak_accounts_for_every_group() {
 }
 
 #[test]
-fn soak_refuses_out_of_range_inflight() {
-    for inflight in [0, 257] {
-        let e = run(&Config {
-            inflight,
-            ..Config::default()
-        })
-        .unwrap_err();
-        assert!(e.contains("inflight"), "{e}");
+fn soak_refuses_out_of_range_knobs() {
+    let knobs = [
+        (
+            "inflight",
+            Config {
+                inflight: 0,
+                ..Config::default()
+            },
+        ),
+        (
+            "inflight",
+            Config {
+                inflight: 257,
+                ..Config::default()
+            },
+        ),
+        (
+            "groups",
+            Config {
+                groups: 0,
+                ..Config::default()
+            },
+        ),
+    ];
+    for (knob, cfg) in knobs {
+        let e = run(&cfg).unwrap_err();
+        assert!(e.contains(knob), "{knob}: {e}");
     }
-}
-
-#[test]
-fn soak_refuses_zero_groups() {
-    let e = run(&Config {
-        groups: 0,
-        ..Config::default()
-    })
-    .unwrap_err();
-    assert!(e.contains("groups"), "{e}");
 }
 
 /// A soak too short to sample memory in two tenths says so instead of comparing a tenth no
