@@ -174,13 +174,11 @@ impl PhysMem {
     /// get the process killed by the host's out-of-memory killer instead.
     pub fn prefault(&self) -> Result<()> {
         let bytes = self.capacity() as u64 * PAGE_SIZE;
-        if let Some(available) = host_memory_available() {
-            if bytes > available {
-                return Err(enomem_v(
-                    "the host has less memory available than the emulated memory to back (bytes)",
-                    bytes,
-                ));
-            }
+        if !backable(bytes, host_memory_available()) {
+            return Err(enomem_v(
+                "the host has less memory available than the emulated memory to back (bytes)",
+                bytes,
+            ));
         }
         for i in 0..self.capacity() as u64 {
             if let Some(t) = self.frame_table(Pfn(ArenaTableMem::DEFAULT_BASE.0 + i)) {
@@ -449,7 +447,15 @@ impl core::fmt::Debug for PhysMem {
     }
 }
 
+/// Whether `bytes` of emulated memory can be backed with `available` bytes of host memory
+/// (unknown: assumed so). The whole capacity counts, even frames already backed: the check is
+/// for memory about to be touched all at once, not a budget.
+fn backable(bytes: u64, available: Option<u64>) -> bool {
+    available.is_none_or(|a| bytes <= a)
+}
+
 /// The host's `MemAvailable` in bytes, from `/proc/meminfo`; `None` where it cannot be read.
+/// It does not see a cgroup's memory limit.
 fn host_memory_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;

@@ -187,6 +187,14 @@ pub fn run(cfg: &Config) -> Result<Report, String> {
     );
     let groups = rig.groups.clone();
     let done = Arc::new(AtomicBool::new(false));
+    // However `run` returns (a setup error after the readers started too), they stop.
+    struct StopReaders(Arc<AtomicBool>);
+    impl Drop for StopReaders {
+        fn drop(&mut self) {
+            self.0.store(true, SeqCst);
+        }
+    }
+    let _stop_readers = StopReaders(done.clone());
 
     let ready = Arc::new(AtomicUsize::new(0));
     let readers = spawn_readers(cfg.readers, &tenants, &groups, &done, &ready);

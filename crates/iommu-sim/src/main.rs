@@ -229,12 +229,22 @@ fn run_file(file: Option<&std::path::Path>, args: RunArgs) -> ExitCode {
             seed: args.seed.unwrap_or(scenario.seed),
         },
     };
-    // The output files are made before the run: a path that cannot be written fails at once,
-    // not after the whole scenario ran.
+    // The output paths are checked before the run: one that cannot be written fails at once,
+    // not after the whole scenario ran. An existing file is opened without truncating it (an
+    // interrupted run leaves it as it was) and a new one is removed again.
     for p in [&args.json, &args.plot, &args.trace].into_iter().flatten() {
-        if let Err(e) = std::fs::File::create(p) {
+        let existed = p.exists();
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p);
+        if let Err(e) = opened {
             eprintln!("iommu-sim run: cannot write {}: {e}", p.display());
             return ExitCode::FAILURE;
+        }
+        if !existed {
+            let _ = std::fs::remove_file(p);
         }
     }
     println!("iommu-sim: running {}", iommu_sim::report::escape(&name));
