@@ -104,6 +104,11 @@ enum Command {
     },
 }
 
+/// `n` and the noun, singular for 1.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// "s" unless `n` is 1.
 fn plural(n: u64) -> &'static str {
     if n == 1 {
@@ -139,16 +144,16 @@ fn check(files: &[std::path::PathBuf]) -> ExitCode {
         };
         match iommu_sim::scenario::Scenario::parse(&text) {
             Ok(s) => println!(
-                "{}: ok: scenario '{}': {} IOMMUs, {} devices, {} processes, {} bonds, {} owners, {} jobs, {} events",
+                "{}: ok: scenario '{}': {}, {}, {}, {}, {}, {}, {}",
                 f.display(),
                 iommu_sim::report::escape(&s.name),
-                s.iommus.len(),
-                s.devices.len(),
-                s.processes.len(),
-                s.bonds.len(),
-                s.owners.len(),
-                s.jobs.len(),
-                s.events.len()
+                count(s.iommus.len(), "IOMMU", "IOMMUs"),
+                count(s.devices.len(), "device", "devices"),
+                count(s.processes.len(), "process", "processes"),
+                count(s.bonds.len(), "bond", "bonds"),
+                count(s.owners.len(), "owner", "owners"),
+                count(s.jobs.len(), "job", "jobs"),
+                count(s.events.len(), "event", "events"),
             ),
             Err(e) => {
                 eprintln!("{}:{e}", f.display());

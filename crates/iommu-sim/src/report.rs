@@ -249,6 +249,13 @@ impl RunReport {
             let _ = writeln!(s, "  event log hash {hash:016x}");
         }
         match &self.invariants {
+            Some(r) if r.passed() && r.events == 0 => {
+                // "All held" over nothing would read as a verdict.
+                let _ = writeln!(
+                    s,
+                    "  invariants     nothing to check: the checker saw no event"
+                );
+            }
             Some(r) if r.passed() => {
                 let _ = writeln!(s, "  invariants     all held over {} events", r.events);
             }

@@ -91,6 +91,16 @@ fn text_summary_has_counts_quantiles_and_invariants() {
     assert!((49.0..=51.0).contains(&p50), "{line}");
 }
 
+/// A run in which nothing happened does not claim that every invariant held.
+#[test]
+fn text_summary_of_a_run_without_events_says_there_was_nothing_to_check() {
+    let mut r = sample(false);
+    r.invariants.as_mut().expect("checked").events = 0;
+    let t = r.text();
+    assert!(t.contains("nothing to check"), "{t}");
+    assert!(!t.contains("all held"), "{t}");
+}
+
 #[test]
 fn text_summary_names_violations() {
     let t = sample(true).text();
