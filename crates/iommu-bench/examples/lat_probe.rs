@@ -3,64 +3,45 @@
 //! warm-up. `iommu-sim bench` reports p50/p99/p99.9 only; this shows where the tail is.
 //!
 //! `cargo run --release -p iommu-bench --example lat_probe -- [load]`
-//! (`load`: a thread spins beside the run, as `iommu-sim bench --load` keeps the other CPU
-//! busy).
+//! (`load`: every other CPU is kept busy beside the run, as `iommu-sim bench --load` does).
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use iommu_bench::e2e::{E2e, Pages};
+use iommu_bench::load::Load;
+use iommu_bench::probe_args::Probe;
 
 const FAULTS: u64 = 200_000;
 
+const PROBE: Probe = Probe {
+    name: "lat_probe",
+    usage: "[load]",
+};
+
 fn main() {
-    let load = match std::env::args().nth(1).as_deref() {
-        None => false,
-        Some("load") => true,
-        Some(other) => {
-            eprintln!("lat_probe: unknown argument {other:?} (load, or nothing)");
-            std::process::exit(2);
-        }
-    };
-    let stop = AtomicBool::new(false);
-    /// Stops the load thread however `main`'s part ends (a panic too, so the scope never
-    /// waits forever for a spinning thread).
-    struct Stop<'a>(&'a AtomicBool);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
+    let load = PROBE.word(1, "the argument", &["load"]).is_some();
+    PROBE.at_most(1);
+    // Every other CPU kept busy, as `iommu-sim bench --load` does, for the whole probe.
+    let _load = load.then(|| Load::start().unwrap_or_else(|e| PROBE.refuse(e)));
+    let w = E2e::new(Pages::Prepared, 4096);
+    w.run(FAULTS / 4, 1, None);
+    for _ in 0..4 {
+        let mut ns: Vec<u64> = Vec::with_capacity(FAULTS as usize);
+        w.run(FAULTS, 1, Some(&mut |t| ns.push(t)));
+        ns.sort_unstable();
+        let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)];
+        let line = format!(
+            "p50 {} p99 {} p99.9 {} p99.99 {} max {} ns; over 5 µs: {}",
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            at(0.9999),
+            ns.last().copied().unwrap_or(0),
+            ns.iter().filter(|&&t| t > 5_000).count()
+        );
+        // A closed pipe (`| head`) ends the probe quietly.
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            return;
         }
     }
-    std::thread::scope(|s| {
-        let _stop = Stop(&stop);
-        if load {
-            s.spawn(|| {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            });
-        }
-        let w = E2e::new(Pages::Prepared, 4096);
-        w.run(FAULTS / 4, 1, None);
-        for _ in 0..4 {
-            let mut ns: Vec<u64> = Vec::with_capacity(FAULTS as usize);
-            w.run(FAULTS, 1, Some(&mut |t| ns.push(t)));
-            ns.sort_unstable();
-            let at = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)];
-            let line = format!(
-                "p50 {} p99 {} p99.9 {} p99.99 {} max {} ns; over 5 µs: {}",
-                at(0.5),
-                at(0.99),
-                at(0.999),
-                at(0.9999),
-                ns.last().copied().unwrap_or(0),
-                ns.iter().filter(|&&t| t > 5_000).count()
-            );
-            // A closed pipe (`| head`) ends the probe quietly.
-            if writeln!(std::io::stdout(), "{line}").is_err() {
-                return;
-            }
-        }
-    });
 }

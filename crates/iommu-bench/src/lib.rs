@@ -8,8 +8,8 @@
 //! its floors) and the `pt`, `lookup` and `translate` building blocks; `fault_path`, `memory`
 //! and `vmm` run under criterion only. The `examples/` time single workloads quickly while
 //! profiling (`e2e_probe`, `fd_probe`, `mem_probe`, `lat_probe` for the latency tail), what one
-//! atomic operation costs
-//! (`atomics_probe`), and how two devices scale on two CPUs (`scale_probe`).
+//! atomic operation costs (`atomics_probe`), how often the machine takes a CPU away
+//! (`stall_probe`), and how two devices scale on two CPUs (`scale_probe`).
 //!
 //! Workloads `expect` success: each is built so that every call succeeds, and a failure is a
 //! bug in the stack that the bench must not hide.
@@ -26,11 +26,13 @@
 //!   work, a cross-thread handoff.
 //! * [`vmm`]: rust-vmm device DMA through vm-memory's `IommuMemory` over the emulated IOMMU.
 //! * [`probe_args`]: the probes' argument checks (a bad value ends a probe with its usage).
+//! * [`load`]: spinning threads on every other CPU, for figures under load.
 
 pub mod e2e;
 pub mod fault_fd;
 pub mod fault_path;
 pub mod floor;
+pub mod load;
 pub mod lookup;
 pub mod memory;
 pub mod probe_args;

@@ -170,8 +170,9 @@ fn two_units_ns(groups: u64) -> (f64, (f64, f64)) {
 /// `groups` faults, each with a histogram of its own; each percentile is the median of the
 /// runs' (as every other figure is the median of its runs), with the lowest and highest p99.9.
 /// One histogram over all the runs would let one noisy stretch set the tail of the whole
-/// figure: on the 2-vCPU machine of BENCHMARKS.md a C loop that only reads the clock loses
-/// the CPU for over 40 µs about 350 times a second, with the other CPU idle or busy.
+/// figure: on the 2-vCPU machine of BENCHMARKS.md a loop that only reads the clock loses the
+/// CPU for over 40 µs about 350 times a second, with the other CPU idle or busy
+/// (`iommu-bench`'s `stall_probe`).
 fn latency(groups: u64) -> (Latency, (f64, f64)) {
     let w = E2e::new(Pages::Prepared, CHUNK);
     w.run(groups / 4, 1, None);
@@ -375,47 +376,6 @@ impl FaultFigures {
             ));
         }
         out
-    }
-}
-
-/// Keeps every other CPU busy while it lives (`--load`): one spinning thread per CPU but one,
-/// sharing no data with the benchmark.
-pub struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    /// Starts the load threads. `Err` if none could be spawned.
-    pub fn start() -> Result<Load, String> {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = (0..cpus.saturating_sub(1).max(1))
-            .map(|i| {
-                let stop = stop.clone();
-                std::thread::Builder::new()
-                    .name(format!("load{i}"))
-                    .spawn(move || {
-                        let mut x = 1u64;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            for _ in 0..1000 {
-                                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                            }
-                        }
-                    })
-                    .map_err(|e| format!("cannot start a load thread: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Load { stop, threads })
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 

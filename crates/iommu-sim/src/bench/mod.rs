@@ -255,7 +255,7 @@ pub fn run(opts: &Options) -> Result<String, String> {
     );
     let quiet = fault::measure(scale);
     let loaded = if opts.load {
-        let _load = fault::Load::start()?;
+        let _load = iommu_bench::load::Load::start()?;
         Some(fault::measure(scale))
     } else {
         None
