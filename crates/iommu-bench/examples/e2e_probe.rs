@@ -4,7 +4,8 @@
 //! `cargo run --release -p iommu-bench --example e2e_probe -- [GROUPS] [IN_FLIGHT] [p|f]`
 //! (`p`: pages prepared off the path, `f`: fresh zeroed pages; default: 1, 4, 16, 64 and 256
 //! in flight, both kinds). `THREADS=N` splits the jobs over N DMA threads sharing one device
-//! (each drives IN_FLIGHT / N jobs, at least one; the result line says so).
+//! (each drives IN_FLIGHT / N jobs, at least one, on chunks of its own; the threads fault each
+//! chunk together and the wall-clock time counts, as in `E2e::run_at_once`).
 
 use iommu_bench::e2e::{E2e, Pages};
 use iommu_bench::probe_args::Probe;
@@ -38,29 +39,19 @@ fn main() {
             // and the memory holds one chunk per thread (and one to spare).
             let w = E2e::with_runners(pages, 4096 / threads as u64, threads);
             w.run(n / 10, in_flight, None);
+            // With several threads, each drives its share of the jobs (at least one) on its own
+            // chunks; they fault each chunk together and the chunks' wall-clock time counts.
+            let per = (in_flight / threads).max(1);
+            let each = n / threads as u64;
+            let runners = vec![&w; threads];
             let mut best = f64::MAX;
             for _ in 0..3 {
-                // The slowest thread's timed share: the runs overlap.
-                let w = &w;
-                let d = std::thread::scope(|s| {
-                    let per = (in_flight / threads).max(1);
-                    let hs: Vec<_> = (0..threads)
-                        .map(|_| s.spawn(move || w.run(n / threads as u64, per, None)))
-                        .collect();
-                    hs.into_iter()
-                        .map(|h| h.join().expect("run"))
-                        .max()
-                        .unwrap_or_default()
-                });
-                best = best.min(d.as_nanos() as f64 / (n / threads as u64 * threads as u64) as f64);
+                let d = E2e::run_at_once(&runners, each, per);
+                best = best.min(d.as_nanos() as f64 / (each * threads as u64) as f64);
             }
             let s = w.iommu_stats();
-            // With several threads, each drives its share of the jobs (at least one).
             let split = if threads > 1 {
-                format!(
-                    " ({threads} threads of {} each)",
-                    (in_flight / threads).max(1)
-                )
+                format!(" ({threads} threads of {per} each)")
             } else {
                 String::new()
             };
