@@ -105,17 +105,8 @@ enum Command {
 }
 
 /// `n` and the noun, singular for 1.
-fn count(n: usize, one: &str, many: &str) -> String {
+fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// "s" unless `n` is 1.
-fn plural(n: u64) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 fn parse_groups(s: &str) -> Result<u64, String> {
@@ -147,13 +138,13 @@ fn check(files: &[std::path::PathBuf]) -> ExitCode {
                 "{}: ok: scenario '{}': {}, {}, {}, {}, {}, {}, {}",
                 f.display(),
                 iommu_sim::report::escape(&s.name),
-                count(s.iommus.len(), "IOMMU", "IOMMUs"),
-                count(s.devices.len(), "device", "devices"),
-                count(s.processes.len(), "process", "processes"),
-                count(s.bonds.len(), "bond", "bonds"),
-                count(s.owners.len(), "owner", "owners"),
-                count(s.jobs.len(), "job", "jobs"),
-                count(s.events.len(), "event", "events"),
+                count(s.iommus.len() as u64, "IOMMU", "IOMMUs"),
+                count(s.devices.len() as u64, "device", "devices"),
+                count(s.processes.len() as u64, "process", "processes"),
+                count(s.bonds.len() as u64, "bond", "bonds"),
+                count(s.owners.len() as u64, "owner", "owners"),
+                count(s.jobs.len() as u64, "job", "jobs"),
+                count(s.events.len() as u64, "event", "events"),
             ),
             Err(e) => {
                 eprintln!("{}:{e}", f.display());
@@ -347,13 +338,14 @@ fn main() -> ExitCode {
         },
     };
     println!(
-        "iommu-sim: foundation scenario — {} tenant{}, {} round{}, {} fault-path reader{}",
-        cfg.tenants,
-        plural(cfg.tenants as u64),
-        cfg.rounds,
-        plural(cfg.rounds),
-        cfg.readers,
-        plural(cfg.readers as u64)
+        "iommu-sim: foundation scenario — {}, {}, {}",
+        count(cfg.tenants as u64, "tenant", "tenants"),
+        count(cfg.rounds, "round", "rounds"),
+        count(
+            cfg.readers as u64,
+            "fault-path reader",
+            "fault-path readers"
+        ),
     );
     let r = match foundation::run(&cfg) {
         Ok(r) => r,
@@ -364,12 +356,11 @@ fn main() -> ExitCode {
     };
     let lookups = r.lookups_hit + r.lookups_enoent + r.lookups_ebusy;
     println!(
-        "  configuration: {} attaches, {} replaces, {} detaches, {} bad call{} refused as expected",
+        "  configuration: {} attaches, {} replaces, {} detaches, {} refused as expected",
         r.attaches,
         r.replaces,
         r.detaches,
-        r.rejected_as_expected,
-        plural(r.rejected_as_expected)
+        count(r.rejected_as_expected, "bad call", "bad calls"),
     );
     println!(
         "  typed lookups: {lookups} ({} hit, {} ENOENT, {} EBUSY wrong owner type), {:.1} M/s",

@@ -67,11 +67,18 @@ impl Report {
     /// Memory did not grow after warm-up: the last window's highest RSS is within 10 % of
     /// the first window's (fewer than two windows: nothing to compare, flat).
     pub fn rss_flat(&self) -> bool {
+        self.rss_compared().unwrap_or(true)
+    }
+
+    /// [`Report::rss_flat`] when at least two windows were sampled; `None` otherwise.
+    fn rss_compared(&self) -> Option<bool> {
         // A window no sample fell into (a short soak) reads 0: skipped.
         let mut sampled = self.rss_windows.iter().filter(|&&b| b > 0);
         match (sampled.next(), sampled.next_back()) {
-            (Some(&first), Some(&last)) => last.saturating_mul(10) <= first.saturating_mul(11),
-            _ => true,
+            (Some(&first), Some(&last)) => {
+                Some(last.saturating_mul(10) <= first.saturating_mul(11))
+            }
+            _ => None,
         }
     }
 
@@ -116,47 +123,21 @@ impl Report {
             "  dma jobs       {} ok, {} failed in disrupted cycles\n",
             self.dma_ok, self.dma_failed_expected
         );
-        // A tenth no sample fell into (sampling is every 20 ms) shows as "-", not as 0 MiB.
-        let windows: Vec<String> = self
-            .rss_windows
-            .iter()
-            .map(|&b| {
-                if b == 0 {
-                    "-".into()
-                } else {
-                    format!("{:.1}", mib(b))
-                }
-            })
-            .collect();
-        let sampled = self.rss_windows.iter().filter(|&&b| b > 0).count();
         s += &format!(
             "  rss            {:.1} MiB at start; highest per tenth after warm-up: {} MiB ({}); {:.1} MiB at end\n",
             mib(self.rss_start),
-            if windows.is_empty() { "-".into() } else { windows.join(" ") },
-            if sampled < 2 {
-                "fewer than two tenths sampled: too short to compare"
-            } else if self.rss_flat() {
-                "the last sampled tenth within 10 % of the first"
-            } else {
-                "GREW more than 10 %"
+            tenths(&self.rss_windows, 1),
+            match self.rss_compared() {
+                None => "fewer than two tenths sampled: too short to compare",
+                Some(true) => "the last sampled tenth within 10 % of the first",
+                Some(false) => "GREW more than 10 %",
             },
             mib(self.rss_end),
         );
         if !self.heap_windows.is_empty() {
-            let heap: Vec<String> = self
-                .heap_windows
-                .iter()
-                .map(|&b| {
-                    if b == 0 {
-                        "-".into()
-                    } else {
-                        format!("{:.2}", mib(b))
-                    }
-                })
-                .collect();
             s += &format!(
                 "  heap           highest live per tenth after warm-up: {} MiB\n",
-                heap.join(" ")
+                tenths(&self.heap_windows, 2)
             );
         }
         s += &format!("  checker        {} events\n", self.events);
@@ -170,6 +151,22 @@ impl Report {
         };
         s
     }
+}
+
+/// Per-tenth figures in MiB with `decimals` decimals; a tenth no sample fell into (sampling is
+/// every 20 ms) shows as "-", not as 0 MiB, and no tenths at all as "-".
+fn tenths(windows: &[u64], decimals: usize) -> String {
+    if windows.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = windows
+        .iter()
+        .map(|&b| match b {
+            0 => "-".into(),
+            b => format!("{:.*}", decimals, b as f64 / (1 << 20) as f64),
+        })
+        .collect();
+    each.join(" ")
 }
 
 /// Resident set size of this process, bytes (0 where `/proc` is unavailable).
