@@ -8,21 +8,16 @@
 use std::io::Write;
 
 use iommu_bench::e2e::{E2e, Pages};
-use iommu_bench::load::Load;
 use iommu_bench::probe_args::Probe;
 
 const FAULTS: u64 = 200_000;
 
-const PROBE: Probe = Probe {
-    name: "lat_probe",
-    usage: "[load]",
-};
-
 fn main() {
-    let load = PROBE.word(1, "the argument", &["load"]).is_some();
-    PROBE.at_most(1);
-    // Every other CPU kept busy, as `iommu-sim bench --load` does, for the whole probe.
-    let _load = load.then(|| Load::start().unwrap_or_else(|e| PROBE.refuse(e)));
+    let _load = Probe {
+        name: "lat_probe",
+        usage: "[load]",
+    }
+    .load_if_asked();
     let w = E2e::new(Pages::Prepared, 4096);
     w.run(FAULTS / 4, 1, None);
     for _ in 0..4 {

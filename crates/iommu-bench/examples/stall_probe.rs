@@ -8,18 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use iommu_bench::load::Load;
 use iommu_bench::probe_args::Probe;
 
-const PROBE: Probe = Probe {
-    name: "stall_probe",
-    usage: "[load]",
-};
-
 fn main() {
-    let load = PROBE.word(1, "the argument", &["load"]).is_some();
-    PROBE.at_most(1);
-    let _load = load.then(|| Load::start().unwrap_or_else(|e| PROBE.refuse(e)));
+    let _load = Probe {
+        name: "stall_probe",
+        usage: "[load]",
+    }
+    .load_if_asked();
     for _ in 0..3 {
         let (mut over5, mut over20, mut over40, mut lost, mut max) =
             (0, 0, 0, Duration::ZERO, Duration::ZERO);

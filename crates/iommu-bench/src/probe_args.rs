@@ -73,6 +73,14 @@ impl Probe {
         }
     }
 
+    /// A probe whose one argument is an optional `load`: with it, every other CPU is kept busy
+    /// ([`crate::load::Load`]) until the returned value is dropped.
+    pub fn load_if_asked(&self) -> Option<crate::load::Load> {
+        let load = self.word(1, "the argument", &["load"]).is_some();
+        self.at_most(1);
+        load.then(|| crate::load::Load::start().unwrap_or_else(|e| self.refuse(e)))
+    }
+
     /// Refuses arguments past the `n`-th.
     pub fn at_most(&self, n: usize) {
         if let Some(extra) = std::env::args().nth(n + 1) {
