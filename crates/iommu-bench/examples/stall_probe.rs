@@ -6,6 +6,7 @@
 //! `cargo run --release -p iommu-bench --example stall_probe -- [load]`
 //! (`load`: every other CPU is kept busy meanwhile, as `iommu-sim bench --load` does).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use iommu_bench::probe_args::Probe;
@@ -34,10 +35,14 @@ fn main() {
             }
         }
         let secs = (prev - start).as_secs_f64();
-        println!(
+        let line = format!(
             "{secs:.2} s: gaps over 5 µs {over5}, over 20 µs {over20}, over 40 µs {over40}; {:.1} % of the time lost; longest {} µs",
             100.0 * lost.as_secs_f64() / secs,
             max.as_micros()
         );
+        // A closed pipe (`| head`) ends the probe quietly.
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            return;
+        }
     }
 }
