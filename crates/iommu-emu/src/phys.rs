@@ -169,12 +169,13 @@ impl PhysMem {
     /// access (the mapping is lazy). Benchmarks call it so they measure the emulator, not the
     /// host's first-touch page faults. Contents are unchanged.
     ///
-    /// `ENOMEM` (touching nothing) when the host has less memory available than this memory's
-    /// capacity (`MemAvailable` in `/proc/meminfo`, where it can be read): touching it all would
-    /// get the process killed by the host's out-of-memory killer instead.
+    /// `ENOMEM` (touching nothing) when the host has less memory available for this process
+    /// than this memory's capacity (the smaller of `MemAvailable` in `/proc/meminfo` and what
+    /// is left under the memory limits of the process's cgroups, where they can be read):
+    /// touching it all would get the process killed by the out-of-memory killer instead.
     pub fn prefault(&self) -> Result<()> {
         let bytes = self.capacity() as u64 * PAGE_SIZE;
-        if !backable(bytes, host_memory_available()) {
+        if !backable(bytes, host::memory_available()) {
             return Err(enomem_v(
                 "the host has less memory available than the emulated memory to back (bytes)",
                 bytes,
@@ -454,14 +455,6 @@ fn backable(bytes: u64, available: Option<u64>) -> bool {
     available.is_none_or(|a| bytes <= a)
 }
 
-/// The host's `MemAvailable` in bytes, from `/proc/meminfo`; `None` where it cannot be read.
-/// It does not see a cgroup's memory limit.
-fn host_memory_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
-}
-
+mod host;
 #[cfg(test)]
 mod tests;
