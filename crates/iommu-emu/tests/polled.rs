@@ -751,3 +751,95 @@ fn success_without_a_mapping_ends_in_retry_limit_blocking_and_swept() {
     assert_eq!(blocking, Err(DmaError::RetryLimit { iova: VA }));
     assert_eq!(swept, Some(Err(DmaError::RetryLimit { iova: VA + 4096 })));
 }
+
+/// A pass the DMA window cut short is not a round without progress; a full one still is. In
+/// a sweep a job gets what the jobs before it left of the window: here a transfer over 500
+/// mapped pages, restarted before every sweep, leaves a never-mapped job 12 pages a sweep, so
+/// each of its passes ends with pages it never reached. It must outlive many times
+/// `MAX_ROUNDS_WITHOUT_PROGRESS` such sweeps — counting them would fail it for the window's
+/// sake — and, once the window is its own again, end in `RetryLimit` (no livelock).
+#[test]
+fn passes_the_window_cut_short_are_not_rounds_without_progress() {
+    init();
+    const PASID_K: u32 = PASID + 1;
+    const K_PAGES: u64 = 500;
+    const KVA: u64 = 0x8000_0000;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let fx = Fx::new();
+        let ep = fx.endpoint("dev0", EndpointConfig::default());
+        let dev = ep.device();
+        let liar = Domain::alloc(
+            dev,
+            DomainRequest::Paging { dma_api: false },
+            Some(Arc::new(Liar)),
+        )
+        .unwrap();
+        let _j = attach_device_pasid(&liar, dev, PASID, ()).unwrap();
+        let mapped = Domain::alloc(dev, DomainRequest::Paging { dma_api: false }, None).unwrap();
+        let _k = attach_device_pasid(&mapped, dev, PASID_K, ()).unwrap();
+        let frame = fx.phys.alloc_frame().unwrap();
+        for p in 0..K_PAGES {
+            fx.iommu
+                .map(
+                    &mapped,
+                    KVA + p * 4096,
+                    frame.addr(),
+                    4096,
+                    Perms::READ_WRITE,
+                )
+                .unwrap();
+        }
+        let k_len = K_PAGES * 4096;
+        let engine = ep.engine();
+        // The transfer first in the window, then the one that never gets mapped.
+        let mut jobs = [
+            ep.start_dma(Some(PASID_K), KVA, k_len, DmaKind::Fill(1)),
+            ep.start_dma(Some(PASID), VA, 64 * 4096, DmaKind::Fill(2)),
+        ];
+        // A sweep, then the fault-path work it left (the mapped transfer finishes every sweep,
+        // so `poll_all` alone would never wait, and nobody else reports the queue).
+        let sweep = |jobs: &mut [DmaJob; 2]| {
+            engine.poll_all(jobs);
+            engine.help();
+        };
+        let mut cut_sweeps = 0u32;
+        while cut_sweeps < 8 * iommu_emu::endpoint::MAX_ROUNDS_WITHOUT_PROGRESS {
+            if let Some(r) = jobs[0].outcome() {
+                r.expect("the mapped transfer");
+                jobs[0]
+                    .restart(Some(PASID_K), KVA, k_len, DmaKind::Fill(1))
+                    .expect("a finished job restarts");
+            }
+            sweep(&mut jobs);
+            if jobs[1].outcome().is_some() {
+                break;
+            }
+            cut_sweeps += 1;
+        }
+        let while_cut = jobs[1].outcome();
+        let sent_while_cut = ep.stats().groups_sent;
+        // The window is the job's own from here: full passes, and rounds without progress.
+        let mut full_sweeps = 0u32;
+        while jobs[1].outcome().is_none() && full_sweeps < 100_000 {
+            sweep(&mut jobs);
+            full_sweeps += 1;
+        }
+        let _ = tx.send((while_cut, sent_while_cut, jobs[1].outcome(), full_sweeps));
+    });
+    let (while_cut, sent_while_cut, outcome, full_sweeps) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the DMA never ended");
+    assert_eq!(
+        while_cut, None,
+        "the job failed while the window cut its passes short"
+    );
+    assert!(
+        sent_while_cut > u64::from(4 * iommu_emu::endpoint::MAX_ROUNDS_WITHOUT_PROGRESS),
+        "the cut passes sent a group each: {sent_while_cut}"
+    );
+    assert!(
+        matches!(outcome, Some(Err(DmaError::RetryLimit { .. }))),
+        "{outcome:?} after {full_sweeps} full sweeps"
+    );
+}
