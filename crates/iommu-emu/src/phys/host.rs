@@ -244,9 +244,4 @@ mod tests {
         std::fs::create_dir_all(root.0.join("unified")).unwrap();
         assert_eq!(cgroup_headroom("0::/\n", &root.0), None);
     }
-
-    #[test]
-    fn this_host_has_a_figure() {
-        assert!(memory_available().is_some_and(|a| a > 0));
-    }
 }
