@@ -175,11 +175,15 @@ impl PhysMem {
     /// touching it all would get the process killed by the out-of-memory killer instead.
     pub fn prefault(&self) -> Result<()> {
         let bytes = self.capacity() as u64 * PAGE_SIZE;
-        if !backable(bytes, host::memory_available()) {
-            return Err(enomem_v(
-                "the host has less memory available than the emulated memory to back (bytes)",
-                bytes,
-            ));
+        let bound = host::memory_available();
+        if !backable(bytes, bound.map(host::Bound::bytes)) {
+            let why = match bound {
+                Some(host::Bound::Cgroup(_)) => {
+                    "a cgroup memory limit leaves less than the emulated memory to back (bytes)"
+                }
+                _ => "the host has less memory available than the emulated memory to back (bytes)",
+            };
+            return Err(enomem_v(why, bytes));
         }
         for i in 0..self.capacity() as u64 {
             if let Some(t) = self.frame_table(Pfn(ArenaTableMem::DEFAULT_BASE.0 + i)) {

@@ -754,8 +754,9 @@ fn success_without_a_mapping_ends_in_retry_limit_blocking_and_swept() {
 
 /// A pass the DMA window cut short is not a round without progress; a full one still is. In
 /// a sweep a job gets what the jobs before it left of the window: here a transfer over 500
-/// mapped pages, restarted before every sweep, leaves a never-mapped job 12 pages a sweep, so
-/// each of its passes ends with pages it never reached. It must outlive many times
+/// mapped pages, restarted before every sweep, leaves a never-mapped job 10 pages a sweep (512
+/// less the 500 and one for each job visited), so each of its passes ends with pages it never
+/// reached. It must outlive many times
 /// `MAX_ROUNDS_WITHOUT_PROGRESS` such sweeps — counting them would fail it for the window's
 /// sake — and, once the window is its own again, end in `RetryLimit` (no livelock).
 #[test]
@@ -841,5 +842,12 @@ fn passes_the_window_cut_short_are_not_rounds_without_progress() {
     assert!(
         matches!(outcome, Some(Err(DmaError::RetryLimit { .. }))),
         "{outcome:?} after {full_sweeps} full sweeps"
+    );
+    // Each full sweep is one round without progress (an answer, a retry that faults, a group);
+    // the limit is passed on the round after the last one allowed.
+    let limit = iommu_emu::endpoint::MAX_ROUNDS_WITHOUT_PROGRESS;
+    assert!(
+        (limit + 1..=limit + 8).contains(&full_sweeps),
+        "RetryLimit after {full_sweeps} full sweeps, the limit being {limit} rounds"
     );
 }

@@ -6,8 +6,11 @@
 //!
 //! A cgroup's headroom is its limit minus its usage, where usage leaves out the inactive file
 //! pages (page cache the kernel reclaims before it kills anything), as container runtimes
-//! count it: otherwise a limit filled with old build output would look full. Whatever cannot be
-//! read counts as unlimited; the check is a guard against certain death, not an accounting.
+//! count it: otherwise a limit filled with old build output would look full. Cgroup v2 is
+//! walked up to the top, each level's limit against its own usage; v1 gives one hierarchical
+//! limit, set against the process's own cgroup's usage, which overstates the headroom when the
+//! limit is an ancestor's that siblings share. Whatever cannot be read counts as unlimited: the
+//! check is a guard against certain death, not an accounting.
 
 use std::path::{Path, PathBuf};
 
@@ -15,16 +18,36 @@ use std::path::{Path, PathBuf};
 /// 0x7FFF_FFFF_FFFF_F000 on x86-64).
 const UNLIMITED: u64 = 1 << 62;
 
-/// Bytes the host can still back for this process; `None` where nothing could be read.
-pub(super) fn memory_available() -> Option<u64> {
+/// What bounds the memory the host can still give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Bound {
+    /// The machine's `MemAvailable`.
+    Machine(u64),
+    /// The memory limit of one of the process's cgroups, less what the cgroup uses.
+    Cgroup(u64),
+}
+
+impl Bound {
+    pub(super) fn bytes(self) -> u64 {
+        match self {
+            Bound::Machine(b) | Bound::Cgroup(b) => b,
+        }
+    }
+}
+
+/// The tighter bound on what the host can still back for this process; `None` where nothing
+/// could be read.
+pub(super) fn memory_available() -> Option<Bound> {
     let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| meminfo_available(&t));
+        .and_then(|t| meminfo_available(&t))
+        .map(Bound::Machine);
     let cgroups = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| cgroup_headroom(&t, Path::new("/sys/fs/cgroup")));
+        .and_then(|t| cgroup_headroom(&t, Path::new("/sys/fs/cgroup")))
+        .map(Bound::Cgroup);
     match (machine, cgroups) {
-        (Some(m), Some(c)) => Some(m.min(c)),
+        (Some(m), Some(c)) => Some(if c.bytes() < m.bytes() { c } else { m }),
         (m, c) => m.or(c),
     }
 }
@@ -54,6 +77,11 @@ pub(super) fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
         else {
             continue;
         };
+        // A cgroup outside the reader's cgroup namespace shows as a path up out of its root
+        // ("/../x"): nothing under the mount is that cgroup.
+        if path.split('/').any(|p| p == "..") {
+            continue;
+        }
         if id == "0" && controllers.is_empty() {
             let mount = if root.join("cgroup.controllers").exists() {
                 root.to_path_buf()
@@ -80,10 +108,7 @@ fn ancestors(mount: &Path, path: &str) -> Vec<PathBuf> {
     let mut dirs = vec![];
     let mut dir = mount.to_path_buf();
     dirs.push(dir.clone());
-    for part in path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
-    {
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
         dir.push(part);
         dirs.push(dir.clone());
     }
@@ -240,8 +265,20 @@ mod tests {
             cgroup_headroom("4:memory:/not/here\n", &root.0),
             Some(64 * MIB)
         );
-        // A hybrid host whose v2 hierarchy (under `unified`) has no memory controller.
-        std::fs::create_dir_all(root.0.join("unified")).unwrap();
-        assert_eq!(cgroup_headroom("0::/\n", &root.0), None);
+        // A cgroup outside the namespace is not looked for under the mount.
+        assert_eq!(cgroup_headroom("4:memory:/../x\n", &root.0), None);
+    }
+
+    #[test]
+    fn a_hybrid_host_reads_the_v2_hierarchy_under_unified() {
+        let root = FakeRoot::new("hybrid");
+        root.file("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        root.file("memory/memory.usage_in_bytes", "0\n");
+        root.file("unified/svc/memory.max", &format!("{}\n", 128 * MIB));
+        root.file("unified/svc/memory.current", &format!("{}\n", 28 * MIB));
+        let text = "4:memory:/\n0::/svc\n";
+        assert_eq!(cgroup_headroom(text, &root.0), Some(100 * MIB));
+        // Its top has no memory controller: no limit.
+        assert_eq!(cgroup_headroom("4:memory:/\n0::/\n", &root.0), None);
     }
 }

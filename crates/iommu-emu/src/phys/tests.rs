@@ -173,13 +173,13 @@ fn frames_released_together_come_back_lowest_first_and_zeroed() {
 fn prefault_refuses_more_memory_than_the_host_has() {
     let small = PhysMem::new(16).unwrap();
     small.prefault().unwrap();
-    assert!(host::memory_available().is_some_and(|a| a > 0));
+    assert!(host::memory_available().is_some_and(|a| a.bytes() > 0));
     assert!(backable(4096, Some(4096)));
     assert!(!backable(8192, Some(4096)));
     assert!(backable(u64::MAX, None));
     // A memory far larger than any host here (1 TiB, reserved but never touched) is refused.
     let huge = PhysMem::new(PhysMem::MAX_FRAMES).unwrap();
-    if host::memory_available().is_some_and(|a| a < huge.capacity() as u64 * PAGE_SIZE) {
+    if host::memory_available().is_some_and(|a| a.bytes() < huge.capacity() as u64 * PAGE_SIZE) {
         assert_eq!(huge.prefault().unwrap_err().errno_name(), "ENOMEM");
     }
 }

@@ -200,7 +200,7 @@ fn latency(groups: u64) -> (Latency, (f64, f64)) {
 /// Fault fd records read and answered in batches of each of [`FD_BATCHES`]: ns per record, the
 /// median of [`RUNS`] runs of `records` records. The runs are interleaved (every batch size once
 /// per round), as the end-to-end ones are: measured one size after another, a few noisy seconds
-/// once made one run's quiet figures for batches of 1 and 16 1.7-1.8× its loaded ones.
+/// once made one run's quiet figures for batches of 1 and of 16 1.6-1.7× its loaded ones.
 fn fd_ns(records: u64) -> Vec<f64> {
     let mut loads: Vec<(FdRoundTrip, u64)> = FD_BATCHES
         .iter()
