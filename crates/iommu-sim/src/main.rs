@@ -68,7 +68,7 @@ enum Command {
     Soak {
         /// Stop once this many page request groups were sent (both devices; at least 1;
         /// checked every 20 ms, so up to 20 ms' worth more, a few thousand).
-        #[arg(long, default_value_t = 1_000_000, value_parser = parse_groups)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         groups: u64,
         /// Stop after this many seconds even if fewer groups were sent.
         #[arg(long)]
@@ -107,14 +107,6 @@ enum Command {
 /// `n` and the noun, singular for 1.
 fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
-}
-
-fn parse_groups(s: &str) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(0) => Err("a soak needs at least 1 group".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 fn parse_disruption(s: &str) -> Result<iommu_sim::soak::Disruption, String> {

@@ -131,14 +131,24 @@ fn e2e_ns(pages: Pages, groups: u64) -> (Vec<f64>, Vec<(f64, f64)>) {
     for n in IN_FLIGHT {
         w.run(groups / 4, n, None);
     }
-    let mut runs = vec![Vec::with_capacity(RUNS); IN_FLIGHT.len()];
-    for _ in 0..RUNS {
-        for (i, n) in IN_FLIGHT.into_iter().enumerate() {
-            runs[i].push(w.run(groups, n, None).as_nanos() as f64 / groups as f64);
-        }
-    }
+    let runs = interleaved(IN_FLIGHT.len(), |i| {
+        w.run(groups, IN_FLIGHT[i], None).as_nanos() as f64 / groups as f64
+    });
     let spread = runs.iter().map(|r| spread(r)).collect();
     (runs.into_iter().map(median).collect(), spread)
+}
+
+/// [`RUNS`] runs of each of `items` workloads, interleaved: every workload once per round, so
+/// that a burst of noise on this shared machine spreads over them instead of skewing one.
+/// `run(i)` times workload `i` once; the result holds each workload's runs.
+fn interleaved(items: usize, mut run: impl FnMut(usize) -> f64) -> Vec<Vec<f64>> {
+    let mut runs = vec![Vec::with_capacity(RUNS); items];
+    for _ in 0..RUNS {
+        for (i, r) in runs.iter_mut().enumerate() {
+            r.push(run(i));
+        }
+    }
+    runs
 }
 
 /// The fastest and slowest of `runs` (ns).
@@ -217,12 +227,10 @@ fn fd_ns(records: u64) -> Vec<f64> {
     for (w, rounds) in &mut loads {
         run(w, (*rounds / 10).max(1));
     }
-    let mut runs = vec![Vec::with_capacity(RUNS); FD_BATCHES.len()];
-    for _ in 0..RUNS {
-        for ((w, rounds), (r, &batch)) in loads.iter_mut().zip(runs.iter_mut().zip(&FD_BATCHES)) {
-            r.push(run(w, *rounds) / batch as f64);
-        }
-    }
+    let runs = interleaved(loads.len(), |i| {
+        let (w, rounds) = &mut loads[i];
+        run(w, *rounds) / FD_BATCHES[i] as f64
+    });
     for (w, _) in loads {
         w.finish();
     }

@@ -84,7 +84,6 @@ impl Report {
 
     /// The readable summary.
     pub fn text(&self) -> String {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         let mut s = format!(
             "soak: {} groups in {:.1} s ({:.0} groups/s): {} SVA, {} iommufd\n",
@@ -153,6 +152,11 @@ impl Report {
     }
 }
 
+/// `b` bytes in MiB.
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
 /// Per-tenth figures in MiB with `decimals` decimals; a tenth no sample fell into (sampling is
 /// every 20 ms) shows as "-", not as 0 MiB, and no tenths at all as "-".
 fn tenths(windows: &[u64], decimals: usize) -> String {
@@ -163,7 +167,7 @@ fn tenths(windows: &[u64], decimals: usize) -> String {
         .iter()
         .map(|&b| match b {
             0 => "-".into(),
-            b => format!("{:.*}", decimals, b as f64 / (1 << 20) as f64),
+            b => format!("{:.*}", decimals, mib(b)),
         })
         .collect();
     each.join(" ")
